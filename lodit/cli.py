@@ -1,0 +1,64 @@
+"""The ``lodit`` command.
+
+Each subcommand lives in the module that owns its work and exposes two functions:
+``add_arguments(parser)`` and ``run(args) -> int | None``. This file only maps names to modules
+(imported lazily, so ``lodit --help`` stays fast) and turns user mistakes
+(:class:`~lodit.errors.LoditError`) into one-line messages with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from lodit import __version__
+from lodit.errors import LoditError
+
+# name -> (module implementing it, one-line help). Order is the order of the data flow.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("lodit.data.prepare", "build a manifest (JSONL) from a folder or a public dataset layout"),
+    "make-dataset": ("lodit.data.synthetic", "generate the built-in captioned demo audio (sounds, music, speech)"),
+    "train-tokenizer": ("lodit.latent_tokenizer.train", "train a latent tokenizer (autoencoder or LoSATok)"),
+    "reconstruct": ("lodit.latent_tokenizer.reconstruct", "encode and decode one audio file with a tokenizer"),
+    "encode": ("lodit.latent_tokenizer.encode", "encode a manifest into a latent cache"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lodit", description="DiT audio generation over compact latents.")
+    parser.add_argument("--version", action="version", version=f"lodit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        args = parser.parse_args(argv)  # prints help / version / an unknown-command error
+        if args.command is None:
+            parser.print_help()
+        return 0 if args.command is None else 2
+    name = argv[0]
+    module_name, help_text = COMMANDS[name]
+    command = argparse.ArgumentParser(prog=f"lodit {name}", description=help_text)
+    module = importlib.import_module(module_name)
+    module.add_arguments(command)
+    args = command.parse_args(argv[1:])
+    try:
+        code = module.run(args)
+    except LoditError as exc:
+        print(f"lodit {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lodit {name}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Audio I/O: read and write files with soundfile, resample with soxr, mix down, normalise.
+
+Waveforms are float32 tensors shaped ``(channels, samples)``; batches are ``(batch, channels,
+samples)``. Reading failures become :class:`~lodit.errors.LoditError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from lodit.errors import LoditError
+
+ChannelPolicy = Literal["mix", "first", "keep"]
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
+    """``(sample_rate, frames, channels)`` of an audio file without reading its samples."""
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises several types for unreadable files
+        raise LoditError(f"{path}: cannot read audio ({_reason(exc)}); is it a wav/flac/ogg/mp3 file?") from None
+    return int(info.samplerate), int(info.frames), int(info.channels)
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int | None = None,
+    *,
+    channels: ChannelPolicy = "mix",
+    offset: float = 0.0,
+    duration: float | None = None,
+) -> torch.Tensor:
+    """Read ``path`` as float32 ``(channels, samples)``, resampled to ``sample_rate`` if given.
+
+    ``channels``: ``mix`` averages to mono (the default), ``first`` keeps channel 0, ``keep``
+    keeps them all. ``offset``/``duration`` (seconds) read only part of the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LoditError(f"{path}: audio file not found")
+    try:
+        with sf.SoundFile(str(path)) as f:
+            native_rate = f.samplerate
+            start = int(round(offset * native_rate))
+            if start:
+                f.seek(min(start, f.frames))
+            frames = -1 if duration is None else int(round(duration * native_rate))
+            data = f.read(frames=frames, dtype="float32", always_2d=True)  # (samples, channels)
+    except LoditError:
+        raise
+    except Exception as exc:
+        raise LoditError(f"{path}: cannot read audio ({_reason(exc)}); is it a wav/flac/ogg/mp3 file?") from None
+    wav = np.ascontiguousarray(data.T)  # (channels, samples)
+    wav = apply_channel_policy(wav, channels)
+    if sample_rate is not None and sample_rate != native_rate:
+        wav = resample_np(wav, native_rate, sample_rate)
+    return torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+
+
+def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_rate: int) -> Path:
+    """Write ``(channels, samples)`` or ``(samples,)`` audio; the format follows the suffix.
+
+    Written atomically (temp file + rename) so an interrupted write never leaves a broken file.
+    """
+    path = Path(path)
+    data = wav.detach().float().cpu().numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav, np.float32)
+    if data.ndim == 1:
+        data = data[None]
+    if data.ndim != 2:
+        raise ValueError(f"save_audio expects (channels, samples), got shape {tuple(data.shape)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    sf.write(str(tmp), np.clip(data.T, -1.0, 1.0), sample_rate)
+    os.replace(tmp, path)
+    return path
+
+
+def apply_channel_policy(wav: np.ndarray, policy: ChannelPolicy) -> np.ndarray:
+    """``(channels, samples)`` -> mono by mixing, by taking the first channel, or unchanged."""
+    if policy == "mix":
+        return wav.mean(axis=0, keepdims=True)
+    if policy == "first":
+        return wav[:1]
+    if policy == "keep":
+        return wav
+    raise LoditError(f"unknown channel policy {policy!r}; choose mix, first or keep")
+
+
+def resample_np(wav: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Band-limited resampling of ``(channels, samples)`` with soxr (high quality)."""
+    if orig_rate == new_rate:
+        return wav
+    out = soxr.resample(np.ascontiguousarray(wav.T), orig_rate, new_rate, quality="HQ")  # (samples, ch)
+    return np.ascontiguousarray(out.T if out.ndim == 2 else out[None])
+
+
+def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
+    """Resample a ``(..., samples)`` tensor (any leading shape) with soxr."""
+    if orig_rate == new_rate:
+        return wav
+    lead = wav.shape[:-1]
+    flat = wav.detach().reshape(-1, wav.shape[-1]).float().cpu().numpy()  # (N, S)
+    out = resample_np(flat, orig_rate, new_rate)  # (N, S')
+    return torch.from_numpy(out).reshape(*lead, out.shape[-1]).to(wav.device)
+
+
+def normalize_peak(wav: torch.Tensor, peak: float = 0.95) -> torch.Tensor:
+    """Scale so the largest absolute sample is ``peak`` (silence is returned unchanged)."""
+    top = wav.abs().amax()
+    return wav if top <= 0 else wav * (peak / top)
+
+
+def normalize_loudness(wav: torch.Tensor, sample_rate: int, target_lufs: float = -23.0) -> torch.Tensor:
+    """Integrated-loudness (ITU-R BS.1770) normalisation with pyloudnorm (``lodit[eval]``).
+
+    Clips too short or too quiet to measure are returned unchanged.
+    """
+    try:
+        import pyloudnorm
+    except ImportError:
+        raise LoditError("loudness normalisation needs pyloudnorm: pip install 'lodit[eval]'") from None
+    data = wav.detach().float().cpu().numpy().T  # (samples, channels)
+    meter = pyloudnorm.Meter(sample_rate)
+    try:
+        loudness = meter.integrated_loudness(data)
+    except ValueError:  # shorter than one gating block
+        return wav
+    if not np.isfinite(loudness):
+        return wav
+    gain = 10.0 ** ((target_lufs - loudness) / 20.0)
+    return wav * float(gain)
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
