@@ -22,6 +22,8 @@ ChannelPolicy = Literal["mix", "first", "keep"]
 
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
     """``(sample_rate, frames, channels)`` of an audio file without reading its samples."""
+    if not Path(path).is_file():
+        raise LoditError(f"{path}: audio file not found")
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises several types for unreadable files
@@ -76,9 +78,16 @@ def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_r
     if data.ndim != 2:
         raise ValueError(f"save_audio expects (channels, samples), got shape {tuple(data.shape)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    sf.write(str(tmp), np.clip(data.T, -1.0, 1.0), sample_rate)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # same suffix: soundfile picks the format from it
+    try:
+        sf.write(str(tmp), np.clip(data.T, -1.0, 1.0), sample_rate)
+        os.replace(tmp, path)
+    except (TypeError, ValueError, sf.LibsndfileError) as exc:  # unknown suffix, unsupported rate/format
+        tmp.unlink(missing_ok=True)
+        raise LoditError(f"{path}: cannot write audio ({_reason(exc)}); use a .wav, .flac, .ogg or .mp3 name") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
