@@ -1,0 +1,560 @@
+"""The training loop every lodit trainer shares: a :class:`Trainer` runs a :class:`TrainTask`.
+
+A task says *what* is trained — its modules, which of them step at a given step (a GAN alternates
+``"discriminator"`` and ``"model"``), the loss of each phase and the config to export. The
+trainer owns *how*: one AdamW and one LR scheduler per module, ``accelerate`` for devices, mixed
+precision and multi-GPU, gradient accumulation and clipping, the NaN/inf guard, the EMA of
+``"model"``, TensorBoard logging, progress, atomic checkpoints and exact resume.
+
+One training step, for each phase ``p`` in ``task.phases(step)``:
+zero the gradients of *all* modules; for each of ``gradient_accumulation_steps`` micro-batches
+``loss, scalars = task.loss(p, batch, step)`` and backward; clip ``p``'s gradient norm; ask the
+guard; step ``p``'s optimizer (or skip the step). Then every LR scheduler advances once (the
+schedule is a function of the global step), and the EMA follows ``"model"`` if it stepped.
+
+Exact resume: a checkpoint holds the weights, EMA, optimizer/scheduler/grad-scaler states, the
+data position, guard counters and every process's RNG state, so a run stopped at step ``k`` and
+resumed continues bit-for-bit as if it had never stopped (same machine, same settings). After
+loading, the learning rates are recomputed from the *current* config, so a resumed run may
+change ``max_steps`` or ``lr``.
+
+Multi-GPU (``accelerate launch``): modules are wrapped for data-parallel training, so a task must
+call the trained modules through ``self.trained(name)`` inside :meth:`TrainTask.loss` (the
+wrapper synchronises gradients) and call each wrapped module once per backward (e.g. put real and
+generated audio through a discriminator as one batch). Previews run on the main process only and
+should use the plain modules (``self.modules()``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import gather_object, send_to_device
+from torch import nn
+
+from lodit import __version__
+from lodit.config import save_config, to_dict
+from lodit.errors import LoditError
+from lodit.training.checkpoint import (
+    EMA_NAME,
+    MODEL_NAME,
+    OPTIMIZER_FILE,
+    RESERVED_NAMES,
+    check_compatible,
+    checkpoint_path,
+    export_final,
+    latest_checkpoint,
+    load_weights,
+    prune_checkpoints,
+    read_optimizer_state,
+    read_state,
+    read_weights,
+    save_checkpoint,
+)
+from lodit.training.config import TrainingConfig
+from lodit.training.data import ResumableLoader
+from lodit.training.ema import EMA
+from lodit.training.guard import NonFiniteGuard
+from lodit.training.progress import Progress
+from lodit.training.schedule import make_scheduler
+from lodit.training.seed import rng_state, seed_everything, set_rng_state
+from lodit.training.tracking import Tracker
+
+LOG_DIR = "logs"
+RUN_CONFIG_FILE = "config.yaml"
+
+
+class TrainTask(ABC):
+    """What a trainer trains. Subclass it; the :class:`Trainer` calls these methods.
+
+    After the modules are prepared, the trainer sets ``self.accelerator`` (device:
+    ``self.device``), the prepared modules (reach them with :meth:`trained`) and ``self.ema``
+    (the :class:`~lodit.training.ema.EMA` of ``"model"`` or None), then calls :meth:`on_prepared`.
+    """
+
+    accelerator: Accelerator | None = None
+    ema: EMA | None = None
+    _prepared: Mapping[str, nn.Module] | None = None
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """The trained modules by name; ``"model"`` is the one exported (``model.safetensors``)."""
+
+    def phases(self, step: int) -> Sequence[str]:
+        """Which modules' optimizers step at ``step`` (0-based), in order (GAN: ``("discriminator", "model")``)."""
+        return (MODEL_NAME,)
+
+    @abstractmethod
+    def loss(self, phase: str, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar loss to minimise for ``phase`` on ``batch`` (already on the device), and scalars to log."""
+
+    @abstractmethod
+    def export_config(self) -> dict:
+        """The model config written as ``config.json`` in every checkpoint (what ``from_pretrained`` reads)."""
+
+    def preview(self, batch: Any, step: int, tracker: Tracker) -> None:
+        """Log previews (e.g. ``tracker.log_audio``) every ``preview_every`` steps; main process, no grad."""
+
+    def on_prepared(self, accelerator: Accelerator) -> None:
+        """Called once the modules are on their device (e.g. to move frozen teachers there too)."""
+
+    # ------------------------------------------------------------------ set by the trainer
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device if self.accelerator is not None else torch.device("cpu")
+
+    def trained(self, name: str = MODEL_NAME) -> nn.Module:
+        """Trained module ``name`` as prepared for training (wrapped for gradient sync on multi-GPU)."""
+        if self._prepared is not None:
+            return self._prepared[name]
+        return self.modules()[name]
+
+    def bind(self, accelerator: Accelerator, prepared: Mapping[str, nn.Module], ema: EMA | None) -> None:
+        self.accelerator = accelerator
+        self._prepared = dict(prepared)
+        self.ema = ema
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns."""
+
+    step: int
+    scalars: dict[str, float]
+    run_dir: Path
+    checkpoint: Path | None
+    final: Path | None = None
+    skipped_steps: dict[str, int] = field(default_factory=dict)
+
+
+def make_accelerator(config: TrainingConfig, **kwargs: Any) -> Accelerator:
+    """An ``Accelerator`` with the config's precision and accumulation (extra ``kwargs`` pass through)."""
+    precision = config.resolved_mixed_precision()
+    shared = AcceleratorState._shared_state
+    if shared.get("_mixed_precision", precision) != precision:
+        # accelerate keeps one process-wide state and refuses a new Accelerator with another
+        # precision; a second Trainer in the same process (tests, notebooks, sweeps) must still
+        # get the precision its config asks for. The process group (PartialState) is kept.
+        AcceleratorState._reset_state()
+    try:
+        return Accelerator(
+            mixed_precision=precision, gradient_accumulation_steps=config.gradient_accumulation_steps, **kwargs
+        )
+    except ValueError as exc:  # e.g. fp16 on a machine without a GPU
+        reason = " ".join(str(exc).split())
+        raise LoditError(f"mixed_precision={precision!r} is not available here ({reason})") from None
+
+
+class Trainer:
+    """Runs a :class:`TrainTask` to ``config.max_steps``, checkpointing into ``run_dir``.
+
+    ``resume=True`` continues from the newest checkpoint in ``run_dir`` if there is one;
+    ``resume="path/to/checkpoints/step-…"`` continues from that one; ``resume=False`` starts fresh
+    and refuses a ``run_dir`` that already has checkpoints. ``resolved_config`` (the trainer's whole
+    config) is written to ``run_dir/config.yaml``; without it the TrainingConfig is.
+    """
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        run_dir: str | Path,
+        task: TrainTask,
+        loader: ResumableLoader,
+        *,
+        resolved_config: Any = None,
+        resume: bool | str | Path = True,
+        accelerator: Accelerator | None = None,
+    ):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.task = task
+        self.loader = loader
+        self.resolved_config = resolved_config
+        self.resume = resume
+        self.accelerator = accelerator or make_accelerator(config)
+        if self.accelerator.gradient_accumulation_steps != config.gradient_accumulation_steps:
+            raise LoditError(
+                f"the accelerator accumulates {self.accelerator.gradient_accumulation_steps} micro-batches but "
+                f"gradient_accumulation_steps is {config.gradient_accumulation_steps}; make them agree"
+            )
+
+        modules = dict(task.modules())
+        _check_modules(modules, config)
+        self.names = list(modules)
+        self.trainable = {name: [p for p in m.parameters() if p.requires_grad] for name, m in modules.items()}
+        raw_optimizers = {name: self._make_optimizer(name) for name in self.names}
+        # Schedulers stay outside accelerator.prepare: a prepared scheduler steps once per process,
+        # while ours must follow the global step whatever the number of processes.
+        self.schedulers = {name: make_scheduler(opt, config) for name, opt in raw_optimizers.items()}
+        prepared = self.accelerator.prepare(*modules.values(), *raw_optimizers.values())
+        count = len(self.names)
+        self.prepared = dict(zip(self.names, prepared[:count]))
+        self.optimizers = dict(zip(self.names, prepared[count:]))
+        self.modules = {name: self.accelerator.unwrap_model(m) for name, m in self.prepared.items()}
+
+        model = self.modules[MODEL_NAME]
+        self.ema = EMA(model, config.ema_decay, warmup=config.ema_warmup) if config.ema_decay > 0 else None
+        self.guard = NonFiniteGuard(config.max_bad_steps)
+        self.tracker = Tracker(self.run_dir / LOG_DIR, enabled=self.accelerator.is_main_process)
+        self.loader.shard(self.accelerator.num_processes, self.accelerator.process_index)
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        task.bind(self.accelerator, self.prepared, self.ema)
+        task.on_prepared(self.accelerator)
+
+    # ------------------------------------------------------------------ public
+
+    def fit(self, stop_at: int | None = None) -> TrainResult:
+        """Train to ``config.max_steps`` (resuming first if asked) and return a summary.
+
+        ``stop_at`` ends this call early, with a checkpoint, after that step (e.g. for jobs with a
+        time limit); the LR schedule still runs to ``max_steps`` and a later ``fit()`` resumes.
+        The ``final/`` export is written only when ``max_steps`` is reached.
+        """
+        cfg = self.config
+        acc = self.accelerator
+        end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
+        self.step = self._start()
+        for module in self.prepared.values():
+            module.train()
+        progress = Progress(cfg.max_steps, initial=self.step, enabled=acc.is_main_process, print_every=cfg.log_every)
+        window = _ScalarWindow()
+        logged: dict[str, float] = {}
+        try:
+            while self.step < end:
+                batches = [self._next_batch() for _ in range(cfg.gradient_accumulation_steps)]
+                window.add(self._train_step(self.step, batches))
+                self.step += 1
+                if self.step % cfg.log_every == 0 or self.step == end:
+                    logged = self._log(window)
+                progress.update(self.step, logged)
+                if cfg.preview_every and self.step % cfg.preview_every == 0:
+                    self._preview(batches[-1], self.step)
+                if self.step % cfg.checkpoint_every == 0 or self.step == end:
+                    self.save_checkpoint()
+        finally:
+            progress.close()
+            self.tracker.flush()
+        if self.last_checkpoint != checkpoint_path(self.run_dir, self.step):
+            self.save_checkpoint()  # nothing ran (resumed at the end from elsewhere): the run still gets its checkpoint
+        final = self.export_final() if self.step >= cfg.max_steps else None
+        self.tracker.close()
+        return TrainResult(
+            step=self.step,
+            scalars=logged,
+            run_dir=self.run_dir,
+            checkpoint=self.last_checkpoint,
+            final=final,
+            skipped_steps=dict(self.guard.skipped),
+        )
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step-<step>/`` (main process; every process must call it) and prune old ones."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        rng_states = [rng_state()]
+        if acc.num_processes > 1:
+            rng_states = gather_object(rng_states)  # one entry per process, in process order
+        folder = checkpoint_path(self.run_dir, self.step)
+        if acc.is_main_process:
+            weights = {name: module.state_dict() for name, module in self.modules.items()}
+            if self.ema is not None:
+                weights[EMA_NAME] = self.ema.state_dict()
+            optimizer_state = {
+                "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+                "schedulers": {name: sched.state_dict() for name, sched in self.schedulers.items()},
+                "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+            }
+            state = {
+                "step": self.step,
+                "data": self.loader.state_dict(),
+                "guard": self.guard.state_dict(),
+                "ema_updates": self.ema.num_updates if self.ema is not None else 0,
+                "modules": self.names,
+                "num_processes": acc.num_processes,
+                "rng": rng_states,
+                "lodit_version": __version__,
+                "training": to_dict(self.config),
+            }
+            save_checkpoint(
+                folder,
+                config=self.task.export_config(),
+                weights=weights,
+                optimizer_state=optimizer_state,
+                state=state,
+            )
+            prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        acc.wait_for_everyone()
+        self.last_checkpoint = folder
+        return folder
+
+    def export_final(self) -> Path:
+        """Write the stable ``final/`` export (config + model + EMA weights) from the current weights."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        folder = self.run_dir / "final"
+        if acc.is_main_process:
+            export_final(
+                self.run_dir,
+                config=self.task.export_config(),
+                model=self.modules[MODEL_NAME].state_dict(),
+                ema=self.ema.state_dict() if self.ema is not None else None,
+            )
+        acc.wait_for_everyone()
+        return folder
+
+    # ------------------------------------------------------------------ set-up and resume
+
+    def _make_optimizer(self, name: str) -> torch.optim.Optimizer:
+        cfg = self.config
+        params = self.trainable[name]
+        if not params:
+            raise LoditError(
+                f"trained module '{name}' has no parameters that require gradients; "
+                "return only trained modules from modules() (keep frozen ones as plain attributes)"
+            )
+        return torch.optim.AdamW(
+            params, lr=cfg.lr_for(name), betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
+
+    def _start(self) -> int:
+        """Resume or seed a fresh run; write the resolved config; return the first step to run."""
+        acc = self.accelerator
+        folder = self._resume_folder()
+        if folder is None:
+            seed_everything(self.config.seed + acc.process_index)
+            start = 0
+        else:
+            start = self._restore(folder)
+            if acc.is_main_process:
+                print(f"resuming from {folder} (step {start})", file=sys.stderr, flush=True)
+        if acc.is_main_process:
+            save_config(self.resolved_config if self.resolved_config is not None else self.config,
+                        self.run_dir / RUN_CONFIG_FILE)
+        return start
+
+    def _resume_folder(self) -> Path | None:
+        latest = latest_checkpoint(self.run_dir)
+        if self.resume is True:
+            return latest
+        if self.resume is False:
+            if latest is not None:
+                raise LoditError(
+                    f"{self.run_dir} already has checkpoints (newest {latest.name}); "
+                    "resume from them or choose a new run directory"
+                )
+            return None
+        folder = Path(self.resume)
+        if not folder.is_dir():
+            raise LoditError(f"{folder}: checkpoint folder not found; pass a <run>/checkpoints/step-* folder")
+        return folder
+
+    def _restore(self, folder: Path) -> int:
+        """Load everything a checkpoint holds; return its step."""
+        acc = self.accelerator
+        state = read_state(folder)
+        saved_modules = state.get("modules", [])
+        if sorted(saved_modules) != sorted(self.names):
+            raise LoditError(
+                f"{folder}: trained modules {saved_modules} but this trainer has {self.names}; "
+                "resume with the trainer (and config) that wrote the checkpoint"
+            )
+        for name, module in self.modules.items():
+            load_weights(folder / f"{name}.safetensors", module)
+        if self.ema is not None:
+            ema_file = folder / f"{EMA_NAME}.safetensors"
+            if ema_file.is_file():
+                found = read_weights(ema_file)
+                check_compatible(self.ema.state_dict(), found, ema_file)
+                self.ema.load_state_dict(found)
+                self.ema.num_updates = int(state.get("ema_updates", 0))
+            else:  # EMA switched on for a resumed run: start the average at the loaded weights
+                self.ema.load_state_dict(self.modules[MODEL_NAME].state_dict())
+                self.ema.num_updates = 0
+
+        training = read_optimizer_state(folder)
+        for name, optimizer in self.optimizers.items():
+            try:
+                optimizer.load_state_dict(training["optimizers"][name])
+                self.schedulers[name].load_state_dict(training["schedulers"][name])
+            except (KeyError, ValueError) as exc:
+                raise LoditError(
+                    f"{folder / OPTIMIZER_FILE}: the optimizer state of '{name}' does not fit "
+                    f"({' '.join(str(exc).split())}); resume with the same modules and frozen parameters"
+                ) from None
+        if acc.scaler is not None and training.get("scaler"):
+            acc.scaler.load_state_dict(training["scaler"])
+        self._apply_current_schedule()
+
+        self.loader.load_state_dict(state["data"])
+        self.guard.load_state_dict(state.get("guard", {}))
+        step = int(state["step"])
+        if folder.resolve() == checkpoint_path(self.run_dir, step).resolve():
+            self.last_checkpoint = checkpoint_path(self.run_dir, step)
+        rng_states = state.get("rng", [])
+        if len(rng_states) == acc.num_processes:
+            set_rng_state(rng_states[acc.process_index])
+        else:
+            warnings.warn(
+                f"{folder} was written by {len(rng_states)} process(es), this run has {acc.num_processes}: "
+                "random streams are re-seeded, so the run will not repeat the original one exactly",
+                stacklevel=2,
+            )
+            seed_everything(self.config.seed + acc.process_index + 1_000_003 * step)
+        return step
+
+    def _apply_current_schedule(self) -> None:
+        """Recompute every learning rate from the current config at the restored scheduler position.
+
+        The saved optimizer holds the rate the *old* config scheduled for the next step; a resumed
+        run whose ``lr`` or ``max_steps`` changed must use its own. The product is computed exactly as
+        ``LambdaLR`` does, so an unchanged config gives bit-identical rates.
+        """
+        for name, scheduler in self.schedulers.items():
+            base = self.config.lr_for(name)
+            scheduler.base_lrs = [base] * len(scheduler.base_lrs)
+            rates = [b * factor(scheduler.last_epoch) for factor, b in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
+            for group, rate in zip(scheduler.optimizer.param_groups, rates):
+                group["initial_lr"] = base
+                group["lr"] = rate
+            scheduler._last_lr = list(rates)
+
+    # ------------------------------------------------------------------ one step
+
+    def _next_batch(self) -> Any:
+        return send_to_device(next(self.loader), self.accelerator.device, non_blocking=self.loader.pin_memory)
+
+    def _train_step(self, step: int, batches: list[Any]) -> dict[str, float]:
+        scalars: dict[str, float] = {}
+        model_stepped = False
+        for phase in self.task.phases(step):
+            if phase not in self.prepared:
+                raise ValueError(f"task.phases({step}) names {phase!r}, which is not a trained module {self.names}")
+            stepped = self._train_phase(phase, step, batches, scalars)
+            model_stepped = model_stepped or (stepped and phase == MODEL_NAME)
+        for name, scheduler in self.schedulers.items():
+            scalars[f"{name}/lr"] = scheduler.get_last_lr()[0]
+            with warnings.catch_warnings():
+                # a module whose first phase comes later (a GAN discriminator) has never stepped yet
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                scheduler.step()
+        if self.ema is not None and model_stepped:
+            self.ema.update(self.modules[MODEL_NAME])
+        return scalars
+
+    def _train_phase(self, phase: str, step: int, batches: list[Any], scalars: dict[str, float]) -> bool:
+        """Accumulate, clip, guard and step one module; True if its optimizer stepped."""
+        acc = self.accelerator
+        module = self.prepared[phase]
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=acc.device)
+        task_scalars: dict[str, float] = {}
+        for index, batch in enumerate(batches):
+            last = index == len(batches) - 1
+            # gradients are all-reduced only on the last micro-batch of a step
+            with nullcontext() if last else acc.no_sync(module):
+                loss, logs = self.task.loss(phase, batch, step)
+                acc.backward(loss)  # divides by gradient_accumulation_steps
+            loss_sum += loss.detach().float()
+            for key, value in (logs or {}).items():
+                task_scalars[key] = task_scalars.get(key, 0.0) + float(value) / len(batches)
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        grad_norm = acc.clip_grad_norm_(self.trainable[phase], max_norm)
+        status = torch.stack([loss_sum / len(batches), torch.as_tensor(grad_norm, device=acc.device).float()])
+        if acc.num_processes > 1:
+            # every process must take the same decision, and a non-finite loss on one is enough
+            status = acc.reduce(status, reduction="mean")
+        loss_value, norm_value = status.tolist()
+        if not self.guard.check(phase, step, loss_value, norm_value):
+            for optimizer in self.optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+            if acc.scaler is not None:
+                acc.scaler.update()  # lets fp16 loss scaling back off after an overflow
+            return False
+        self.optimizers[phase].step()
+        scalars[f"{phase}/loss"] = loss_value
+        scalars[f"{phase}/grad_norm"] = norm_value
+        for key, value in task_scalars.items():
+            scalars[f"{phase}/{key}"] = value
+        return True
+
+    # ------------------------------------------------------------------ logging and previews
+
+    def _log(self, window: _ScalarWindow) -> dict[str, float]:
+        means = window.means()
+        if self.accelerator.num_processes > 1:
+            means = _average_dicts(gather_object([means]))
+        means["train/steps_per_second"] = window.steps_per_second()
+        for name in self.names:
+            means[f"{name}/skipped_steps"] = float(self.guard.skipped.get(name, 0))
+        window.clear()
+        self.tracker.log_scalars(means, self.step)
+        return means
+
+    def _preview(self, batch: Any, step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        saved = rng_state()  # previews must not shift the training run's random streams
+        try:
+            with torch.no_grad():
+                self.task.preview(batch, step, self.tracker)
+        finally:
+            set_rng_state(saved)
+            for module in self.prepared.values():
+                module.train()
+
+
+class _ScalarWindow:
+    """Means of the scalars logged between two log steps (each key over the steps that had it)."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.steps = 0
+        self.started = time.monotonic()
+
+    def add(self, scalars: Mapping[str, float]) -> None:
+        self.steps += 1
+        for key, value in scalars.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {key: self.sums[key] / self.counts[key] for key in self.sums}
+
+    def steps_per_second(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.steps / elapsed if elapsed > 0 else 0.0
+
+
+def _average_dicts(dicts: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    keys = {k for d in dicts for k in d}
+    return {k: sum(d[k] for d in dicts if k in d) / sum(1 for d in dicts if k in d) for k in sorted(keys)}
+
+
+def _check_modules(modules: Mapping[str, nn.Module], config: TrainingConfig) -> None:
+    if MODEL_NAME not in modules:
+        raise ValueError(f"task.modules() must include {MODEL_NAME!r} (the exported module), got {sorted(modules)}")
+    for name in modules:
+        if name in RESERVED_NAMES or not name.isidentifier():
+            raise ValueError(f"trained module name {name!r} is not allowed (reserved: {sorted(RESERVED_NAMES)})")
+    unknown = sorted(set(config.module_lr) - set(modules))
+    if unknown:
+        raise LoditError(f"module_lr names {unknown}, but the trained modules are {sorted(modules)}; fix the keys")
