@@ -1,0 +1,177 @@
+"""Encoders: waveform ``(B, 1, S)`` -> pre-bottleneck latent frames ``(B, T, D_pre)``.
+
+Owns :data:`ENCODERS`, :class:`EncoderConfig`, :class:`EncoderOutput`, :func:`build_encoder` and two
+variants:
+
+* ``mel_convnext`` — log-mel (:class:`~lodit.latent_tokenizer.frontend.LogMel`) -> conv embedding ->
+  ConvNeXt blocks at the mel frame rate -> strided conv down to the latent rate -> ConvNeXt blocks
+  -> LayerNorm -> Linear to the latent width.
+* ``conv`` — strided 1-D convolutions on the raw waveform (a residual unit then a stride-``s`` conv
+  per stage, channels doubling), then the same latent-rate ConvNeXt head.
+
+The encoder interface is what every variant (including ones added later, e.g. a semantic-acoustic
+encoder with a frozen teacher) implements: an ``nn.Module`` built as ``cls(cfg, tokenizer_cfg)``, with
+``out_dim`` (the width it hands the bottleneck) and ``forward(wav) -> EncoderOutput`` where
+``aux`` carries extra tensors (e.g. teacher features) and ``losses`` any unweighted training losses
+the encoder owns (the tokenizer loss weights them by name).
+
+Frame count: ``hop = sample_rate / latent_rate`` samples per frame (640 at 16 kHz / 25 Hz) and
+``T = ceil(S / hop)``. :func:`pad_to_hop` zero-pads the end of the waveform to ``T * hop`` samples;
+the decoder then returns exactly ``T * hop`` samples and callers trim to the input length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lodit.errors import LoditError
+from lodit.latent_tokenizer.decoder import ConvNeXtStack, init_weights
+from lodit.latent_tokenizer.frontend import LogMel
+from lodit.registry import Registry
+
+if TYPE_CHECKING:
+    from lodit.latent_tokenizer.tokenizer import TokenizerConfig
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "mel_convnext"  # mel_convnext | conv
+    dim: int = 256  # working width of the ConvNeXt blocks
+    intermediate_dim: int = 768  # ConvNeXt MLP width
+    depth: int = 2  # mel_convnext: ConvNeXt blocks at the mel frame rate
+    post_depth: int = 2  # both: ConvNeXt blocks at the latent frame rate
+    kernel: int = 7  # depthwise kernel of the ConvNeXt blocks and of the embedding conv
+    # mel_convnext front-end; the tokenizer hop must be a multiple of mel_hop
+    n_mels: int = 80
+    n_fft: int = 1024
+    mel_hop: int = 320
+    f_min: float = 0.0
+    f_max: float | None = None  # None = sample_rate / 2
+    # conv: one stage per stride; their product must equal the tokenizer hop
+    channels: int = 32  # width of the first stage (doubles per stage, capped at max_channels)
+    max_channels: int = 512
+    strides: list[int] = field(default_factory=lambda: [2, 4, 8, 10])
+    dilations: list[int] = field(default_factory=lambda: [1, 3])  # residual convs of each stage
+
+    def __post_init__(self):
+        if self.kernel % 2 == 0:
+            raise ValueError(f"encoder.kernel must be odd (keeps the frame count), got {self.kernel}")
+
+
+@dataclass
+class EncoderOutput:
+    latent: torch.Tensor  # (B, T, D_pre), D_pre = encoder.out_dim
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # unweighted, named
+
+
+ENCODERS: Registry[type] = Registry("encoder")
+
+
+def build_encoder(cfg: EncoderConfig, tokenizer_cfg: TokenizerConfig) -> nn.Module:
+    """The encoder named by ``cfg.name``; its ``out_dim`` is what the bottleneck receives."""
+    return ENCODERS.get(cfg.name)(cfg, tokenizer_cfg)
+
+
+def pad_to_hop(wav: torch.Tensor, hop: int) -> torch.Tensor:
+    """Zero-pad the last axis to ``ceil(S / hop) * hop`` samples (no-op when already a multiple)."""
+    extra = (-wav.shape[-1]) % hop
+    return F.pad(wav, (0, extra)) if extra else wav
+
+
+class LatentHead(nn.Module):
+    """``(B, T, dim)`` -> ConvNeXt x depth -> LayerNorm -> Linear -> ``(B, T, out_dim)``."""
+
+    def __init__(self, dim: int, intermediate_dim: int, depth: int, kernel: int, out_dim: int):
+        super().__init__()
+        self.blocks = ConvNeXtStack(dim, intermediate_dim, depth, kernel)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.proj = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(self.blocks(x)))
+
+
+@ENCODERS.register("mel_convnext")
+class MelConvNeXtEncoder(nn.Module):
+    """Log-mel -> ConvNeXt (mel rate) -> strided conv (x ``hop / mel_hop``) -> ConvNeXt (latent rate)."""
+
+    def __init__(self, cfg: EncoderConfig, tokenizer_cfg: TokenizerConfig):
+        super().__init__()
+        self.hop_length = tokenizer_cfg.hop_length
+        if cfg.mel_hop <= 0 or self.hop_length % cfg.mel_hop:
+            raise LoditError(
+                f"tokenizer.encoder.mel_hop={cfg.mel_hop} must divide the tokenizer hop ({self.hop_length} samples); "
+                f"pick a divisor such as {self.hop_length // 4}"
+            )
+        self.factor = self.hop_length // cfg.mel_hop  # mel frames per latent frame
+        self.out_dim = tokenizer_cfg.latent_dim
+        self.mel = LogMel(tokenizer_cfg.sample_rate, cfg.n_fft, cfg.mel_hop, cfg.n_mels, cfg.f_min, cfg.f_max)
+        self.embed = nn.Conv1d(cfg.n_mels, cfg.dim, cfg.kernel, padding=cfg.kernel // 2)
+        self.norm_in = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.blocks = ConvNeXtStack(cfg.dim, cfg.intermediate_dim, cfg.depth, cfg.kernel)
+        self.down = nn.Conv1d(cfg.dim, cfg.dim, self.factor, stride=self.factor) if self.factor > 1 else nn.Identity()
+        self.head = LatentHead(cfg.dim, cfg.intermediate_dim, cfg.post_depth, cfg.kernel, self.out_dim)
+        init_weights(self)
+
+    def forward(self, wav: torch.Tensor) -> EncoderOutput:
+        wav = pad_to_hop(wav, self.hop_length)
+        frames = wav.shape[-1] // self.hop_length
+        # center=True gives one frame more than hop-multiples; drop it so mel frames = T * factor.
+        mel = self.mel(wav)[..., : frames * self.factor]  # (B, n_mels, T * factor), float32
+        mel = mel.to(self.embed.weight.dtype)
+        x = self.blocks(self.norm_in(self.embed(mel).transpose(1, 2)))  # (B, T * factor, dim)
+        x = self.down(x.transpose(1, 2)).transpose(1, 2)  # (B, T, dim)
+        return EncoderOutput(latent=self.head(x))
+
+
+class ResidualUnit(nn.Module):
+    """``x + Conv1x1(GELU(DilatedConv7(GELU(x))))``, length-preserving."""
+
+    def __init__(self, channels: int, dilation: int):
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, 7, padding=3 * dilation, dilation=dilation)
+        self.proj = nn.Conv1d(channels, channels, 1)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.proj(self.act(self.conv(self.act(x))))
+
+
+@ENCODERS.register("conv")
+class ConvEncoder(nn.Module):
+    """Waveform -> conv -> [residual units, stride-``s`` conv] per stride -> ConvNeXt head."""
+
+    def __init__(self, cfg: EncoderConfig, tokenizer_cfg: TokenizerConfig):
+        super().__init__()
+        self.hop_length = tokenizer_cfg.hop_length
+        if not cfg.strides or min(cfg.strides) < 2 or math.prod(cfg.strides) != self.hop_length:
+            raise LoditError(
+                f"tokenizer.encoder.strides={cfg.strides} multiply to {math.prod(cfg.strides or [0])}, "
+                f"but the tokenizer hop is {self.hop_length} samples; "
+                f"choose strides >= 2 whose product is {self.hop_length}"
+            )
+        self.out_dim = tokenizer_cfg.latent_dim
+        width = cfg.channels
+        layers: list[nn.Module] = [nn.Conv1d(1, width, 7, padding=3)]
+        for stride in cfg.strides:
+            out = min(width * 2, cfg.max_channels)
+            layers += [ResidualUnit(width, d) for d in cfg.dilations]
+            # kernel 2s with padding ceil(s/2) maps n*s samples to exactly n frames
+            layers += [nn.GELU(), nn.Conv1d(width, out, 2 * stride, stride=stride, padding=(stride + 1) // 2)]
+            width = out
+        layers += [nn.GELU(), nn.Conv1d(width, cfg.dim, 3, padding=1)]
+        self.convs = nn.Sequential(*layers)
+        self.head = LatentHead(cfg.dim, cfg.intermediate_dim, cfg.post_depth, cfg.kernel, self.out_dim)
+        init_weights(self)
+
+    def forward(self, wav: torch.Tensor) -> EncoderOutput:
+        wav = pad_to_hop(wav, self.hop_length)
+        x = self.convs(wav).transpose(1, 2)  # (B, T, dim)
+        return EncoderOutput(latent=self.head(x))

@@ -1,0 +1,108 @@
+"""Spectral front-ends: the short-time Fourier transform and the log-mel spectrogram.
+
+Owns :func:`stft` / :func:`stft_magnitude` (used by the encoders, the reconstruction losses and
+the spectral discriminators) and :class:`LogMel`. Everything is plain ``torch.stft``; the mel
+filterbank comes from ``transformers.audio_utils.mel_filter_bank``.
+
+Framing convention (shared by everything here): ``center=True`` with **zero** padding of
+``n_fft // 2`` on both sides, so frame ``i`` is centred on sample ``i * hop_length`` and a signal of
+``S`` samples gives ``S // hop_length + 1`` frames. Zero padding rather than reflection because
+reflection fails on clips shorter than half a window, and a tokenizer must accept any length.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.audio_utils import mel_filter_bank
+
+
+def _as_signal(wav: torch.Tensor) -> torch.Tensor:
+    """``(S,)``, ``(B, S)`` or ``(B, 1, S)`` -> ``(B, S)``."""
+    if wav.dim() == 3:
+        if wav.shape[1] != 1:
+            raise ValueError(f"expected a mono waveform (B, 1, S), got shape {tuple(wav.shape)}")
+        return wav[:, 0]
+    if wav.dim() == 1:
+        return wav[None]
+    if wav.dim() == 2:
+        return wav
+    raise ValueError(f"expected a waveform shaped (S,), (B, S) or (B, 1, S), got {tuple(wav.shape)}")
+
+
+def stft(wav: torch.Tensor, n_fft: int, hop_length: int, win_length: int | None = None) -> torch.Tensor:
+    """Complex64 STFT with a Hann window: ``(B, n_fft // 2 + 1, S // hop_length + 1)``."""
+    win_length = win_length or n_fft
+    window = torch.hann_window(win_length, device=wav.device)
+    return torch.stft(
+        _as_signal(wav).float(),
+        n_fft=n_fft,
+        hop_length=hop_length,
+        win_length=win_length,
+        window=window,
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )
+
+
+def stft_magnitude(wav: torch.Tensor, n_fft: int, hop_length: int, win_length: int | None = None) -> torch.Tensor:
+    """Linear STFT magnitude ``(B, n_fft // 2 + 1, frames)``."""
+    return stft(wav, n_fft, hop_length, win_length).abs()
+
+
+class LogMel(nn.Module):
+    """Log mel spectrogram: ``wav (B, 1, S) | (B, S) | (S,) -> (B, n_mels, S // hop_length + 1)``.
+
+    Magnitude (``power=1``) or power (``power=2``) STFT, a Slaney mel filterbank, then
+    ``log(max(mel, floor))`` — the floor keeps silence finite and bounds the loss there.
+    Computed in float32 (autocast off). The filterbank and window are non-persistent buffers: they
+    are derived from the arguments, so checkpoints don't carry them.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        n_fft: int,
+        hop_length: int,
+        n_mels: int,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        *,
+        power: float = 1.0,
+        floor: float = 1e-5,
+    ):
+        super().__init__()
+        f_max = sample_rate / 2 if f_max is None else f_max
+        if not 0 <= f_min < f_max <= sample_rate / 2:
+            raise ValueError(f"mel range needs 0 <= f_min < f_max <= sample_rate/2, got {f_min}..{f_max} Hz")
+        self.n_fft, self.hop_length, self.n_mels = n_fft, hop_length, n_mels
+        self.power, self.floor = power, floor
+        filters = mel_filter_bank(
+            num_frequency_bins=n_fft // 2 + 1,
+            num_mel_filters=n_mels,
+            min_frequency=f_min,
+            max_frequency=f_max,
+            sampling_rate=sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )  # (n_fft // 2 + 1, n_mels)
+        self.register_buffer("filters", torch.from_numpy(filters.T).float().contiguous(), persistent=False)
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        # Always float32, even under autocast: log of a bf16 mel would lose the quiet bins.
+        with torch.autocast(wav.device.type, enabled=False):
+            spec = torch.stft(
+                _as_signal(wav).float(),
+                n_fft=self.n_fft,
+                hop_length=self.hop_length,
+                window=self.window.float(),
+                center=True,
+                pad_mode="constant",
+                return_complex=True,
+            ).abs()  # (B, F, frames)
+            if self.power != 1.0:
+                spec = spec.pow(self.power)
+            mel = torch.matmul(self.filters.float(), spec)  # (B, n_mels, frames)
+            return torch.log(mel.clamp(min=self.floor))

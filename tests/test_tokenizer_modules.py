@@ -1,0 +1,409 @@
+"""Waveform autoencoder tokenizer: front-end, encoders, bottlenecks, decoder, losses,
+discriminators, the Tokenizer API and its pretrained-folder format, and the shipped configs."""
+
+import itertools
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lodit.config import from_dict, load_yaml
+from lodit.errors import ConfigError, LoditError
+from lodit.latent_tokenizer.bottleneck import BottleneckConfig, build_bottleneck, gaussian_kl
+from lodit.latent_tokenizer.decoder import DecoderConfig, DepthwiseConv1d
+from lodit.latent_tokenizer.discriminators import DiscriminatorConfig, Discriminators
+from lodit.latent_tokenizer.encoder import ENCODERS, EncoderConfig
+from lodit.latent_tokenizer.frontend import LogMel
+from lodit.latent_tokenizer.losses import (
+    MultiResolutionMelLoss,
+    MultiResolutionSTFTLoss,
+    TokenizerLoss,
+    TokenizerLossConfig,
+    feature_matching_loss,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+)
+from lodit.latent_tokenizer.tokenizer import Tokenizer, TokenizerConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "tokenizer"
+SR = 16000
+HOP = 640
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # These models are tiny: a second intra-op thread only adds synchronisation, and on a busy
+    # machine two spinning threads can make a step 20x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(latent_dim=16, encoder="mel_convnext", bottleneck="noise_norm", upsample=2, **bottleneck_options):
+    return TokenizerConfig(
+        sample_rate=SR,
+        latent_rate=25.0,
+        latent_dim=latent_dim,
+        encoder=EncoderConfig(
+            name=encoder,
+            n_mels=32,
+            n_fft=512,
+            mel_hop=160,
+            dim=16,
+            intermediate_dim=32,
+            depth=1,
+            post_depth=1,
+            channels=4,
+            max_channels=16,
+            strides=[4, 4, 5, 8],
+            dilations=[1],
+        ),
+        bottleneck=BottleneckConfig(name=bottleneck, **bottleneck_options),
+        decoder=DecoderConfig(
+            dim=16,
+            intermediate_dim=32,
+            depth=1,
+            upsample=upsample,
+            hop_length=HOP // upsample,
+            n_fft=4 * HOP // upsample,
+        ),
+    )
+
+
+def chord(seconds=1.0, freqs=(220.0, 277.18, 329.63)):
+    t = torch.arange(int(seconds * SR)) / SR
+    return sum(0.2 * torch.sin(2 * math.pi * f * t) for f in freqs)[None, None]  # (1, 1, S)
+
+
+# ----------------------------------------------------------------------------- front-end
+
+
+def test_log_mel_shape_and_floor():
+    mel = LogMel(SR, n_fft=512, hop_length=160, n_mels=40)
+    out = mel(torch.zeros(2, 1, 1600))
+    assert out.shape == (2, 40, 1600 // 160 + 1)
+    assert torch.allclose(out, torch.full_like(out, math.log(1e-5)))  # silence sits on the floor
+    tone = mel(chord())
+    assert tone.max() > math.log(1e-5) + 5
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("encoder", ENCODERS.names())
+@pytest.mark.parametrize("latent_dim", [16, 128, 1280])
+def test_encoder_and_decoder_shapes(encoder, latent_dim):
+    model = Tokenizer(tiny_config(latent_dim, encoder))
+    wav = torch.randn(2, 1, 3 * HOP + 100)  # not a multiple of the hop: padded to 4 frames
+    out = model(wav)
+    assert out.latent.shape == (2, 4, latent_dim)
+    assert out.recon.shape == wav.shape  # forward trims to the input length
+    assert model.decode(out.latent).shape == (2, 1, 4 * HOP)  # decode returns T * hop samples
+
+
+@pytest.mark.parametrize("bottleneck", ["noise_norm", "vae", "identity"])
+@pytest.mark.parametrize("upsample", [1, 2])
+def test_tokenizer_api_shapes(bottleneck, upsample):
+    model = Tokenizer(tiny_config(bottleneck=bottleneck, upsample=upsample)).eval()
+    wav = torch.randn(SR + 1)
+    for form in (wav, wav[None], wav[None, None]):
+        assert model.encode(form).shape == (1, model.num_frames(SR + 1), 16) == (1, 26, 16)
+    latent = model.encode(wav)
+    assert model.decode(latent[0]).shape == (1, 1, 26 * HOP)
+    assert model.reconstruct(wav).shape == (1, 1, SR + 1)
+    assert model.hop_length == HOP and model.latent_rate == 25.0 and model.sample_rate == SR
+    with pytest.raises(LoditError):
+        model.decode(torch.randn(1, 5, 7))  # wrong latent width
+    with pytest.raises(LoditError):
+        model.encode(torch.randn(1, 2, SR))  # stereo
+
+
+def test_depthwise_conv_matches_torch_conv():
+    conv = DepthwiseConv1d(6, 5)
+    x = torch.randn(2, 11, 6)  # (B, T, C)
+    reference = torch.nn.functional.conv1d(x.transpose(1, 2), conv.weight, conv.bias, padding=2, groups=6)
+    assert torch.allclose(conv(x), reference.transpose(1, 2), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- bottlenecks
+
+
+def test_noise_norm_channel_axis_statistics_and_noise():
+    bottleneck = build_bottleneck(BottleneckConfig(name="noise_norm"), 64, 64)
+    z = 3.0 + 5.0 * torch.randn(4, 10, 64)
+    bottleneck.eval()
+    out = bottleneck(z).latent
+    assert torch.allclose(out.mean(-1), torch.zeros(4, 10), atol=1e-5)  # per frame over channels
+    assert torch.allclose(out.std(-1, correction=0), torch.ones(4, 10), atol=1e-4)
+    assert torch.equal(bottleneck(z).latent, out)  # eval is deterministic
+    bottleneck.train()
+    noisy_a, noisy_b = bottleneck(z).latent, bottleneck(z).latent
+    assert not torch.allclose(noisy_a, out) and not torch.allclose(noisy_a, noisy_b)  # noise only in training
+    assert (noisy_a - out).std() < 1.0  # alpha ~ U(0, 1): the added noise has std < 1
+    assert torch.equal(bottleneck(z, stochastic=False).latent, out)  # the explicit deterministic path
+    assert list(bottleneck.parameters()) == []  # affine is off by default
+
+
+def test_noise_norm_time_axis_gamma_zero_and_affine():
+    bottleneck = build_bottleneck(BottleneckConfig(name="noise_norm", axis="time", gamma=0.0, affine=True), 8, 8)
+    z = torch.randn(2, 50, 8) * torch.arange(1, 9) + torch.arange(8)
+    bottleneck.train()
+    out = bottleneck(z).latent
+    assert torch.allclose(out.mean(1), torch.zeros(2, 8), atol=1e-5)  # per channel over time
+    assert torch.allclose(out.std(1, correction=0), torch.ones(2, 8), atol=1e-4)
+    assert torch.equal(bottleneck(z).latent, out)  # gamma = 0: no noise even in training
+    assert sum(p.numel() for p in bottleneck.parameters()) == 16  # per-channel scale and shift
+
+
+def test_gaussian_kl_hand_value():
+    mu = torch.tensor([[1.0, 0.0]])
+    logvar = torch.tensor([[0.0, math.log(2.0)]])
+    # 0.5 * [(1 + 1 - 1 - 0) + (0 + 2 - 1 - log 2)]
+    assert gaussian_kl(mu, logvar).item() == pytest.approx(0.5 * (2.0 - math.log(2.0)), rel=1e-6)
+    assert gaussian_kl(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0
+
+
+def test_vae_mean_at_eval_sample_in_training_and_clamp():
+    vae = build_bottleneck(BottleneckConfig(name="vae", logvar_clamp=20.0), 4, 2)  # Linear(4 -> 2 * 2)
+    with torch.no_grad():
+        vae.proj.weight.zero_()
+        vae.proj.bias.copy_(torch.tensor([1.0, 0.0, 0.0, math.log(2.0)]))  # mu = (1, 0), logvar = (0, log 2)
+    z = torch.randn(3, 5, 4)
+    vae.eval()
+    out = vae(z)
+    assert torch.allclose(out.latent, torch.tensor([1.0, 0.0]).expand(3, 5, 2))
+    assert out.losses["kl"].item() == pytest.approx(0.5 * (2.0 - math.log(2.0)), rel=1e-5)
+    vae.train()
+    sampled = vae(z).latent
+    assert not torch.allclose(sampled, out.latent)
+    with torch.no_grad():
+        vae.proj.bias.copy_(torch.tensor([0.0, 0.0, 100.0, -100.0]))
+    kl = vae(z, stochastic=False).losses["kl"].item()
+    assert kl == pytest.approx(0.5 * ((math.exp(20) - 1 - 20) + (math.exp(-20) - 1 + 20)), rel=1e-4)
+
+
+def test_identity_and_width_mismatch():
+    identity = build_bottleneck(BottleneckConfig(name="identity"), 6, 6)
+    z = torch.randn(2, 3, 6)
+    assert torch.equal(identity(z).latent, z)
+    with pytest.raises(LoditError, match="latent_dim"):
+        build_bottleneck(BottleneckConfig(name="noise_norm"), 32, 16)
+    with pytest.raises(LoditError, match="choose one of"):
+        build_bottleneck(BottleneckConfig(name="nope"), 6, 6)
+
+
+def test_tokenizer_encode_is_deterministic_in_train_mode():
+    model = Tokenizer(tiny_config()).train()
+    wav = torch.randn(1, 1, SR // 2)
+    assert torch.equal(model.encode(wav), model.encode(wav))
+    assert not torch.equal(model(wav).latent, model(wav).latent)  # forward in training mode is noisy
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_reconstruction_losses_zero_when_equal_positive_otherwise():
+    target = chord()
+    mel = MultiResolutionMelLoss(SR, [(256, 64, 32), (1024, 256, 64)])
+    stft = MultiResolutionSTFTLoss([(512, 128), (1024, 256)])
+    other = chord(freqs=(440.0,))
+    for loss in (mel, stft):
+        assert loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+        assert loss(other, target).item() > 0.1
+
+
+def test_stft_loss_decreases_as_signal_approaches_target():
+    target = chord()
+    noise = 0.3 * torch.randn_like(target)
+    stft = MultiResolutionSTFTLoss([(512, 128), (1024, 256)])
+    values = [stft(target + scale * noise, target).item() for scale in (1.0, 0.3, 0.1, 0.01)]
+    assert all(a > b for a, b in itertools.pairwise(values)), values
+
+
+def test_hinge_and_feature_matching_hand_values():
+    real = [torch.tensor([2.0, 0.5]), torch.tensor([-1.0])]
+    fake = [torch.tensor([-2.0, 0.0]), torch.tensor([1.0])]
+    # disc 1: real (0 + 0.5) / 2, fake (0 + 1) / 2 -> 0.75; disc 2: 2 + 2 = 4; mean 2.375
+    assert hinge_discriminator_loss(real, fake).item() == pytest.approx(2.375)
+    # disc 1: (3 + 1) / 2 = 2; disc 2: 0; mean 1
+    assert hinge_generator_loss(fake).item() == pytest.approx(1.0)
+    real_features = [[torch.ones(2), torch.zeros(3)], [torch.full((1,), 2.0)]]
+    fake_features = [[torch.zeros(2), torch.ones(3)], [torch.zeros(1)]]
+    # disc 1: 1 + 1 (summed over layers); disc 2: 2; mean 2
+    assert feature_matching_loss(real_features, fake_features).item() == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        hinge_discriminator_loss(real, fake[:1])
+
+
+def test_tokenizer_loss_weights_and_adversarial_switch():
+    tokenizer_cfg = tiny_config(bottleneck="vae", kl_weight=0.5)
+    cfg = TokenizerLossConfig(
+        mel=2.0,
+        stft=0.0,
+        adversarial=3.0,
+        feature_matching=0.0,
+        adversarial_start_step=10,
+        mel_resolutions=[(512, 128, 40)],
+    )
+    loss = TokenizerLoss.from_configs(cfg, tokenizer_cfg)
+    real, fake = chord(), chord(freqs=(440.0,))
+    kl = torch.tensor(4.0)
+    total, terms = loss.generator_loss(real, fake, {"kl": kl}, fake_logits=[torch.tensor([0.0, -1.0])])
+    assert set(terms) == {"mel", "kl", "adversarial"}
+    assert terms["adversarial"].item() == pytest.approx(1.5)
+    assert total.item() == pytest.approx(2.0 * terms["mel"].item() + 0.5 * 4.0 + 3.0 * 1.5, rel=1e-5)
+    assert not loss.adversarial_active(9) and loss.adversarial_active(10)
+    with pytest.raises(LoditError, match="loss.model_losses.semantic"):
+        loss.generator_loss(real, fake, {"semantic": kl})
+
+
+# ----------------------------------------------------------------------------- discriminators
+
+
+def test_discriminators_output_structure_and_gradients():
+    cfg = DiscriminatorConfig(
+        names=["mpd", "mrd", "mfd"], channels=4, max_channels=8, periods=[2, 3], resolutions=[(256, 64), (512, 128)]
+    )
+    discs = Discriminators(cfg)
+    wav = torch.randn(2, 1, 4000, requires_grad=True)
+    logits, features = discs(wav)
+    assert len(logits) == len(features) == 2 + 2 + 2
+    for logit, feats in zip(logits, features):
+        assert logit.dim() == 2 and logit.shape[0] == 2
+        assert len(feats) == 6 and all(f.shape[0] == 2 for f in feats)
+    hinge_generator_loss(logits).backward()
+    assert wav.grad is not None and wav.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in discs.parameters())
+    with pytest.raises(LoditError, match="choose one of"):
+        Discriminators(DiscriminatorConfig(names=["mpd", "nope"]))
+    with pytest.raises(LoditError, match="twice"):
+        Discriminators(DiscriminatorConfig(names=["mpd", "mpd"]))
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="must be an integer"):
+        from_dict(TokenizerConfig, {"latent_rate": 30.0}, source="t.yaml")
+    with pytest.raises(ConfigError, match="decoder.hop_length"):
+        from_dict(TokenizerConfig, {"decoder": {"hop_length": 160}}, source="t.yaml")
+    with pytest.raises(ConfigError, match="n_fft"):
+        from_dict(TokenizerConfig, {"decoder": {"n_fft": 400}}, source="t.yaml")
+    with pytest.raises(ConfigError, match="t.yaml.*encoder.kernel must be odd"):
+        from_dict(TokenizerConfig, {"encoder": {"kernel": 4}}, source="t.yaml")
+    with pytest.raises(LoditError, match="strides"):
+        Tokenizer(from_dict(TokenizerConfig, {"encoder": {"name": "conv", "strides": [2, 4, 8]}}))
+    with pytest.raises(LoditError, match="mel_hop"):
+        Tokenizer(from_dict(TokenizerConfig, {"encoder": {"mel_hop": 300}}))
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load_and_build(path):
+    data = load_yaml(path)
+    assert set(data) == {"tokenizer", "loss", "discriminator"}
+    tokenizer_cfg = from_dict(TokenizerConfig, data["tokenizer"], source=str(path))
+    loss_cfg = from_dict(TokenizerLossConfig, data["loss"], source=str(path))
+    disc_cfg = from_dict(DiscriminatorConfig, data["discriminator"], source=str(path))
+    with torch.device("meta"):  # builds every module without allocating the GPU-size weights
+        model = Tokenizer(tokenizer_cfg)
+        Discriminators(disc_cfg)
+    assert model.latent_dim == tokenizer_cfg.latent_dim and model.hop_length == 640
+    assert loss_cfg.mel == 45.0
+
+
+def test_required_config_family_exists():
+    names = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
+    assert {"tiny", "default", "noise_norm_128", "noise_norm_64", "vae_128", "dim_1280"} <= names
+    widths = {name: load_yaml(CONFIG_DIR / f"{name}.yaml")["tokenizer"]["latent_dim"] for name in names}
+    assert widths["noise_norm_64"] == 64 and widths["dim_1280"] == 1280 and widths["vae_128"] == 128
+
+
+# ----------------------------------------------------------------------------- persistence
+
+
+def test_save_and_from_pretrained_round_trip(tmp_path):
+    model = Tokenizer(tiny_config(bottleneck="vae")).eval()
+    wav = torch.randn(1, 1, SR // 2)
+    model.save_pretrained(tmp_path / "tok")
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = Tokenizer.from_pretrained(tmp_path / "tok")
+    assert not loaded.training
+    assert loaded.config == model.config and loaded.identity() == model.identity()
+    latent = model.encode(wav)
+    assert torch.equal(loaded.encode(wav), latent)
+    assert torch.equal(loaded.decode(latent), model.decode(latent))
+
+
+def test_from_pretrained_prefers_ema_and_reads_training_configs(tmp_path):
+    from safetensors.torch import save_file
+
+    model = Tokenizer(tiny_config())
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    # a training checkpoint: the config has the tokenizer under "tokenizer", EMA weights beside
+    full = {"tokenizer": json.loads((folder / "config.json").read_text()), "loss": {}, "training": {"lr": 1e-4}}
+    (folder / "config.json").write_text(json.dumps(full))
+    ema = {k: v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_file(ema, str(folder / "ema.safetensors"))
+    key = "decoder.head.proj.bias"
+    assert torch.equal(Tokenizer.from_pretrained(folder).state_dict()[key], ema[key])
+    assert torch.equal(Tokenizer.from_pretrained(folder, use_ema=False).state_dict()[key], model.state_dict()[key])
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(LoditError, match="not found"):
+        Tokenizer.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LoditError, match="config.json"):
+        Tokenizer.from_pretrained(tmp_path / "empty")
+    small = Tokenizer(tiny_config(latent_dim=16)).save_pretrained(tmp_path / "a")
+    large = Tokenizer(tiny_config(latent_dim=32)).save_pretrained(tmp_path / "b")
+    shutil.copy(small / "model.safetensors", large / "model.safetensors")  # latent-16 weights, latent-32 config
+    with pytest.raises(LoditError, match="do not fit"):
+        Tokenizer.from_pretrained(large)
+    (small / "model.safetensors").unlink()
+    with pytest.raises(LoditError, match="missing"):
+        Tokenizer.from_pretrained(small)
+    (small / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(LoditError, match="unreadable"):
+        Tokenizer.from_pretrained(small)
+
+
+def test_identity_tracks_config():
+    a, b = Tokenizer(tiny_config(16)), Tokenizer(tiny_config(32))
+    ident = a.identity()
+    assert set(ident) == {"name", "config_hash", "latent_dim", "frame_rate", "sample_rate"}
+    assert ident["latent_dim"] == 16 and ident["frame_rate"] == 25.0 and ident["sample_rate"] == SR
+    assert ident["config_hash"] != b.identity()["config_hash"]
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_tiny_autoencoder_learns_a_chord():
+    """150 Adam steps on one 1-s chord cut the multi-resolution mel distance at least 3x (~13x seen)."""
+    model = Tokenizer.from_config(load_yaml(CONFIG_DIR / "tiny.yaml")["tokenizer"])
+    wav = chord()
+    mel = MultiResolutionMelLoss(SR, [(256, 64, 32), (1024, 256, 64)])
+    stft = MultiResolutionSTFTLoss([(512, 128), (1024, 256)])
+
+    def distance():
+        with torch.no_grad():
+            return mel(model.reconstruct(wav), wav).item()
+
+    before = distance()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(150):
+        recon = model(wav).recon
+        loss = mel(recon, wav) + stft(recon, wav)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = distance()
+    assert after < before / 3, (before, after)
