@@ -305,11 +305,10 @@ def test_config_validation():
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load_and_build(path):
-    data = load_yaml(path)
-    assert set(data) == {"tokenizer", "loss", "discriminator"}
-    tokenizer_cfg = from_dict(TokenizerConfig, data["tokenizer"], source=str(path))
-    loss_cfg = from_dict(TokenizerLossConfig, data["loss"], source=str(path))
-    disc_cfg = from_dict(DiscriminatorConfig, data["discriminator"], source=str(path))
+    from lodit.latent_tokenizer.train import TokenizerTrainConfig
+
+    config = from_dict(TokenizerTrainConfig, load_yaml(path), source=str(path))
+    tokenizer_cfg, loss_cfg, disc_cfg = config.tokenizer, config.loss, config.discriminator
     with torch.device("meta"):  # builds every module without allocating the GPU-size weights
         model = Tokenizer(tokenizer_cfg)
         Discriminators(disc_cfg)

@@ -1,0 +1,226 @@
+"""``lodit encode``: a manifest through a tokenizer into a latent cache.
+
+Streams the manifest row by row, reads each clip at the tokenizer's sample rate (mono), encodes
+it with :meth:`Tokenizer.encode` (the deterministic path) and writes a
+:class:`~lodit.data.latent_cache.LatentCacheWriter` cache whose producer is the tokenizer's
+identity plus ``checkpoint`` (the tokenizer folder), so a DiT run can decode its own previews and
+refuse latents of another tokenizer. Each clip keeps its ``caption``, ``transcript``, ``domain``,
+``speaker``, ``labels``, ``duration`` and ``audio`` (the resolved audio path; ``offset`` too when
+the clip starts inside its file).
+
+Batching: clips are read in windows of ``8 * batch_size`` rows and clips of *exactly* the same
+length share a batch. Padding would change what the encoder sees near a clip's end (and, for
+statistics over time, everywhere), so a cached latent is always ``encode`` of its clip alone (up
+to float rounding: batched kernels may sum in another order); fixed-length datasets (the demo
+set, AudioCaps, ESC-50) still encode in full batches.
+Clips are written in manifest order.
+
+Bad rows (invalid JSON, unknown fields, unreadable or empty audio) are reported by line number and
+stop the encode (``--on-error fail``) or are skipped and listed in the summary (``skip``).
+An interrupted encode continues with ``--resume``; an existing cache is replaced only with
+``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from lodit.data.audio import load_audio
+from lodit.data.latent_cache import LatentCacheWriter
+from lodit.data.manifest import (
+    ManifestReport,
+    ManifestRow,
+    OnError,
+    iter_manifest,
+    resolve_audio,
+)
+from lodit.errors import LoditError
+from lodit.latent_tokenizer.tokenizer import Tokenizer
+
+WINDOW_BATCHES = 8  # rows read ahead (in batches) to find clips of the same length
+TEXT_FIELDS = ("caption", "transcript", "domain", "speaker", "labels")
+
+
+@dataclass
+class EncodeSummary:
+    """What :func:`encode_manifest` did."""
+
+    cache: Path
+    encoded: int  # clips encoded by this call
+    resumed: int  # clips already in the cache from an interrupted encode
+    frames: int  # frames in the cache
+    seconds: float  # audio seconds encoded by this call
+    report: ManifestReport  # kept/dropped rows with the reason for each dropped one
+
+    def line(self) -> str:
+        resumed = f" ({self.resumed} already there from an interrupted encode)" if self.resumed else ""
+        dropped = ""
+        if self.report.dropped:
+            reasons = "; ".join(f"{d.where}: {d.reason}" for d in self.report.dropped[:5])
+            more = f"; and {self.report.n_dropped - 5} more" if self.report.n_dropped > 5 else ""
+            dropped = f"; skipped {self.report.n_dropped} bad rows ({reasons}{more})"
+        return (f"encoded {self.encoded} clips, {self.seconds:.1f} s of audio{resumed}, into {self.cache} "
+                f"({self.frames} frames in total){dropped}")
+
+
+@dataclass
+class _Clip:
+    line: int
+    key: str
+    wav: torch.Tensor  # (1, S)
+    fields: dict
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device (default: CUDA when available); an unusable one is a LoditError."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise LoditError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise LoditError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return resolved
+
+
+def encode_manifest(
+    tokenizer_dir: str | os.PathLike,
+    manifest: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    device: str | torch.device | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    on_error: OnError = "fail",
+    progress: bool = True,
+) -> EncodeSummary:
+    """Encode every clip of ``manifest`` with the tokenizer in ``tokenizer_dir`` into the cache ``out``."""
+    if batch_size < 1:
+        raise LoditError(f"--batch-size must be at least 1, got {batch_size}")
+    if on_error not in ("fail", "skip"):
+        raise LoditError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise LoditError(f"{manifest}: manifest not found; build one with `lodit prepare`")
+    folder = Path(tokenizer_dir).resolve()
+    tokenizer = Tokenizer.from_pretrained(folder, map_location=resolve_device(device))
+    producer = {**tokenizer.identity(), "checkpoint": str(folder)}
+    report = ManifestReport(str(manifest))
+    encoded = seconds = 0
+    with LatentCacheWriter(out, producer=producer, dtype=dtype, overwrite=overwrite, resume=resume) as writer:
+        resumed = writer.num_clips
+        rows = iter_manifest(manifest, on_error=on_error, report=report)
+        bar = tqdm(total=_count_lines(manifest), desc="encode", unit=" clips", disable=None if progress else True)
+        window: list[_Clip] = []
+        for line, row in rows:
+            bar.update(1)
+            key = row.id or row.audio
+            if key in writer:
+                continue
+            clip = _read_clip(line, key, row, manifest, tokenizer.sample_rate, on_error, report)
+            if clip is not None:
+                window.append(clip)
+            if len(window) >= WINDOW_BATCHES * batch_size:
+                encoded, seconds = _flush(window, tokenizer, writer, batch_size, encoded, seconds)
+        encoded, seconds = _flush(window, tokenizer, writer, batch_size, encoded, seconds)
+        bar.update(bar.total - bar.n)  # rows dropped while reading the manifest never reached the loop
+        bar.close()
+        if writer.num_clips == 0:
+            writer.discard()  # nothing worth resuming
+            raise LoditError(f"{manifest}: no clip could be encoded ({report.summary()}); check the manifest")
+    return EncodeSummary(Path(out), encoded, resumed, writer.num_frames, seconds, report)
+
+
+def _count_lines(path: Path) -> int:
+    """Non-blank lines (rows, good or bad) for the progress bar's total; cheap next to encoding."""
+    with open(path, "rb") as handle:
+        return sum(1 for raw in handle if raw.strip())
+
+
+def _read_clip(line: int, key: str, row: ManifestRow, manifest: Path, sample_rate: int, on_error: OnError,
+               report: ManifestReport) -> _Clip | None:
+    """The row's audio as ``(1, S)`` at ``sample_rate``, or None (reported) when it can't be used."""
+    path = resolve_audio(row, manifest.parent)
+    try:
+        wav = load_audio(path, sample_rate, channels="mix", offset=row.offset, duration=row.duration)
+        if wav.shape[-1] == 0:
+            raise LoditError(f"{path}: no audio samples (empty file, or offset past its end)")
+    except LoditError as exc:
+        if on_error == "fail":
+            raise LoditError(f"{manifest} line {line}: {exc}; fix the row or use --on-error skip") from None
+        report.kept -= 1  # iter_manifest counted the row as kept; its audio says otherwise
+        report.drop(f"line {line}", str(exc))
+        return None
+    fields = {name: getattr(row, name) for name in TEXT_FIELDS if getattr(row, name) is not None}
+    fields["duration"] = round(wav.shape[-1] / sample_rate, 6)
+    fields["audio"] = str(path.resolve())
+    if row.offset:
+        fields["offset"] = row.offset
+    return _Clip(line, key, wav, fields)
+
+
+def _same_length_batches(clips: list[_Clip], batch_size: int) -> Iterator[list[_Clip]]:
+    """Batches of at most ``batch_size`` clips that all have the same number of samples."""
+    by_length: dict[int, list[_Clip]] = {}
+    for clip in clips:
+        by_length.setdefault(clip.wav.shape[-1], []).append(clip)
+    for group in by_length.values():
+        for start in range(0, len(group), batch_size):
+            yield group[start : start + batch_size]
+
+
+def _flush(window: list[_Clip], tokenizer: Tokenizer, writer: LatentCacheWriter, batch_size: int,
+           encoded: int, seconds: float) -> tuple[int, float]:
+    """Encode the window's clips and write them in manifest order; empties ``window``."""
+    latents: dict[int, torch.Tensor] = {}
+    for batch in _same_length_batches(window, batch_size):
+        wav = torch.stack([clip.wav for clip in batch])  # (B, 1, S), no padding: equal lengths
+        frames = tokenizer.encode(wav).float().cpu()  # (B, T, D)
+        for clip, clip_latents in zip(batch, frames):
+            latents[id(clip)] = clip_latents
+    for clip in window:
+        writer.add(clip.key, latents[id(clip)], clip.fields)
+        encoded += 1
+        seconds += clip.wav.shape[-1] / tokenizer.sample_rate
+    window.clear()
+    return encoded, seconds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", required=True,
+                        help="tokenizer folder (config.json + model.safetensors), e.g. runs/default/final")
+    parser.add_argument("--manifest", required=True, help="manifest of the clips to encode (JSON Lines)")
+    parser.add_argument("--out", required=True, help="latent cache folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted encode into --out")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips of equal length encoded together (default 8)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                        help="storage type of the latents (default float32; reads are always float32)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                        help="a bad row (invalid line, unreadable audio) stops the encode (fail, default) "
+                             "or is reported and left out (skip)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    summary = encode_manifest(
+        args.tokenizer, args.manifest, args.out, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+        overwrite=args.overwrite, resume=args.resume, on_error=args.on_error, progress=not args.no_progress,
+    )
+    elapsed = time.monotonic() - started
+    speed = f", {summary.seconds / elapsed:.0f}x real time" if elapsed > 0 and summary.seconds else ""
+    print(summary.line() + speed)
+    return 0

@@ -1,0 +1,317 @@
+"""Tokenizer training (waveform autoencoder + GAN) on the shared loop, and the ``lodit train-tokenizer`` command.
+
+:class:`TokenizerTrainConfig` is the whole run: the model (``tokenizer``), the loss weights
+(``loss``), the discriminators (``discriminator``), the shared loop settings (``training``) and the
+data (``data``). A YAML file in ``configs/tokenizer/`` holds all five sections.
+
+:class:`TokenizerTask` trains two modules, ``"model"`` (the :class:`Tokenizer`, exported) and
+``"discriminator"`` (:class:`Discriminators`). Before ``loss.adversarial_start_step`` a step only
+updates the tokenizer on the reconstruction (and model) losses; from then on every step first
+updates the discriminators on real vs. reconstructed audio (hinge loss), then the tokenizer on
+reconstruction + adversarial + feature-matching losses (:class:`TokenizerLoss` weights them all,
+including whatever named losses the encoder or bottleneck reports).
+
+The tokenizer's forward pass runs once per step and serves both phases: the discriminator phase
+sees the reconstruction detached, the generator phase backpropagates through the same graph. With
+``gradient_accumulation_steps > 1`` the forward is recomputed in the generator phase instead,
+because keeping one live graph per micro-batch would cost the memory accumulation is meant to
+save, and a data-parallel module may not run several forwards before their backwards.
+
+Data: random crops of ``data.segment_seconds`` from the clips of a manifest; shorter clips are
+zero-padded and the reconstruction is masked to the real samples, so padding teaches nothing.
+
+Running: ``lodit train-tokenizer --config configs/tokenizer/default.yaml --manifest M --out RUN``;
+running the same command again resumes from the newest checkpoint in ``RUN``. ``--max-steps N``
+stops this invocation after global step ``N`` (with a checkpoint; the LR schedule still runs to
+``training.max_steps``), so a long run can be cut into jobs. Every checkpoint folder and
+``RUN/final`` load with ``Tokenizer.from_pretrained``. Several GPUs: ``accelerate launch -m
+lodit.cli train-tokenizer ...`` (``training.batch_size`` is the global batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from lodit.config import load_config, to_dict
+from lodit.data.audio import ChannelPolicy
+from lodit.data.dataset import AudioClipDataset, collate_audio
+from lodit.errors import LoditError
+from lodit.latent_tokenizer.discriminators import DiscriminatorConfig, Discriminators
+from lodit.latent_tokenizer.losses import (
+    MultiResolutionMelLoss,
+    TokenizerLoss,
+    TokenizerLossConfig,
+    hinge_discriminator_loss,
+)
+from lodit.latent_tokenizer.tokenizer import Tokenizer, TokenizerConfig, TokenizerOutput
+from lodit.training.config import TrainingConfig
+from lodit.training.data import ResumableLoader
+from lodit.training.loop import Trainer, TrainResult, TrainTask
+from lodit.training.seed import seed_everything
+from lodit.training.tracking import Tracker
+
+DISCRIMINATOR = "discriminator"
+MODEL = "model"
+
+
+# ============================================================================ config
+
+
+@dataclass
+class TokenizerDataConfig:
+    manifest: str = ""  # JSON Lines manifest (`lodit prepare`); also --manifest
+    segment_seconds: float = 1.0  # training crops; shorter clips are padded and masked
+    random_crop: bool = True  # a random window per (seed, epoch, clip); false = each clip's start
+    min_seconds: float = 0.0  # clips shorter than this are left out
+    loudness: float | None = None  # LUFS to normalise every crop to; null = keep the recorded level
+    channels: Literal["mix", "first"] = "mix"  # the tokenizer is mono: average the channels or take the first
+    on_error: Literal["fail", "skip"] = "fail"  # a bad manifest row stops the run, or is skipped and logged
+
+    def __post_init__(self):
+        if self.segment_seconds <= 0:
+            raise ValueError(f"data.segment_seconds must be positive, got {self.segment_seconds}")
+        if self.min_seconds < 0:
+            raise ValueError(f"data.min_seconds must not be negative, got {self.min_seconds}")
+
+
+@dataclass
+class TokenizerTrainConfig:
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
+
+
+# ============================================================================ the task
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """Run ``module`` without recording gradients for its parameters (gradients still flow to its input)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def split_real_fake(outputs: Sequence, batch_size: int) -> tuple[list, list]:
+    """Split discriminator outputs of ``cat([real, fake])`` into the real and the fake halves.
+
+    ``outputs`` is a list of tensors (logits) or a list of lists of tensors (feature maps)."""
+    real, fake = [], []
+    for item in outputs:
+        if isinstance(item, torch.Tensor):
+            real.append(item[:batch_size])
+            fake.append(item[batch_size:])
+        else:
+            halves = split_real_fake(item, batch_size)
+            real.append(halves[0])
+            fake.append(halves[1])
+    return real, fake
+
+
+class TokenizerTask(TrainTask):
+    """GAN training of a :class:`Tokenizer` against :class:`Discriminators` (see the module docstring)."""
+
+    def __init__(self, config: TokenizerTrainConfig):
+        self.config = config
+        self.tokenizer = Tokenizer(config.tokenizer)
+        self.discriminators = Discriminators(config.discriminator)
+        self.criterion = TokenizerLoss.from_configs(config.loss, config.tokenizer)
+        # The preview distance uses the default resolutions, as `lodit reconstruct` and lodit.eval do,
+        # so preview numbers compare across configs whatever loss.mel_resolutions says.
+        self.preview_mel = MultiResolutionMelLoss(config.tokenizer.sample_rate, TokenizerLossConfig().mel_resolutions)
+        self.reuse_forward = config.training.gradient_accumulation_steps == 1
+        self._forward_step = -1
+        self._forwards: dict[int, TokenizerOutput] = {}  # id(micro-batch) -> its forward, within one step
+
+    # --------------------------------------------------------------------------- TrainTask
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {MODEL: self.tokenizer, DISCRIMINATOR: self.discriminators}
+
+    def phases(self, step: int) -> Sequence[str]:
+        return (DISCRIMINATOR, MODEL) if self.criterion.adversarial_active(step) else (MODEL,)
+
+    def on_prepared(self, accelerator) -> None:
+        self.criterion.to(accelerator.device)  # mel filterbanks and windows
+        self.preview_mel.to(accelerator.device)
+
+    def loss(self, phase: str, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        real, mask = self._target(batch)
+        if phase == DISCRIMINATOR:
+            out = self._forward(batch, real, mask, step, keep=True)
+            return self._discriminator_loss(real, out.recon.detach())
+        out = self._forward(batch, real, mask, step, keep=False)
+        return self._generator_loss(real, out, step)
+
+    def export_config(self) -> dict:
+        return to_dict(self.config.tokenizer)
+
+    @torch.no_grad()
+    def preview(self, batch: dict, step: int, tracker: Tracker) -> None:
+        model = self.tokenizer
+        model.eval()
+        real, mask = self._target(batch)
+        with self.ema.swapped(model) if self.ema is not None else nullcontext():
+            recon = model.reconstruct(real) * mask  # (B, 1, S)
+        tracker.log_scalars({"preview/mel_distance": float(self.preview_mel(recon, real))}, step)
+        length = int(batch["lengths"][0])
+        rate = self.config.tokenizer.sample_rate
+        tracker.log_audio("preview/reconstruction", recon[0, :, :length], rate, step)
+        tracker.log_audio("preview/target", real[0, :, :length], rate, step)
+
+    # --------------------------------------------------------------------------- building blocks
+
+    def _target(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's audio ``(B, 1, S)`` on the device and its validity mask ``(B, 1, S)``."""
+        wav = batch["wav"].to(self.device)
+        if wav.shape[1] != 1:
+            raise LoditError(f"the tokenizer is mono but the batch has {wav.shape[1]} channels; set data.channels=mix")
+        mask = batch["mask"].to(self.device)[:, None].to(wav.dtype)  # (B, 1, S)
+        return wav, mask
+
+    def _forward(
+        self, batch: dict, real: torch.Tensor, mask: torch.Tensor, step: int, *, keep: bool
+    ) -> TokenizerOutput:
+        """The tokenizer's training forward for a micro-batch, computed once per step when possible."""
+        if step != self._forward_step:
+            self._forwards.clear()
+            self._forward_step = step
+        out = self._forwards.pop(id(batch), None)
+        if out is None:
+            reuse = keep and self.reuse_forward
+            with nullcontext() if reuse or not keep else torch.no_grad():
+                out = self.trained(MODEL)(real)
+            out.recon = out.recon * mask  # padding must stay silent, not be learned
+            if reuse:
+                self._forwards[id(batch)] = out
+        return out
+
+    def _discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        # Real and fake through the (possibly data-parallel) discriminator as one batch: one call per backward.
+        logits, _ = self.trained(DISCRIMINATOR)(torch.cat([real, fake]))
+        real_logits, fake_logits = split_real_fake(logits, real.shape[0])
+        loss = hinge_discriminator_loss(real_logits, fake_logits)
+        scores = torch.stack([torch.cat([x.flatten() for x in real_logits]).mean(),
+                              torch.cat([x.flatten() for x in fake_logits]).mean()]).tolist()
+        return loss, {"real_logit": scores[0], "fake_logit": scores[1]}
+
+    def _generator_loss(
+        self, real: torch.Tensor, out: TokenizerOutput, step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        fake = out.recon
+        adversarial = {}
+        if self.criterion.adversarial_active(step):
+            # The discriminator only judges here: its parameters get no gradient in this phase.
+            with frozen(self.discriminators) as judge:
+                logits, features = judge(torch.cat([real, fake]))
+            _, fake_logits = split_real_fake(logits, real.shape[0])
+            real_features, fake_features = split_real_fake(features, real.shape[0])
+            adversarial = {"fake_logits": fake_logits, "real_features": real_features, "fake_features": fake_features}
+        total, terms = self.criterion.generator_loss(real, fake, out.losses, **adversarial)
+        values = torch.stack(list(terms.values())).float().tolist() if terms else []  # one device sync
+        scalars = dict(zip(terms, values))
+        scalars.update({f"bottleneck_{name}": value for name, value in out.stats.items()})
+        return total, scalars
+
+
+# ============================================================================ assembling a run
+
+
+def build_dataset(config: TokenizerTrainConfig) -> AudioClipDataset:
+    """The training clips of ``data.manifest`` at the tokenizer's sample rate."""
+    data = config.data
+    if not data.manifest:
+        raise LoditError("no manifest given: pass --manifest FILE or set data.manifest in the config")
+    channels: ChannelPolicy = data.channels
+    dataset = AudioClipDataset(
+        data.manifest,
+        config.tokenizer.sample_rate,
+        segment_seconds=data.segment_seconds,
+        random_crop=data.random_crop,
+        seed=config.training.seed,
+        channels=channels,
+        loudness=data.loudness,
+        min_seconds=data.min_seconds,
+        on_error=data.on_error,
+    )
+    if len(dataset) == 0:
+        raise LoditError(f"{data.manifest}: no clips to train on ({dataset.num_too_short} shorter than "
+                         f"data.min_seconds={data.min_seconds}); add audio or lower data.min_seconds")
+    return dataset
+
+
+def build_task(config: TokenizerTrainConfig) -> TokenizerTask:
+    """The task with freshly initialised modules; initialisation is seeded by ``training.seed``."""
+    seed_everything(config.training.seed)
+    return TokenizerTask(config)
+
+
+def train_tokenizer(
+    config: TokenizerTrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool | str | Path = True,
+    stop_at: int | None = None,
+) -> TrainResult:
+    """Train (or resume) a tokenizer run into ``run_dir``; ``stop_at`` ends this call after that step."""
+    if config.data.manifest:
+        # the run's config.yaml must still find the data when the run is resumed from elsewhere
+        config = replace(config, data=replace(config.data, manifest=str(Path(config.data.manifest).resolve())))
+    dataset = build_dataset(config)
+    task = build_task(config)
+    loader = ResumableLoader.from_config(dataset, collate_audio, config.training)
+    trainer = Trainer(config.training, run_dir, task, loader, resolved_config=config, resume=resume)
+    return trainer.fit(stop_at=stop_at)
+
+
+# ============================================================================ the command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="tokenizer config (YAML), e.g. configs/tokenizer/default.yaml")
+    parser.add_argument("--manifest", help="training manifest (overrides data.manifest)")
+    parser.add_argument("--out", help="run folder for checkpoints, logs and final/ (default runs/<config name>)")
+    parser.add_argument("--seed", type=int, help="training seed (overrides training.seed)")
+    parser.add_argument("--max-steps", type=int, metavar="N",
+                        help="stop this invocation after global step N, with a checkpoint (the LR schedule still "
+                             "runs to training.max_steps); run the command again to continue")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="refuse to continue a run folder that already has checkpoints (default: resume)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="config overrides, e.g. training.max_steps=2000 tokenizer.latent_dim=64")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.manifest:
+        overrides.append(f"data.manifest={args.manifest}")
+    if args.seed is not None:
+        overrides.append(f"training.seed={args.seed}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise LoditError(f"--max-steps must be at least 1, got {args.max_steps}")
+    config = load_config(TokenizerTrainConfig, args.config, overrides)
+    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    result = train_tokenizer(config, run_dir, resume=not args.no_resume, stop_at=args.max_steps)
+    losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.scalars.items()) if k.endswith("loss"))
+    if result.final is None:
+        print(f"stopped at step {result.step} of {config.training.max_steps} ({losses}); checkpoint in "
+              f"{result.checkpoint}; run the same command again to continue")
+    else:
+        print(f"trained {result.step} steps ({losses}); final tokenizer in {result.final} "
+              f"(Tokenizer.from_pretrained or lodit encode --tokenizer)")
+    return 0
