@@ -29,11 +29,11 @@ from lodit.data.audio import resample
 from lodit.errors import LoditError
 from lodit.eval.results import MetricResult
 from lodit.latent_tokenizer.losses import MultiResolutionMelLoss, MultiResolutionSTFTLoss, TokenizerLossConfig
+from lodit.latent_tokenizer.reconstruct import si_sdr_db  # one SI-SDR for the CLI round trip and the metrics
 
 Clips = torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray]
 
 PESQ_RATE = 16000  # wide-band PESQ is defined at 16 kHz (8 kHz is narrow-band only)
-_SI_SDR_EPS = 1e-8
 
 
 def _clip_list(wavs: Clips, what: str) -> list[torch.Tensor]:
@@ -101,16 +101,6 @@ def stft_distance(ref_wavs: Clips, rec_wavs: Clips) -> MetricResult:
             "stft_distance", _pairs(ref_wavs, rec_wavs), lambda ref, rec: float(loss(rec[None, None], ref[None, None])),
             resolutions=[list(r) for r in resolutions],
         )
-
-
-def si_sdr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
-    """SI-SDR of one estimate against its reference, in dB (float64)."""
-    ref = reference.double() - reference.double().mean()
-    est = estimate.double() - estimate.double().mean()
-    alpha = (est @ ref) / (ref @ ref + _SI_SDR_EPS)
-    target = alpha * ref
-    noise = est - target
-    return float(10.0 * torch.log10((target @ target + _SI_SDR_EPS) / (noise @ noise + _SI_SDR_EPS)))
 
 
 def si_sdr(ref_wavs: Clips, rec_wavs: Clips) -> MetricResult:
