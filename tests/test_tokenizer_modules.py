@@ -95,7 +95,7 @@ def test_log_mel_shape_and_floor():
 # ----------------------------------------------------------------------------- shapes
 
 
-@pytest.mark.parametrize("encoder", ENCODERS.names())
+@pytest.mark.parametrize("encoder", ["mel_convnext", "conv"])  # losatok needs a teacher: tests/test_losatok.py
 @pytest.mark.parametrize("latent_dim", [16, 128, 1280])
 def test_encoder_and_decoder_shapes(encoder, latent_dim):
     model = Tokenizer(tiny_config(latent_dim, encoder))

@@ -33,6 +33,7 @@ from torch import nn
 from lodit.errors import LoditError
 from lodit.latent_tokenizer.decoder import ConvNeXtStack, init_weights
 from lodit.latent_tokenizer.frontend import LogMel
+from lodit.latent_tokenizer.losatok_config import SemanticBranchConfig
 from lodit.registry import Registry
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class EncoderConfig:
     max_channels: int = 512
     strides: list[int] = field(default_factory=lambda: [2, 4, 8, 10])
     dilations: list[int] = field(default_factory=lambda: [1, 3])  # residual convs of each stage
+    # losatok: teacher, SemBo, widths and semantic supervision (lodit.latent_tokenizer.losatok_config)
+    semantic: SemanticBranchConfig = field(default_factory=SemanticBranchConfig)
 
     def __post_init__(self):
         if self.kernel % 2 == 0:

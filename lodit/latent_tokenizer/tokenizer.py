@@ -34,6 +34,7 @@ from lodit.errors import LoditError
 from lodit.latent_tokenizer.bottleneck import BottleneckConfig, build_bottleneck
 from lodit.latent_tokenizer.decoder import DecoderConfig, build_decoder
 from lodit.latent_tokenizer.encoder import EncoderConfig, build_encoder, pad_to_hop
+from lodit.latent_tokenizer import losatok as _losatok  # noqa: F401  (registers the "losatok" encoder)
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
