@@ -14,4 +14,4 @@ test: install
 	$(PYTHON) -m pytest -q tests
 
 demo: install
-	bash scripts/demo.sh
+	lodit demo --out demo_out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -18,11 +19,17 @@ from lodit.errors import LoditError
 
 # name -> (module implementing it, one-line help). Order is the order of the data flow.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("lodit.data.prepare", "build a manifest (JSONL) from a folder or a public dataset layout"),
     "make-dataset": ("lodit.data.synthetic", "generate the built-in captioned demo audio (sounds, music, speech)"),
+    "prepare": ("lodit.data.prepare", "build a manifest (JSONL) from a folder or a public dataset layout"),
+    "train-sembo": ("lodit.latent_tokenizer.sembo_train", "pre-train SemBo, LoSATok's semantic bottleneck"),
     "train-tokenizer": ("lodit.latent_tokenizer.train", "train a latent tokenizer (autoencoder or LoSATok)"),
     "reconstruct": ("lodit.latent_tokenizer.reconstruct", "encode and decode one audio file with a tokenizer"),
     "encode": ("lodit.latent_tokenizer.encode", "encode a manifest into a latent cache"),
+    "train-dit": ("lodit.dit.train", "train a flow-matching DiT on a latent cache"),
+    "sample": ("lodit.dit.sample_cli", "generate audio from text prompts with a trained DiT"),
+    "evaluate": ("lodit.eval.evaluate", "score generated audio against a reference set (FAD, CLAP, WER, SIM)"),
+    "compare": ("lodit.eval.compare", "run a latent-dimension comparison experiment and write its report"),
+    "demo": ("lodit.demo", "the whole pipeline on the built-in offline dataset, end to end"),
 }
 
 
@@ -37,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # lodit shows its own progress; the hub's per-file weight-loading bars only add noise.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
         args = parser.parse_args(argv)  # prints help / version / an unknown-command error

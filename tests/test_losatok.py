@@ -397,7 +397,8 @@ def test_cli_train_sembo_then_losatok_and_counterpart_then_encode(whisper_dir, m
 
     small = [f"tokenizer.encoder.semantic.teacher.model={whisper_dir}",
              f"tokenizer.encoder.semantic.teacher_dim={TEACHER_DIM}",
-             "tokenizer.encoder.semantic.d_high=64", "training.max_steps=3", "training.checkpoint_every=3"]
+             "tokenizer.encoder.semantic.d_high=64", "training.max_steps=3", "training.checkpoint_every=3",
+             f"data.teacher_cache={tmp_path / 'teacher_cache'}"]
     runs = {
         "losatok": ("configs/tokenizer/losatok_tiny.yaml", [f"tokenizer.encoder.semantic.sembo={sembo_final}"], 128),
         "counterpart": ("configs/tokenizer/dim1280_tiny.yaml", ["tokenizer.latent_dim=64"], 64),
@@ -426,13 +427,14 @@ def test_cli_with_the_offline_whisper_teacher_and_configs_as_shipped(manifest, t
     two = manifest.parent / "two.jsonl"
     two.write_text("\n".join(rows) + "\n")
     steps = ["training.max_steps=2", "training.checkpoint_every=2"]
+    cache_dir = [f"data.teacher_cache={tmp_path / 'teacher_cache'}"]  # keep the test out of ./runs
     assert cli.main(["train-sembo", "--config", "configs/sembo/tiny.yaml", "--manifest", str(two),
                    "--out", str(tmp_path / "sembo"), *steps]) == 0
     runs = {"losatok_tiny": ([f"tokenizer.encoder.semantic.sembo={tmp_path / 'sembo' / 'final'}"], 128),
             "dim1280_tiny": ([], 256)}
     for name, (extra, latent_dim) in runs.items():
         assert cli.main(["train-tokenizer", "--config", f"configs/tokenizer/{name}.yaml", "--manifest", str(two),
-                         "--out", str(tmp_path / name), *steps, *extra]) == 0
+                         "--out", str(tmp_path / name), *steps, *cache_dir, *extra]) == 0
         assert cli.main(["encode", "--tokenizer", str(tmp_path / name / "final"), "--manifest", str(two),
                          "--out", str(tmp_path / f"{name}_cache"), "--no-progress"]) == 0
         cache = LatentCache(tmp_path / f"{name}_cache")

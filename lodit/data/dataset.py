@@ -1,7 +1,8 @@
 """Audio datasets over a manifest: clips (or random crops of them) with their text, and collation.
 
-Two datasets yield the same items, ``dict(wav (C, S) float32, length, index, key, caption,
-transcript, domain, speaker)``:
+Two datasets yield the same items, ``dict(wav (C, S) float32, length, index, key, crop_start,
+caption, transcript, domain, speaker)``; ``crop_start`` is where the item starts in its clip, in
+samples (0 for whole clips):
 
 - :class:`AudioClipDataset` (map-style) reads the manifest once, line by line, and keeps only a
   small record per clip (path, offset, length, text) — never audio. It knows every clip's length,
@@ -15,7 +16,9 @@ transcript, domain, speaker)``:
 
 Randomness (which crop of a clip) comes from a generator seeded by ``(seed, epoch, index)`` only,
 so an item is the same whichever worker loads it and whenever, and a resumed run sees the same
-crops. Call ``set_epoch(epoch)`` before iterating a new epoch. With ``DataLoader(...,
+crops. ``crop_multiple`` restricts random crop starts to multiples of that many samples (e.g. the
+tokenizer hop, so a crop maps onto whole latent frames of features computed for the whole clip).
+Call ``set_epoch(epoch)`` before iterating a new epoch. With ``DataLoader(...,
 persistent_workers=True)`` the workers keep their own copy of the dataset, so set the epoch
 before the loader's iterator is created (non-persistent workers, the default, pick it up).
 
@@ -97,11 +100,18 @@ def iter_rows(manifest: ManifestSource, on_error: OnError = "fail") -> tuple[Ite
     return manifest, Path(".")
 
 
-def crop_start(total: int, crop: int, *, random: bool, seed: int, epoch: int, index: int) -> int:
-    """Start of a ``crop``-long window in ``total`` frames: random per ``(seed, epoch, index)`` or 0."""
+def crop_start(total: int, crop: int, *, random: bool, seed: int, epoch: int, index: int, multiple: int = 1) -> int:
+    """Start of a ``crop``-long window in ``total`` frames: random per ``(seed, epoch, index)`` or 0.
+
+    A random start is a multiple of ``multiple`` (every such start whose window fits is equally
+    likely); with ``multiple=1`` any start is.
+    """
+    if multiple < 1:
+        raise LoditError(f"crop_multiple must be at least 1, got {multiple}")
     if not random or total <= crop:
         return 0
-    return int(epoch_rng(seed, epoch, index).integers(0, total - crop + 1))
+    choices = (total - crop) // multiple + 1
+    return multiple * int(epoch_rng(seed, epoch, index).integers(0, choices))
 
 
 class ClipLoader:
@@ -116,15 +126,19 @@ class ClipLoader:
         seed: int,
         channels: ChannelPolicy,
         loudness: float | None,
+        crop_multiple: int = 1,
     ):
         if segment_seconds is not None and segment_seconds <= 0:
             raise LoditError(f"segment_seconds must be positive, got {segment_seconds}")
+        if crop_multiple < 1:
+            raise LoditError(f"crop_multiple must be at least 1 sample, got {crop_multiple}")
         self.sample_rate = int(sample_rate)
         self.segment = None if segment_seconds is None else max(1, round(segment_seconds * sample_rate))
         self.random_crop = random_crop
         self.seed = int(seed)
         self.channels = channels
         self.loudness = loudness
+        self.crop_multiple = int(crop_multiple)
 
     def clip_samples(self, record: ClipRecord) -> int:
         """Length of the whole clip in samples at ``sample_rate`` (reads the file header if no duration)."""
@@ -140,12 +154,13 @@ class ClipLoader:
     def load(self, record: ClipRecord, index: int, epoch: int, clip_samples: int | None = None) -> dict:
         if clip_samples is None:
             clip_samples = self.clip_samples(record)
+        start = 0
         if self.segment is None:
             wav = load_audio(record.path, self.sample_rate, channels=self.channels,
                              offset=record.offset, duration=record.duration)
         else:
             start = crop_start(clip_samples, self.segment, random=self.random_crop,
-                               seed=self.seed, epoch=epoch, index=index)
+                               seed=self.seed, epoch=epoch, index=index, multiple=self.crop_multiple)
             wav = load_audio(record.path, self.sample_rate, channels=self.channels,
                              offset=record.offset + start / self.sample_rate,
                              duration=self.segment / self.sample_rate)
@@ -158,6 +173,7 @@ class ClipLoader:
             "length": wav.shape[-1],
             "index": index,
             "key": record.key,
+            "crop_start": start,
             "caption": record.caption,
             "transcript": record.transcript,
             "domain": record.domain,
@@ -171,7 +187,8 @@ class AudioClipDataset(Dataset):
     ``manifest`` is a manifest path (streamed line by line) or rows (dicts / ``ManifestRow``).
     ``segment_seconds``: items are crops that long (shorter clips stay whole; :func:`collate_audio`
     pads them and masks the padding); the crop is random per ``(seed, epoch, index)`` or the
-    clip's start (``random_crop=False``). Without it, items are whole clips. ``loudness`` (LUFS)
+    clip's start (``random_crop=False``); ``crop_multiple`` makes random starts multiples of that
+    many samples. Without it, items are whole clips. ``loudness`` (LUFS)
     normalises each item's loudness; ``min_seconds`` drops shorter clips (counted in
     ``num_too_short``); ``on_error`` (``fail`` | ``skip``) is for bad manifest lines. ``lengths``
     are the items' real lengths in samples, for length bucketing.
@@ -189,9 +206,10 @@ class AudioClipDataset(Dataset):
         loudness: float | None = None,
         min_seconds: float = 0.0,
         on_error: OnError = "fail",
+        crop_multiple: int = 1,
     ):
         self.loader = ClipLoader(sample_rate, segment_seconds=segment_seconds, random_crop=random_crop,
-                                 seed=seed, channels=channels, loudness=loudness)
+                                 seed=seed, channels=channels, loudness=loudness, crop_multiple=crop_multiple)
         rows, root = iter_rows(manifest, on_error)
         min_samples = math.ceil(min_seconds * sample_rate)
         self.records: list[ClipRecord] = []
@@ -255,6 +273,7 @@ class IterableAudioDataset(IterableDataset):
         shuffle_buffer: int = 1000,
         rank: int = 0,
         world_size: int = 1,
+        crop_multiple: int = 1,
     ):
         if shuffle_buffer < 1:
             raise LoditError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
@@ -263,7 +282,7 @@ class IterableAudioDataset(IterableDataset):
         self.manifest = manifest
         self.on_error = on_error
         self.loader = ClipLoader(sample_rate, segment_seconds=segment_seconds, random_crop=random_crop,
-                                 seed=seed, channels=channels, loudness=loudness)
+                                 seed=seed, channels=channels, loudness=loudness, crop_multiple=crop_multiple)
         self.min_samples = math.ceil(min_seconds * sample_rate)
         self.shuffle = shuffle
         self.shuffle_buffer = int(shuffle_buffer)

@@ -7,12 +7,13 @@ the shared loop settings (``training``) and the data (``data``).
 
 Data flow:
 
-1. :func:`cache_teacher_features` runs the teacher once over every clip of the manifest (whole
-   clips, several per forward) and stores each clip's features ``(T, D)`` in a
-   :class:`~lodit.latent_tokenizer.feature_cache.FeatureCache` keyed by the clip (file, offset,
-   duration, size and modification time). Clips already cached are skipped, so a second run, a
-   resumed run and every epoch read features instead of recomputing them. With several
-   processes each computes a strided share. The teacher is released before training.
+1. :func:`~lodit.latent_tokenizer.teacher_features.fill_teacher_cache` runs the teacher once
+   over every clip of the manifest (whole clips, several per forward) and stores each clip's
+   features ``(T, D)`` in a :class:`~lodit.latent_tokenizer.feature_cache.FeatureCache` keyed by
+   the clip (:func:`~lodit.latent_tokenizer.teacher_features.clip_key`). Clips already cached are
+   skipped, so a second run, a resumed run and every epoch read features instead of recomputing
+   them. With several processes each computes a strided share. The teacher is released before
+   training.
 2. :class:`TeacherFeatureDataset` serves crops of ``data.segment_seconds`` of those features
    (random per ``(seed, epoch, clip)``, or each clip's start); :func:`collate_features` pads them
    with a frame mask, which the SemBo losses honour.
@@ -24,13 +25,12 @@ Data flow:
 Running: ``lodit train-sembo --config configs/sembo/whisper_large_v3.yaml --manifest M --out RUN``
 (default ``RUN`` = ``runs/sembo_<config name>``); running it again resumes.
 
-May import: torch, ``lodit.data``, ``lodit.training``, the semantic encoder and SemBo modules.
+May import: torch, ``lodit.data``, ``lodit.training``, the semantic encoder, teacher-feature and SemBo modules.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -38,29 +38,20 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from accelerate import PartialState
 from torch.utils.data import Dataset
 
 from lodit.config import load_config, to_dict
 from lodit.data.batching import pad_sequences
-from lodit.data.dataset import AudioClipDataset, ClipRecord, collate_audio, crop_start
+from lodit.data.dataset import AudioClipDataset, crop_start
 from lodit.errors import LoditError
-from lodit.latent_tokenizer.encoder import pad_to_hop
 from lodit.latent_tokenizer.feature_cache import FeatureCache
-from lodit.latent_tokenizer.semantic import (
-    SemanticEncoder,
-    SemanticEncoderConfig,
-    build_semantic_encoder,
-    num_frames,
-)
+from lodit.latent_tokenizer.semantic import SemanticEncoder, SemanticEncoderConfig, build_semantic_encoder
 from lodit.latent_tokenizer.sembo import SemBo, SemBoConfig, sembo_loss
+from lodit.latent_tokenizer.teacher_features import fill_teacher_cache
 from lodit.training.config import TrainingConfig
 from lodit.training.data import ResumableLoader
 from lodit.training.loop import Trainer, TrainResult, TrainTask
-from lodit.training.progress import Progress
 from lodit.training.seed import seed_everything
-
-log = logging.getLogger(__name__)
 
 FEATURE_CACHE_DIR = "teacher_features"
 
@@ -96,65 +87,7 @@ class SemBoTrainConfig:
     data: SemBoDataConfig = field(default_factory=SemBoDataConfig)
 
 
-# ============================================================================ teacher features
-
-
-def clip_key(record: ClipRecord) -> str:
-    """A feature-cache key that changes when the clip's audio can have changed."""
-    path = Path(record.path)
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise LoditError(f"{path}: cannot read the audio file ({exc.strerror}); fix the manifest") from None
-    return f"{path.resolve()}|offset={record.offset}|duration={record.duration}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
-def cache_teacher_features(
-    dataset: AudioClipDataset,
-    teacher: SemanticEncoder,
-    cache: FeatureCache,
-    *,
-    batch_size: int = 8,
-    process_index: int = 0,
-    num_processes: int = 1,
-    show_progress: bool = True,
-) -> list[str]:
-    """Compute and store the features of every clip of ``dataset`` (whole clips) not yet in
-    ``cache``; return every clip's key. With ``num_processes > 1``, this process handles clips
-    ``process_index::num_processes`` (all processes return all keys).
-
-    Clips are batched longest first so similar lengths share a forward; each clip keeps
-    ``num_frames(its samples)`` frames of the batch's features. The batch is zero-padded to whole
-    output frames, as a tokenizer pads its input to whole latent frames, so every output frame
-    pools complete groups of native frames: the cached features are what the tokenizer's own
-    teacher pass computes for the clip (exactly, for Whisper, which zero-pads every clip to whole
-    30-s windows anyway).
-    """
-    keys = [clip_key(record) for record in dataset.records]
-    mine = range(process_index, len(dataset), num_processes)
-    todo = sorted((i for i in mine if keys[i] not in cache), key=lambda i: -int(dataset.clip_lengths[i]))
-    if not todo:
-        return keys
-    frame = dataset.sample_rate / teacher.target_rate
-    frame_samples = round(frame) if abs(frame - round(frame)) < 1e-9 else 0  # 640 at 25 Hz
-    progress = Progress(len(todo), desc="teacher features", enabled=show_progress,
-                        print_every=max(1, len(todo) // 10))
-    done = 0
-    try:
-        for start in range(0, len(todo), batch_size):
-            indices = todo[start : start + batch_size]
-            batch = collate_audio([dataset[i] for i in indices])
-            wav = pad_to_hop(batch["wav"], frame_samples) if frame_samples else batch["wav"]  # (B, C, S)
-            features = teacher(wav.to(teacher.device))  # (B, T_max, D)
-            for row, index in enumerate(indices):
-                frames = num_frames(int(batch["lengths"][row]), teacher.target_rate, dataset.sample_rate)
-                clip = features[row, :frames]  # (T_clip, D)
-                cache.get(keys[index], lambda clip=clip: clip)
-            done += len(indices)
-            progress.update(done)
-    finally:
-        progress.close()
-    return keys
+# ============================================================================ teacher-feature crops
 
 
 class TeacherFeatureDataset(Dataset):
@@ -247,7 +180,6 @@ def prepare_features(config: SemBoTrainConfig, run_dir: str | Path, *,
                      teacher: SemanticEncoder | None = None) -> TeacherFeatureDataset:
     """Fill the feature cache for the manifest (``teacher``: an already built one to use) and
     return the training dataset over it."""
-    state = PartialState()
     clips = build_clip_dataset(config)
     teacher = teacher if teacher is not None else build_semantic_encoder(config.teacher)
     if teacher.dim != config.sembo.in_dim:
@@ -255,13 +187,7 @@ def prepare_features(config: SemBoTrainConfig, run_dir: str | Path, *,
                          f"set sembo.in_dim={teacher.dim}")
     root = Path(config.data.feature_cache) if config.data.feature_cache else Path(run_dir) / FEATURE_CACHE_DIR
     cache = FeatureCache(root, teacher.identity())
-    teacher.to(state.device)
-    keys = cache_teacher_features(clips, teacher, cache, batch_size=config.data.teacher_batch_size,
-                                  process_index=state.process_index, num_processes=state.num_processes,
-                                  show_progress=state.is_main_process)
-    state.wait_for_everyone()
-    if cache.misses:
-        log.info("computed teacher features of %d clips into %s", cache.misses, cache.folder)
+    keys = fill_teacher_cache(clips, teacher, cache, batch_size=config.data.teacher_batch_size)
     segment_frames = max(1, math.floor(config.data.segment_seconds * teacher.target_rate))
     return TeacherFeatureDataset(cache, keys, segment_frames, random_crop=config.data.random_crop,
                                  seed=config.training.seed)

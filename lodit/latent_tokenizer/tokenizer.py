@@ -137,11 +137,16 @@ class Tokenizer(nn.Module):
         }
 
     # ------------------------------------------------------------------ model
-    def forward(self, wav: torch.Tensor) -> TokenizerOutput:
-        """Training pass: stochastic bottleneck in training mode, deterministic in eval mode."""
+    def forward(self, wav: torch.Tensor, **encoder_inputs: torch.Tensor) -> TokenizerOutput:
+        """Training pass: stochastic bottleneck in training mode, deterministic in eval mode.
+
+        ``encoder_inputs`` are passed to the encoder's ``forward`` as keyword arguments, e.g.
+        LoSATok's precomputed teacher features ``semantic_high=(B, T, teacher_dim)``. Every encoder
+        works without them; an encoder whose ``forward`` takes no such keyword rejects it (TypeError).
+        """
         wav = as_batch(wav)
         num_samples = wav.shape[-1]
-        encoded = self.encoder(pad_to_hop(wav, self.hop_length))
+        encoded = self.encoder(pad_to_hop(wav, self.hop_length), **encoder_inputs)
         bottled = self.bottleneck(encoded.latent)
         recon = self.decoder(bottled.latent)[..., :num_samples]  # (B, 1, S)
         return TokenizerOutput(

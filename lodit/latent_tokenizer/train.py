@@ -20,6 +20,17 @@ save, and a data-parallel module may not run several forwards before their backw
 Data: random crops of ``data.segment_seconds`` from the clips of a manifest; shorter clips are
 zero-padded and the reconstruction is masked to the real samples, so padding teaches nothing.
 
+Teacher features: an encoder with a frozen semantic teacher (LoSATok) runs it on every crop of
+every step unless ``data.teacher_cache`` names a folder. Then, before training, the teacher
+computes each clip's whole-clip features once into a
+:class:`~lodit.latent_tokenizer.feature_cache.FeatureCache` there (clips already cached, e.g. by an
+earlier run with the same teacher and data, are skipped; several processes share the work), random
+crops start at multiples of the tokenizer hop, and each batch carries the cached features of its
+crops' frames as ``encoder_inputs``, which the task passes to :meth:`Tokenizer.forward` (see
+:mod:`lodit.latent_tokenizer.teacher_features`). The teacher is not loaded during training. Cached
+features see the whole clip as context, the teacher on the fly only the crop, so the two differ
+somewhat for a teacher with long context such as Whisper.
+
 Running: ``lodit train-tokenizer --config configs/tokenizer/default.yaml --manifest M --out RUN``;
 running the same command again resumes from the newest checkpoint in ``RUN``. ``--max-steps N``
 stops this invocation after global step ``N`` (with a checkpoint; the LR schedule still runs to
@@ -31,7 +42,7 @@ lodit.cli train-tokenizer ...`` (``training.batch_size`` is the global batch).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,17 +50,26 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from lodit.config import load_config, to_dict
 from lodit.data.audio import ChannelPolicy
 from lodit.data.dataset import AudioClipDataset, collate_audio
 from lodit.errors import LoditError
 from lodit.latent_tokenizer.discriminators import DiscriminatorConfig, Discriminators
+from lodit.latent_tokenizer.feature_cache import FeatureCache
+from lodit.latent_tokenizer.losatok import FrozenTeacher
 from lodit.latent_tokenizer.losses import (
     MultiResolutionMelLoss,
     TokenizerLoss,
     TokenizerLossConfig,
     hinge_discriminator_loss,
+)
+from lodit.latent_tokenizer.teacher_features import (
+    ENCODER_INPUTS,
+    TeacherFeatureCrops,
+    collate_audio_with_teacher_features,
+    fill_teacher_cache,
 )
 from lodit.latent_tokenizer.tokenizer import Tokenizer, TokenizerConfig, TokenizerOutput
 from lodit.training.config import TrainingConfig
@@ -74,12 +94,18 @@ class TokenizerDataConfig:
     loudness: float | None = None  # LUFS to normalise every crop to; null = keep the recorded level
     channels: Literal["mix", "first"] = "mix"  # the tokenizer is mono: average the channels or take the first
     on_error: Literal["fail", "skip"] = "fail"  # a bad manifest row stops the run, or is skipped and logged
+    # Folder caching the frozen semantic teacher's whole-clip features (encoders with a teacher, e.g.
+    # LoSATok); "" = run the teacher on every crop. Shared safely by runs: entries are keyed by teacher and clip.
+    teacher_cache: str = ""
+    teacher_batch_size: int = 8  # clips per teacher forward when filling the teacher cache
 
     def __post_init__(self):
         if self.segment_seconds <= 0:
             raise ValueError(f"data.segment_seconds must be positive, got {self.segment_seconds}")
         if self.min_seconds < 0:
             raise ValueError(f"data.min_seconds must not be negative, got {self.min_seconds}")
+        if self.teacher_batch_size < 1:
+            raise ValueError(f"data.teacher_batch_size must be at least 1, got {self.teacher_batch_size}")
 
 
 @dataclass
@@ -167,7 +193,8 @@ class TokenizerTask(TrainTask):
         model.eval()
         real, mask = self._target(batch)
         with self.ema.swapped(model) if self.ema is not None else nullcontext():
-            recon = model.reconstruct(real) * mask  # (B, 1, S)
+            # forward in eval mode is reconstruct's deterministic path, and takes the batch's encoder inputs
+            recon = model(real, **self._encoder_inputs(batch)).recon * mask  # (B, 1, S)
         tracker.log_scalars({"preview/mel_distance": float(self.preview_mel(recon, real))}, step)
         length = int(batch["lengths"][0])
         rate = self.config.tokenizer.sample_rate
@@ -184,6 +211,10 @@ class TokenizerTask(TrainTask):
         mask = batch["mask"].to(self.device)[:, None].to(wav.dtype)  # (B, 1, S)
         return wav, mask
 
+    def _encoder_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The batch's extra encoder inputs (e.g. cached teacher features) on the device; none by default."""
+        return {name: value.to(self.device) for name, value in batch.get(ENCODER_INPUTS, {}).items()}
+
     def _forward(
         self, batch: dict, real: torch.Tensor, mask: torch.Tensor, step: int, *, keep: bool
     ) -> TokenizerOutput:
@@ -195,7 +226,7 @@ class TokenizerTask(TrainTask):
         if out is None:
             reuse = keep and self.reuse_forward
             with nullcontext() if reuse or not keep else torch.no_grad():
-                out = self.trained(MODEL)(real)
+                out = self.trained(MODEL)(real, **self._encoder_inputs(batch))
             out.recon = out.recon * mask  # padding must stay silent, not be learned
             if reuse:
                 self._forwards[id(batch)] = out
@@ -233,7 +264,8 @@ class TokenizerTask(TrainTask):
 
 
 def build_dataset(config: TokenizerTrainConfig) -> AudioClipDataset:
-    """The training clips of ``data.manifest`` at the tokenizer's sample rate."""
+    """The training clips of ``data.manifest`` at the tokenizer's sample rate; with a teacher cache,
+    random crops start at multiples of the tokenizer hop (whole frames of the cached features)."""
     data = config.data
     if not data.manifest:
         raise LoditError("no manifest given: pass --manifest FILE or set data.manifest in the config")
@@ -248,11 +280,43 @@ def build_dataset(config: TokenizerTrainConfig) -> AudioClipDataset:
         loudness=data.loudness,
         min_seconds=data.min_seconds,
         on_error=data.on_error,
+        crop_multiple=config.tokenizer.hop_length if data.teacher_cache else 1,
     )
     if len(dataset) == 0:
         raise LoditError(f"{data.manifest}: no clips to train on ({dataset.num_too_short} shorter than "
                          f"data.min_seconds={data.min_seconds}); add audio or lower data.min_seconds")
     return dataset
+
+
+def with_teacher_features(
+    config: TokenizerTrainConfig, tokenizer: Tokenizer, clips: AudioClipDataset
+) -> tuple[Dataset, Callable[[Sequence[dict]], dict]]:
+    """The training dataset and its collate function: with ``data.teacher_cache``, ``clips`` with
+    the cached teacher features of every crop (computed first for the clips not yet cached, see
+    the module docstring); without it, ``clips`` and :func:`collate_audio` unchanged."""
+    data = config.data
+    if not data.teacher_cache:
+        return clips, collate_audio
+    frozen = getattr(tokenizer.encoder, "teacher", None)
+    if not isinstance(frozen, FrozenTeacher):
+        raise LoditError(
+            f"data.teacher_cache is set but the {config.tokenizer.encoder.name!r} encoder has no semantic teacher; "
+            "remove data.teacher_cache (data.teacher_cache='')"
+        )
+    if frozen.config.target_rate != config.tokenizer.latent_rate:
+        raise LoditError(
+            f"tokenizer.encoder.semantic.teacher.target_rate={frozen.config.target_rate:g} Hz differs from "
+            f"tokenizer.latent_rate={config.tokenizer.latent_rate:g} Hz, so teacher frames are not latent frames; "
+            "set them equal"
+        )
+    # A teacher of our own, not the encoder's: it is dropped (with its memory) once the cache is filled.
+    teacher = FrozenTeacher(frozen.config, frozen.expected_dim).get()
+    cache = FeatureCache(data.teacher_cache, teacher.identity())
+    keys = fill_teacher_cache(clips, teacher, cache, batch_size=data.teacher_batch_size)
+    del teacher
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return TeacherFeatureCrops(clips, cache, keys, tokenizer.hop_length), collate_audio_with_teacher_features
 
 
 def build_task(config: TokenizerTrainConfig) -> TokenizerTask:
@@ -269,12 +333,14 @@ def train_tokenizer(
     stop_at: int | None = None,
 ) -> TrainResult:
     """Train (or resume) a tokenizer run into ``run_dir``; ``stop_at`` ends this call after that step."""
-    if config.data.manifest:
-        # the run's config.yaml must still find the data when the run is resumed from elsewhere
-        config = replace(config, data=replace(config.data, manifest=str(Path(config.data.manifest).resolve())))
-    dataset = build_dataset(config)
+    # the run's config.yaml must still find the data and the teacher cache when resumed from elsewhere
+    paths = {name: getattr(config.data, name) for name in ("manifest", "teacher_cache")}
+    absolute = {name: str(Path(path).resolve()) for name, path in paths.items() if path}
+    config = replace(config, data=replace(config.data, **absolute))
+    clips = build_dataset(config)
     task = build_task(config)
-    loader = ResumableLoader.from_config(dataset, collate_audio, config.training)
+    dataset, collate = with_teacher_features(config, task.tokenizer, clips)
+    loader = ResumableLoader.from_config(dataset, collate, config.training)
     trainer = Trainer(config.training, run_dir, task, loader, resolved_config=config, resume=resume)
     return trainer.fit(stop_at=stop_at)
 
