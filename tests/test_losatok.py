@@ -388,7 +388,8 @@ def test_cli_train_sembo_then_losatok_and_counterpart_then_encode(whisper_dir, m
     teacher = f"teacher.model={whisper_dir}"
     assert cli.main(["train-sembo", "--config", "configs/sembo/tiny.yaml", "--manifest", str(manifest),
                    "--out", str(tmp_path / "sembo"), teacher, f"sembo.in_dim={TEACHER_DIM}",
-                   "training.max_steps=6", "training.batch_size=2", "data.segment_seconds=0.6"]) == 0
+                   "training.max_steps=6", "training.batch_size=2", "data.segment_seconds=0.6",
+                   f"data.feature_cache={tmp_path / 'teacher_cache'}"]) == 0
     sembo_final = tmp_path / "sembo" / "final"
     sembo = SemBo.from_pretrained(sembo_final)
     assert sembo.config.in_dim == TEACHER_DIM and sembo.low_dim == 128
@@ -429,7 +430,8 @@ def test_cli_with_the_offline_whisper_teacher_and_configs_as_shipped(manifest, t
     steps = ["training.max_steps=2", "training.checkpoint_every=2"]
     cache_dir = [f"data.teacher_cache={tmp_path / 'teacher_cache'}"]  # keep the test out of ./runs
     assert cli.main(["train-sembo", "--config", "configs/sembo/tiny.yaml", "--manifest", str(two),
-                   "--out", str(tmp_path / "sembo"), *steps]) == 0
+                   "--out", str(tmp_path / "sembo"), *steps,
+                   f"data.feature_cache={tmp_path / 'teacher_cache'}"]) == 0
     runs = {"losatok_tiny": ([f"tokenizer.encoder.semantic.sembo={tmp_path / 'sembo' / 'final'}"], 128),
             "dim1280_tiny": ([], 256)}
     for name, (extra, latent_dim) in runs.items():
