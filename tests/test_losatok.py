@@ -393,7 +393,7 @@ def test_cli_train_sembo_then_losatok_and_counterpart_then_encode(whisper_dir, m
     sembo_final = tmp_path / "sembo" / "final"
     sembo = SemBo.from_pretrained(sembo_final)
     assert sembo.config.in_dim == TEACHER_DIM and sembo.low_dim == 128
-    cached = list((tmp_path / "sembo" / "teacher_features").rglob("*.safetensors"))
+    cached = list((tmp_path / "teacher_cache").rglob("*.safetensors"))
     assert len(cached) == 4  # one entry per clip, reused by later epochs and runs
 
     small = [f"tokenizer.encoder.semantic.teacher.model={whisper_dir}",
