@@ -351,7 +351,8 @@ def test_teacher_feature_cache_matches_each_clip_alone_and_training_resumes(whis
         save_audio(tmp_path / f"c{i}.wav", _tone(seconds, 200.0 + 90 * i, seed=i), SR)
         rows.append({"audio": f"c{i}.wav"})
     write_manifest(tmp_path / "m.jsonl", rows)
-    overrides = [f"data.manifest={tmp_path / 'm.jsonl'}", f"teacher.model={whisper_dir}", f"sembo.in_dim={TEACHER_DIM}",
+    overrides = [f"data.feature_cache={tmp_path / 'features'}",
+                 f"data.manifest={tmp_path / 'm.jsonl'}", f"teacher.model={whisper_dir}", f"sembo.in_dim={TEACHER_DIM}",
                  "sembo.hidden_dim=16", "sembo.low_dim=8", "training.batch_size=2", "training.max_steps=3",
                  "training.checkpoint_every=3", "data.segment_seconds=0.5", "data.teacher_batch_size=3"]
     config = load_config(SemBoTrainConfig, "configs/sembo/tiny.yaml", overrides)
@@ -369,7 +370,8 @@ def test_teacher_feature_cache_matches_each_clip_alone_and_training_resumes(whis
     batch = sembo_train.collate_features([dataset[0], dataset[2]])
     assert batch["features"].shape == (2, 12, TEACHER_DIM) and batch["mask"].sum(1).tolist() == [12, 12]
 
-    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors") if "teacher_features" in str(p)}
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "features").rglob("*.safetensors")}
+    assert len(stamps) == 3
     first = sembo_train.train_sembo(config, run)
     assert first.step == 3 and first.final is not None
     longer = load_config(SemBoTrainConfig, "configs/sembo/tiny.yaml", [*overrides[:-4], "training.max_steps=5",
