@@ -381,7 +381,7 @@ def test_teacher_feature_cache_matches_each_clip_alone_and_training_resumes(whis
     assert second.step == 5
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # features were read, never recomputed
     assert SemBo.from_pretrained(second.final).config.low_dim == 8
-    config_bad = load_config(SemBoTrainConfig, "configs/sembo/tiny.yaml", overrides[:2])
+    config_bad = load_config(SemBoTrainConfig, "configs/sembo/tiny.yaml", overrides[:3])
     with pytest.raises(LoditError, match=f"sembo.in_dim={TEACHER_DIM}"):
         sembo_train.prepare_features(config_bad, tmp_path / "bad")
 
