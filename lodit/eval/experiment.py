@@ -1,0 +1,710 @@
+"""The latent-dimension comparison: its config (:class:`ExperimentConfig`) and the runner that fills an output folder.
+
+An experiment has **arms** (each a tokenizer: a training config with overrides, or an already
+trained tokenizer folder) that share everything else: one DiT config, one data split, one DiT
+step budget with evaluation checkpoints, one sampler, one set of evaluation prompts and models,
+and one or more training seeds. :class:`ExperimentRunner` runs, per arm,
+
+1. ``data``: the train / evaluation manifests (the given ones, or a seeded per-domain split);
+2. ``tokenizer``: tokenizer training (skipped for an arm that names a ``checkpoint``);
+3. ``encode``: the training set into a latent cache;
+4. ``reconstruction``: round trips of evaluation clips through the tokenizer, with
+   :func:`~lodit.eval.reconstruction.reconstruction_metrics`;
+5. ``latent_stats``: width usage of the training latents (effective rank, top-k variance);
+6. per seed, ``dit``: DiT training, stopped at every evaluation step (``Trainer.fit(stop_at=k)``
+   writes a checkpoint there) for ``sample``: the evaluation prompts generated from that checkpoint
+   (EMA weights) by ``lodit sample``, and ``score``: those samples scored by
+   :class:`~lodit.eval.evaluate.Evaluator`; training then continues. Samples and scores are
+   separate stages, so changing only the metric models re-scores the kept samples;
+
+and finally the report (:mod:`lodit.eval.report`).
+
+Resume: each stage folder holds ``stage.json`` with a hash of everything its output depends on
+(configs, input manifests by content, upstream stages) and its status. A stage marked ``done``
+with the same hash is reused; a ``running`` one with the same hash continues (training resumes
+from its newest checkpoint, other stages start over); one whose hash differs was made with other
+settings and is redone from scratch, with a message. Every stage writes its outputs atomically and
+appends ``ran`` / ``reused`` to ``stages.jsonl`` in the output folder.
+
+Paths inside the experiment YAML are relative to the YAML's folder; paths given as command-line
+overrides are relative to the working directory.
+
+Output layout::
+
+    OUT/experiment.yaml   resolved config           OUT/stages.jsonl   stage log
+    OUT/data/             train.jsonl, eval.jsonl   OUT/embeddings/    embedding cache
+    OUT/arms/<arm>/tokenizer/        tokenizer run (final/ = the tokenizer)
+    OUT/arms/<arm>/cache/            latent cache of the training set
+    OUT/arms/<arm>/reconstruction/   metrics.json
+    OUT/arms/<arm>/latent_stats/     stats.json
+    OUT/arms/<arm>/seed-<s>/dit/     DiT run (checkpoints/step-*)
+    OUT/arms/<arm>/seed-<s>/step-<k>/samples/  prompts.jsonl, references.json, wavs + samples.json
+    OUT/arms/<arm>/seed-<s>/step-<k>/scores/   metrics.json
+    OUT/report/           results.json, report.md, report.html, *.png, audio/
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lodit.config import apply_overrides, from_dict, load_config, load_yaml, save_config, to_dict
+from lodit.data.audio import audio_info, load_audio
+from lodit.data.manifest import ManifestRow, portable_audio_path, read_manifest, write_manifest
+from lodit.errors import LoditError
+from lodit.eval.evaluate import EvaluationConfig, Evaluator, write_json
+
+STAGE_FILE = "stage.json"
+STAGE_LOG = "stages.jsonl"
+CONFIG_COPY = "experiment.yaml"
+_ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# ============================================================================ config
+
+
+@dataclass
+class ArmConfig:
+    """One tokenizer under test: a training config (+ overrides) or an existing tokenizer folder."""
+
+    name: str = ""
+    tokenizer: str = ""  # tokenizer training config (YAML), trained by the experiment
+    overrides: list[str] = field(default_factory=list)  # key.sub=value overrides of that config
+    checkpoint: str = ""  # an already trained tokenizer folder (its final/ or a checkpoint); nothing is trained
+    description: str = ""  # shown in the report
+
+    def __post_init__(self):
+        if not _ARM_NAME.match(self.name):
+            raise ValueError(f"arm name {self.name!r} must be a non-empty folder name (letters, digits, _ . -)")
+        if bool(self.tokenizer) == bool(self.checkpoint):
+            raise ValueError(f"arm {self.name!r} needs exactly one of tokenizer (a config to train) "
+                             "or checkpoint (a trained folder)")
+
+
+@dataclass
+class DiTSpec:
+    config: str = ""  # DiT training config (YAML), shared by every arm
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExperimentData:
+    train_manifest: str = ""
+    eval_manifest: str = ""  # the reference set; "" = hold out eval_fraction of train_manifest
+    eval_fraction: float = 0.1  # per domain, at least one clip of every domain with two or more
+    split_seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"data.eval_fraction must be between 0 and 1, got {self.eval_fraction}")
+
+
+@dataclass
+class SamplingSettings:
+    sampler: str = "euler"
+    steps: int = 20
+    cfg: float = 3.0
+    schedule: str = "uniform"
+    batch_size: int = 8
+    seed: int = 0  # noise seed of the first prompt (prompt i uses seed + i)
+    use_ema: bool = True
+
+
+@dataclass
+class ExperimentEvaluation(EvaluationConfig):
+    """The metric models (:class:`EvaluationConfig`) plus what is evaluated."""
+
+    num_prompts: int = 16  # evaluation prompts (from the evaluation set, round-robin over tasks)
+    seconds: float = 0.0  # length of caption samples; 0 = the reference clip's length (TTS: the speaking rate)
+    reconstruction_clips: int = 16  # evaluation clips in the reconstruction table (0 = all)
+    audio_examples: int = 3  # prompts per arm with audio players in the report
+
+    def __post_init__(self):
+        if self.num_prompts < 1:
+            raise ValueError(f"evaluation.num_prompts must be at least 1, got {self.num_prompts}")
+        if self.seconds < 0 or self.reconstruction_clips < 0 or self.audio_examples < 0:
+            raise ValueError("evaluation.seconds, reconstruction_clips and audio_examples must not be negative")
+
+    def metric_config(self) -> EvaluationConfig:
+        return EvaluationConfig(**{f.name: getattr(self, f.name) for f in fields(EvaluationConfig)})
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    arms: list[ArmConfig] = field(default_factory=list)
+    dit: DiTSpec = field(default_factory=DiTSpec)
+    data: ExperimentData = field(default_factory=ExperimentData)
+    tokenizer_steps: int = 0  # tokenizer training steps; 0 = each tokenizer config's training.max_steps
+    dit_steps: int = 1000
+    eval_steps: list[int] = field(default_factory=list)  # DiT steps evaluated; dit_steps is always added
+    seeds: list[int] = field(default_factory=lambda: [0])  # DiT training seeds (one DiT per arm and seed)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    evaluation: ExperimentEvaluation = field(default_factory=ExperimentEvaluation)
+
+    def __post_init__(self):
+        if not self.arms:
+            raise ValueError("arms: list at least one arm (name + tokenizer config or checkpoint)")
+        names = [arm.name for arm in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arms: names must be unique, got {names}")
+        if self.dit_steps < 1 or self.tokenizer_steps < 0:
+            raise ValueError("dit_steps must be at least 1 and tokenizer_steps not negative")
+        bad = [k for k in self.eval_steps if not 1 <= k <= self.dit_steps]
+        if bad:
+            raise ValueError(f"eval_steps {bad} lie outside 1..dit_steps ({self.dit_steps})")
+        self.eval_steps = sorted(set(self.eval_steps) | {self.dit_steps})
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must list at least one seed, each once; got {self.seeds}")
+
+
+# Keys holding file paths; in the YAML they are relative to the YAML's folder.
+_PATH_KEYS = (("dit", "config"), ("data", "train_manifest"), ("data", "eval_manifest"))
+_ARM_PATH_KEYS = ("tokenizer", "checkpoint")
+
+
+def load_experiment(path: str | os.PathLike, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read an experiment YAML: its relative paths resolved against its folder, then the
+    command-line ``overrides`` applied (their relative paths stay relative to the working directory)."""
+    path = Path(path)
+    data = load_yaml(path)
+    base = path.resolve().parent
+    for section, key in _PATH_KEYS:
+        node = data.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+            node[key] = _absolute(node[key], base)
+    for arm in data.get("arms") or []:
+        for key in _ARM_PATH_KEYS:
+            if isinstance(arm, dict) and isinstance(arm.get(key), str) and arm[key]:
+                arm[key] = _absolute(arm[key], base)
+    data = apply_overrides(data, list(overrides))
+    where = str(path) if not overrides else f"{path} (with command-line overrides)"
+    return from_dict(ExperimentConfig, data, source=where)
+
+
+def _absolute(value: str, base: Path) -> str:
+    candidate = Path(os.path.expanduser(value))
+    return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
+
+
+# ============================================================================ stage bookkeeping
+
+
+def spec_hash(spec: Any) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Content hash of a (manifest) file: moving the experiment does not invalidate its stages."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:20]
+
+
+class StageBook:
+    """``stage.json`` markers of the stage folders and the experiment's stage log."""
+
+    def __init__(self, root: Path, say: Callable[[str], None]):
+        self.root = root
+        self.say = say
+        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+    def is_done(self, folder: Path, spec: Any) -> bool:
+        """True if ``folder`` holds this spec's finished output. A folder made with another spec is
+        deleted (its outputs are stale); one left ``running`` by this spec is kept to continue."""
+        marker = folder / STAGE_FILE
+        if not marker.is_file():
+            return False
+        try:
+            state = json.loads(marker.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            state = {}
+        if state.get("spec_hash") == spec_hash(spec):
+            return state.get("status") == "done"
+        self.say(f"{folder}: made with other settings; redoing it")
+        shutil.rmtree(folder)
+        return False
+
+    def start(self, folder: Path, spec: Any) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / STAGE_FILE, {"status": "running", "spec_hash": spec_hash(spec), "spec": spec})
+
+    def finish(self, name: str, folder: Path, spec: Any, seconds: float) -> None:
+        write_json(folder / STAGE_FILE, {"status": "done", "spec_hash": spec_hash(spec), "spec": spec,
+                                         "seconds": round(seconds, 3)})
+        self.log(name, "ran", seconds)
+
+    def log(self, name: str, action: str, seconds: float = 0.0) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        entry = {"run": self.run_id, "stage": name, "action": action, "seconds": round(seconds, 3),
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        with open(self.root / STAGE_LOG, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+
+def read_stage_log(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(out_dir) / STAGE_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ============================================================================ the runner
+
+
+@dataclass
+class ExperimentLayout:
+    """Where each stage of an experiment folder lives (see the module docstring)."""
+
+    out: Path
+
+    def arm_dir(self, arm: str) -> Path:
+        return self.out / "arms" / arm
+
+    def seed_dir(self, arm: str, seed: int) -> Path:
+        return self.arm_dir(arm) / f"seed-{seed}"
+
+    def step_dir(self, arm: str, seed: int, step: int) -> Path:
+        return self.seed_dir(arm, seed) / f"step-{step:08d}"
+
+    @property
+    def train_manifest(self) -> Path:
+        return self.out / "data" / "train.jsonl"
+
+    @property
+    def eval_manifest(self) -> Path:
+        return self.out / "data" / "eval.jsonl"
+
+
+@dataclass
+class ArmState:
+    """What the stages of one arm produced."""
+
+    tokenizer_dir: Path
+    tokenizer_spec: Any
+    cache_dir: Path | None = None
+    cache_spec: Any = None
+
+
+class ExperimentRunner:
+    """Runs the stages of an experiment into ``out_dir`` (see the module docstring)."""
+
+    def __init__(self, config: ExperimentConfig, out_dir: str | os.PathLike, *, say: Callable[[str], None] | None = None):
+        self.config = config
+        self.out = Path(out_dir)
+        self.layout = ExperimentLayout(self.out)
+        self.say = say or _print
+        self.book = StageBook(self.out, self.say)
+        self.evaluator = Evaluator(config.evaluation.metric_config(), embedding_cache=self.out / "embeddings")
+        self._text_encoder = None
+        self._check_inputs()
+
+    # --------------------------------------------------------------------------- running
+
+    def run(self) -> Path:
+        """Every missing stage, then the report; returns the report folder."""
+        from lodit.eval.report import collect_results, write_report
+
+        started = time.monotonic()
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, self.out / CONFIG_COPY)
+        data_spec = self.prepare_data()
+        for arm in self.config.arms:
+            state = self.tokenizer(arm, data_spec)
+            self.encode(arm, state, data_spec)
+            self.reconstruction(arm, state, data_spec)
+            self.latent_stats(arm, state)
+            for seed in self.config.seeds:
+                self.dit(arm, state, seed, data_spec)
+        results = collect_results(self.out, self.config)
+        report = self._stage("report", self.out / "report", {"results": spec_hash(results)},
+                             lambda folder: write_report(results, folder))
+        self.say(f"experiment {self.config.name}: done in {time.monotonic() - started:.0f} s; report in {report}")
+        return report
+
+    def _stage(self, name: str, folder: Path, spec: Any, work: Callable[[Path], Any]) -> Path:
+        """Run ``work(folder)`` unless ``folder`` already holds this spec's output."""
+        if self.book.is_done(folder, spec):
+            self.book.log(name, "reused")
+            return folder
+        self.book.start(folder, spec)
+        self.say(f"{name}: running")
+        started = time.monotonic()
+        work(folder)
+        self.book.finish(name, folder, spec, time.monotonic() - started)
+        return folder
+
+    def _check_inputs(self) -> None:
+        cfg = self.config
+        if not cfg.dit.config or not Path(cfg.dit.config).is_file():
+            raise LoditError(f"dit.config: DiT config {cfg.dit.config or '(not set)'} not found; "
+                             "set dit.config to a YAML such as configs/dit/tta.yaml")
+        if not cfg.data.train_manifest or not Path(cfg.data.train_manifest).is_file():
+            raise LoditError(f"data.train_manifest: {cfg.data.train_manifest or '(not set)'} not found; "
+                             "set it to the training manifest (data.train_manifest=PATH)")
+        if cfg.data.eval_manifest and not Path(cfg.data.eval_manifest).is_file():
+            raise LoditError(f"data.eval_manifest: {cfg.data.eval_manifest} not found; "
+                             "fix the path or leave it empty to split the training set")
+        for arm in cfg.arms:
+            source = arm.tokenizer or arm.checkpoint
+            if not Path(source).exists():
+                key = "tokenizer" if arm.tokenizer else "checkpoint"
+                raise LoditError(f"arm {arm.name}: {key} {source} not found; fix arms[{arm.name}].{key}")
+
+    # --------------------------------------------------------------------------- data
+
+    def prepare_data(self) -> dict[str, str]:
+        """The train / evaluation manifests under ``OUT/data``; returns their content hashes."""
+        cfg = self.config.data
+        spec = {"train": file_digest(cfg.train_manifest),
+                "eval": file_digest(cfg.eval_manifest) if cfg.eval_manifest else None,
+                "eval_fraction": None if cfg.eval_manifest else cfg.eval_fraction,
+                "split_seed": None if cfg.eval_manifest else cfg.split_seed}
+        self._stage("data", self.out / "data", spec, self._write_split)
+        return {"train": file_digest(self.layout.train_manifest), "eval": file_digest(self.layout.eval_manifest)}
+
+    def _write_split(self, folder: Path) -> None:
+        cfg = self.config.data
+        train = _absolute_rows(cfg.train_manifest)
+        if cfg.eval_manifest:
+            held_out = _absolute_rows(cfg.eval_manifest)
+        else:
+            train, held_out = split_rows(train, cfg.eval_fraction, cfg.split_seed)
+        for name, rows in (("train.jsonl", train), ("eval.jsonl", held_out)):
+            if not rows:
+                raise LoditError(f"the {name[:-6]} set would be empty; "
+                                 "add clips to data.train_manifest or give data.eval_manifest")
+            write_manifest(folder / name, [replace(row, audio=portable_audio_path(row.audio, folder)) for row in rows])
+        self.say(f"data: {len(train)} training clips, {len(held_out)} evaluation clips")
+
+    # --------------------------------------------------------------------------- tokenizer
+
+    def tokenizer_config(self, arm: ArmConfig):
+        from lodit.latent_tokenizer.train import TokenizerTrainConfig
+
+        overrides = list(arm.overrides) + [f"data.manifest={self.layout.train_manifest.resolve()}"]
+        if self.config.tokenizer_steps:
+            overrides.append(f"training.max_steps={self.config.tokenizer_steps}")
+        return load_config(TokenizerTrainConfig, arm.tokenizer, overrides)
+
+    def tokenizer(self, arm: ArmConfig, data_spec: dict[str, str]) -> ArmState:
+        """Train the arm's tokenizer (or take its checkpoint); returns where it is."""
+        if arm.checkpoint:
+            folder = _tokenizer_folder(Path(arm.checkpoint))
+            return ArmState(folder, {"checkpoint": _folder_fingerprint(folder)})
+        from lodit.latent_tokenizer.train import train_tokenizer
+
+        config = self.tokenizer_config(arm)
+        described = to_dict(config)
+        described["data"]["manifest"] = data_spec["train"]
+        spec = {"config": described}
+        run_dir = self.layout.arm_dir(arm.name) / "tokenizer"
+
+        def work(folder: Path) -> None:
+            self.say(f"[{arm.name}] training the tokenizer for {config.training.max_steps} steps")
+            train_tokenizer(config, folder)
+
+        self._stage(f"tokenizer/{arm.name}", run_dir, spec, work)
+        return ArmState(run_dir / "final", spec)
+
+    def encode(self, arm: ArmConfig, state: ArmState, data_spec: dict[str, str]) -> None:
+        from lodit.latent_tokenizer.encode import encode_manifest
+
+        spec = {"tokenizer": spec_hash(state.tokenizer_spec), "manifest": data_spec["train"]}
+        folder = self.layout.arm_dir(arm.name) / "cache"
+
+        def work(stage_dir: Path) -> None:
+            self.say(f"[{arm.name}] encoding the training set")
+            summary = encode_manifest(state.tokenizer_dir, self.layout.train_manifest, stage_dir / "latents",
+                                      overwrite=True, resume=True, progress=False)
+            self.say(f"[{arm.name}] {summary.line()}")
+
+        self._stage(f"encode/{arm.name}", folder, spec, work)
+        state.cache_dir, state.cache_spec = folder / "latents", spec
+
+    def reconstruction(self, arm: ArmConfig, state: ArmState, data_spec: dict[str, str]) -> None:
+        count = self.config.evaluation.reconstruction_clips
+        spec = {"tokenizer": spec_hash(state.tokenizer_spec), "manifest": data_spec["eval"], "clips": count}
+
+        def work(folder: Path) -> None:
+            write_json(folder / "metrics.json", reconstruction_report(state.tokenizer_dir, self.layout.eval_manifest, count))
+
+        self._stage(f"reconstruction/{arm.name}", self.layout.arm_dir(arm.name) / "reconstruction", spec, work)
+
+    def latent_stats(self, arm: ArmConfig, state: ArmState) -> None:
+        from lodit.eval.latent_stats import latent_cache_statistics, latent_stat_results
+
+        spec = {"cache": spec_hash(state.cache_spec)}
+
+        def work(folder: Path) -> None:
+            stats = latent_cache_statistics(str(state.cache_dir))
+            eigenvalues = stats["eigenvalues"].numpy()
+            cumulative = (np.cumsum(eigenvalues) / max(float(eigenvalues.sum()), 1e-30)).tolist()
+            write_json(folder / "stats.json", {
+                "metrics": [m.to_dict() for m in latent_stat_results(stats, model=f"training latents of {arm.name}")],
+                "dim": int(stats["dim"]), "n_frames": int(stats["n_frames"]),
+                "cumulative_variance": cumulative, "channel_std": stats["std"].tolist(),
+            })
+
+        self._stage(f"latent_stats/{arm.name}", self.layout.arm_dir(arm.name) / "latent_stats", spec, work)
+
+    # --------------------------------------------------------------------------- DiT, sampling, evaluation
+
+    def dit_config(self, state: ArmState, seed: int):
+        from lodit.dit.train import DiTTrainConfig
+
+        overrides = list(self.config.dit.overrides) + [
+            f"data.cache={state.cache_dir.resolve()}",
+            f"training.max_steps={self.config.dit_steps}",
+            f"training.seed={seed}",
+        ]
+        return load_config(DiTTrainConfig, self.config.dit.config, overrides)
+
+    def dit(self, arm: ArmConfig, state: ArmState, seed: int, data_spec: dict[str, str]) -> None:
+        """Train one DiT, stopping at each evaluation step to sample (and then score) its checkpoint."""
+        config = self.dit_config(state, seed)
+        described = to_dict(config)
+        described["data"]["cache"] = spec_hash(state.cache_spec)
+        spec = {"config": described}
+        run_dir = self.layout.seed_dir(arm.name, seed) / "dit"
+        name = f"dit/{arm.name}/seed-{seed}"
+        finished = self.book.is_done(run_dir, spec)
+        if finished:
+            self.book.log(name, "reused")
+        else:
+            self.book.start(run_dir, spec)
+        started = time.monotonic()
+        for step in self.config.eval_steps:
+            step_dir = self.layout.step_dir(arm.name, seed, step)
+            where = f"{arm.name}/seed-{seed}/step-{step}"
+            sample_spec = {"dit": spec_hash(spec), "step": step, "sampling": to_dict(self.config.sampling),
+                           "num_prompts": self.config.evaluation.num_prompts,
+                           "seconds": self.config.evaluation.seconds, "prompts_from": data_spec["eval"]}
+            samples_dir = step_dir / "samples"
+            if self.book.is_done(samples_dir, sample_spec):
+                self.book.log(f"sample/{where}", "reused")
+            else:
+                checkpoint = self._checkpoint_at(config, run_dir, step)
+                self._stage(f"sample/{where}", samples_dir, sample_spec,
+                            partial(self.sample, state, checkpoint))
+            score_spec = {"samples": spec_hash(sample_spec), "reference": data_spec["eval"],
+                          "metrics": to_dict(self.config.evaluation.metric_config())}
+            self._stage(f"score/{where}", step_dir / "scores", score_spec,
+                        partial(self.score, arm, samples_dir))
+        if not finished:  # every evaluation step, the last being dit_steps, has been reached
+            self.book.finish(name, run_dir, spec, time.monotonic() - started)
+
+    def _checkpoint_at(self, config, run_dir: Path, step: int) -> Path:
+        """The DiT checkpoint at ``step``, training up to it (from the newest checkpoint) if needed."""
+        from lodit.training.checkpoint import checkpoint_path, checkpoint_step, latest_checkpoint
+
+        target = checkpoint_path(run_dir, step)
+        if target.is_dir():
+            return target
+        latest = latest_checkpoint(run_dir)
+        if latest is not None and (checkpoint_step(latest) or 0) > step:
+            raise LoditError(f"{run_dir}: trained past step {step} and its checkpoint there is gone (pruned), so step {step} "
+                             "can't be evaluated; delete that DiT run folder to retrain it, or drop the step from eval_steps")
+        self.say(f"training the DiT in {run_dir} to step {step} of {config.training.max_steps}")
+        train_dit_until(config, run_dir, step, text_encoder=self._shared_text_encoder(config))
+        if not target.is_dir():
+            raise LoditError(f"{run_dir}: training stopped without a checkpoint at step {step}")
+        return target
+
+    def _shared_text_encoder(self, config):
+        """The caption encoder, loaded once for every arm and seed (they all share the DiT config)."""
+        from lodit.conditioning.text_encoders import build_text_encoder
+
+        if self._text_encoder is None:
+            self._text_encoder = build_text_encoder(config.text_encoder)
+        return self._text_encoder
+
+    def sample(self, state: ArmState, checkpoint: Path, folder: Path) -> None:
+        """The evaluation prompts (for the tasks the DiT was trained on) through ``lodit sample``."""
+        from lodit.dit.generator import read_generator_config
+
+        tasks = read_generator_config(checkpoint).tasks
+        evaluation = self.config.evaluation
+        requests, references = evaluation_prompts(self.layout.eval_manifest, tasks, evaluation.num_prompts, evaluation.seconds)
+        prompts_file = folder / "prompts.jsonl"
+        _write_jsonl(prompts_file, requests)
+        write_json(folder / "references.json", references)
+        run_sampler(checkpoint, prompts_file, folder, self.config.sampling, state.tokenizer_dir)
+
+    def score(self, arm: ArmConfig, samples_dir: Path, folder: Path) -> None:
+        metrics = self.evaluator.evaluate(samples_dir, self.layout.eval_manifest)
+        write_json(folder / "metrics.json", metrics)
+        headline = ", ".join(_short(m) for m in metrics["metrics"] if m["name"] in ("fad", "clap_score", "wer"))
+        self.say(f"[{arm.name}] {samples_dir.parent.name}: {headline}")
+
+
+# ============================================================================ building blocks
+
+
+def _print(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _short(metric: dict[str, Any]) -> str:
+    value = metric.get("value")
+    return f"{metric['name']} {'n/a' if value is None else f'{value:.4g}'}"
+
+
+def _absolute_rows(manifest: str | os.PathLike) -> list[ManifestRow]:
+    """A manifest's rows with their audio paths made absolute."""
+    data = read_manifest(manifest)
+    return [replace(row, audio=str(data.audio_path(row).resolve())) for row in data.rows]
+
+
+def split_rows(rows: list[ManifestRow], fraction: float, seed: int) -> tuple[list[ManifestRow], list[ManifestRow]]:
+    """Hold out ``fraction`` of each domain's clips (seeded; at least one of a domain with two or
+    more clips); the order of the manifest is kept within each part."""
+    rng = np.random.default_rng(seed)
+    by_domain: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_domain.setdefault(row.domain or "", []).append(i)
+    held: set[int] = set()
+    for domain in sorted(by_domain):
+        indices = by_domain[domain]
+        if len(indices) < 2:
+            continue
+        count = min(len(indices) - 1, max(1, round(fraction * len(indices))))
+        held.update(int(i) for i in rng.permutation(indices)[:count])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def evaluation_prompts(manifest: Path, tasks: list[str], count: int,
+                       seconds: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The first ``count`` evaluation clips whose task the DiT was trained on, taken round-robin over
+    tasks, as ``lodit sample`` requests, with the reference clip of each."""
+    from lodit.conditioning.tasks import task_from_domain
+
+    data = read_manifest(manifest)
+    default_task = next((t for t in tasks if t != "tts"), tasks[0])
+    queues: dict[str, list[ManifestRow]] = {task: [] for task in tasks}
+    for row in data.rows:
+        task = task_from_domain(row.domain) if row.domain else default_task
+        if task == "tts" and not row.transcript:
+            continue
+        if task in queues:
+            queues[task].append(row)
+    chosen: list[ManifestRow] = []
+    while len(chosen) < count and any(queues.values()):
+        for task in tasks:
+            if queues[task] and len(chosen) < count:
+                chosen.append(queues[task].pop(0))
+    if not chosen:
+        raise LoditError(f"{manifest}: no evaluation clip for the DiT's tasks ({', '.join(tasks)}); check the domains")
+    requests, references = [], []
+    for row in chosen:
+        path = data.audio_path(row)
+        speech = bool(row.transcript) and (row.domain == "speech" or not row.caption)
+        # Speech gets no length: the generator takes it from the transcript and the speaking rate.
+        length = None if speech else (seconds or row.duration or _file_seconds(path, row.offset))
+        requests.append({"prompt": row.caption or "", "transcript": row.transcript if speech else None,
+                         "seconds": length})
+        references.append({"audio": str(path.resolve()), "offset": row.offset, "duration": row.duration,
+                           "caption": row.caption or "", "transcript": row.transcript or "", "domain": row.domain or ""})
+    return requests, references
+
+
+def _file_seconds(path: Path, offset: float) -> float:
+    rate, frames, _ = audio_info(path)
+    return max(frames / rate - offset, 1.0 / rate)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False) + "\n"
+                           for row in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _tokenizer_folder(path: Path) -> Path:
+    """A tokenizer folder from a folder or a run folder (its ``final/``)."""
+    if (path / "config.json").is_file():
+        return path
+    if (path / "final" / "config.json").is_file():
+        return path / "final"
+    raise LoditError(f"{path}: not a tokenizer folder (no config.json, nor final/config.json); pass a trained tokenizer")
+
+
+def _folder_fingerprint(folder: Path) -> dict[str, Any]:
+    """Identity of a given tokenizer folder: its config hash and weight-file sizes."""
+    from lodit.latent_tokenizer.tokenizer import Tokenizer
+
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer_config = config.get("tokenizer", config) if isinstance(config, dict) else config
+    sizes = {p.name: p.stat().st_size for p in sorted(folder.glob("*.safetensors"))}
+    identity = Tokenizer.from_config(tokenizer_config, source=str(folder / "config.json")).identity()
+    return {"config_hash": identity["config_hash"], "files": sizes}
+
+
+def train_dit_until(config, run_dir: Path, step: int, *, text_encoder=None):
+    """Train (or resume) the DiT run in ``run_dir`` up to ``step``, where ``Trainer.fit`` stops with a checkpoint."""
+    from lodit.dit.train import build_training
+    from lodit.training.loop import Trainer
+
+    task, loader = build_training(config, run_dir, text_encoder=text_encoder)
+    resolved = replace(config, dit=task.dit_config, tasks=list(task.tasks))
+    trainer = Trainer(config.training, run_dir, task, loader, resolved_config=resolved, resume=True)
+    return trainer.fit(stop_at=step)
+
+
+def run_sampler(checkpoint: Path, prompts_file: Path, out: Path, sampling: SamplingSettings, tokenizer: Path) -> None:
+    """``lodit sample`` on a prompts file: wavs and ``samples.json`` into ``out``."""
+    import argparse
+
+    from lodit.dit import sample_cli
+
+    parser = argparse.ArgumentParser()
+    sample_cli.add_arguments(parser)
+    argv = ["--checkpoint", str(checkpoint), "--prompts-file", str(prompts_file), "--out", str(out),
+            "--steps", str(sampling.steps), "--cfg", str(sampling.cfg), "--sampler", sampling.sampler,
+            "--schedule", sampling.schedule, "--seed", str(sampling.seed), "--batch-size", str(sampling.batch_size),
+            "--tokenizer", str(tokenizer)]
+    if not sampling.use_ema:
+        argv.append("--no-ema")
+    sample_cli.run(parser.parse_args(argv))
+
+
+def reconstruction_report(tokenizer_dir: Path, manifest: Path, count: int) -> dict[str, Any]:
+    """Reconstruction metrics of the first ``count`` clips of ``manifest`` (0 = all) and the tokenizer's description."""
+    import torch
+
+    from lodit.eval.reconstruction import reconstruction_metrics
+    from lodit.latent_tokenizer.tokenizer import Tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir, map_location=device)
+    data = read_manifest(manifest)
+    rows = data.rows[:count] if count else data.rows
+    refs, recs = [], []
+    for row in rows:
+        wav = load_audio(data.audio_path(row), tokenizer.sample_rate, offset=row.offset, duration=row.duration)  # (1, S)
+        refs.append(wav[0])
+        recs.append(tokenizer.reconstruct(wav).float().cpu()[0, 0])
+    metrics = []
+    for metric in reconstruction_metrics(refs, recs, tokenizer.sample_rate):
+        metric.model = f"tokenizer {tokenizer.config.name} round trip"
+        metrics.append(metric.to_dict())
+    return {
+        "tokenizer": {**tokenizer.identity(), "folder": str(tokenizer_dir),
+                      "parameters": sum(p.numel() for p in tokenizer.parameters())},
+        "clips": len(rows),
+        "metrics": metrics,
+    }

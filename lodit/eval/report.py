@@ -1,0 +1,536 @@
+"""The comparison report: results of an experiment folder aggregated over seeds, as JSON, Markdown, HTML and PNG.
+
+:func:`collect_results` reads what :class:`~lodit.eval.experiment.ExperimentRunner` wrote (scores per
+arm, seed and DiT step; reconstruction and latent statistics per arm; the samples) into one
+JSON-able dict; :func:`aggregate` turns per-seed numbers into mean and confidence interval per
+(arm, step, metric); :func:`write_report` writes into the report folder:
+
+- ``results.json``: all of it (every number with its model and N);
+- ``convergence_fad.png``, ``convergence_clap_score.png``, ``convergence_wer.png``: the metric
+  against DiT steps, one line per arm (band: the confidence interval), and ``latent_spectrum.png``
+  (cumulative variance against the number of principal components, per arm);
+- ``audio/``: a few generated clips per arm at the last step, with the reference clips;
+- ``report.md`` (linking the PNGs and wavs) and ``report.html``, self-contained: inline CSS,
+  PNGs and wavs embedded as ``data:`` URIs, no scripts and no external addresses.
+
+Confidence intervals are two-sided Student-t intervals over seeds, ``mean ± t(0.975, n-1)·s/√n``
+(s the sample standard deviation); with one seed there is no interval and the report says n=1.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lodit.config import to_dict
+from lodit.errors import LoditError
+
+RESULTS_FORMAT = "lodit-compare-results"
+CI_LEVEL = 0.95
+CONVERGENCE_METRICS = ("fad", "clap_score", "wer")
+# Direction of each metric in the tables (lower or higher is better); others are shown without one.
+LOWER_IS_BETTER = {"fad", "fad_tta", "fad_ttm", "fad_tts", "fad_inf", "wer", "rtf", "mel_distance", "stft_distance"}
+HIGHER_IS_BETTER = {"clap_score", "speaker_similarity", "si_sdr", "pesq", "stoi", "estoi"}
+LABELS = {"fad": "FAD", "fad_tta": "FAD (TTA)", "fad_ttm": "FAD (TTM)", "fad_tts": "FAD (TTS)",
+          "clap_score": "CLAP score", "wer": "WER (%)", "speaker_similarity": "speaker SIM", "rtf": "RTF",
+          "nfe": "NFE", "mel_distance": "mel distance", "stft_distance": "STFT distance", "si_sdr": "SI-SDR (dB)",
+          "pesq": "PESQ", "stoi": "STOI"}
+SPEED_METRICS = ("rtf", "nfe")
+RECONSTRUCTION_METRICS = ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi")
+TOPK_SHOWN = (1, 8, 32, 128)
+MARKERS = ("o", "s", "^", "D", "v", "P")
+DASHES = ("-", "--", "-.", ":")
+
+
+# ============================================================================ statistics
+
+
+def t_interval(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, float | None, float | None]:
+    """Mean and the two-sided Student-t confidence interval of ``values`` (``None`` bounds for one value)."""
+    from scipy import stats
+
+    data = np.asarray(list(values), dtype=np.float64)
+    if data.size == 0:
+        raise LoditError("a confidence interval needs at least one value")
+    mean = float(data.mean())
+    if data.size < 2:
+        return mean, None, None
+    half = float(stats.t.ppf(0.5 + level / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
+    return mean, mean - half, mean + half
+
+
+def aggregate(runs: Sequence[dict[str, Any]], level: float = CI_LEVEL) -> list[dict[str, Any]]:
+    """Mean and CI over seeds per (arm, step, metric).
+
+    ``runs``: ``{"arm", "seed", "step", "metrics": [MetricResult dicts]}``. A metric unavailable
+    for every seed keeps its reason (``unavailable``); seeds where it is unavailable are left out
+    of the mean and counted in ``n_seeds`` only when available.
+    """
+    groups: dict[tuple[str, int, str], list[tuple[int, dict[str, Any]]]] = {}
+    for run in runs:
+        for metric in run["metrics"]:
+            groups.setdefault((run["arm"], int(run["step"]), metric["name"]), []).append((run["seed"], metric))
+    rows = []
+    for (arm, step, name), entries in groups.items():
+        available = [(seed, m) for seed, m in entries if m.get("value") is not None]
+        models = sorted({m.get("model", "") for _, m in entries})
+        ns = sorted({int(m.get("n", 0)) for _, m in entries})
+        row = {"arm": arm, "step": step, "metric": name, "model": "; ".join(models),
+               "n": ns[0] if len(ns) == 1 else ns, "seeds": [seed for seed, _ in available],
+               "values": [float(m["value"]) for _, m in available], "n_seeds": len(available),
+               "ci_level": level, "mean": None, "ci_low": None, "ci_high": None, "unavailable": None}
+        if available:
+            row["mean"], row["ci_low"], row["ci_high"] = t_interval(row["values"], level)
+        else:
+            reasons = sorted({m.get("details", {}).get("unavailable", "not computed") for _, m in entries})
+            row["unavailable"] = "; ".join(reasons)
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["arm"], r["step"], r["metric"]))
+
+
+# ============================================================================ collecting
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LoditError(f"{path}: missing; run `lodit compare` again to produce it") from None
+
+
+def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
+    """Everything the experiment in ``out_dir`` produced, as one dict (paths relative to ``out_dir``)."""
+    from lodit.eval.experiment import ExperimentLayout
+
+    out = Path(out_dir)
+    layout = ExperimentLayout(out)
+    arms, runs = [], []
+    for arm in config.arms:
+        arm_dir = layout.arm_dir(arm.name)
+        reconstruction = _read_json(arm_dir / "reconstruction" / "metrics.json")
+        latent = _read_json(arm_dir / "latent_stats" / "stats.json")
+        examples = []
+        for seed in config.seeds:
+            for step in config.eval_steps:
+                step_dir = layout.step_dir(arm.name, seed, step)
+                scores = _read_json(step_dir / "scores" / "metrics.json")
+                runs.append({"arm": arm.name, "seed": seed, "step": step, "metrics": scores["metrics"],
+                             "settings": scores.get("settings", {}),
+                             "samples": str((step_dir / "samples").relative_to(out))})
+        final_samples = layout.step_dir(arm.name, config.seeds[0], config.eval_steps[-1]) / "samples"
+        index = _read_json(final_samples / "samples.json")
+        references = _read_json(final_samples / "references.json")
+        for entry, reference in list(zip(index["samples"], references))[: config.evaluation.audio_examples]:
+            examples.append({"file": str((final_samples / entry["file"]).relative_to(out)),
+                             "prompt": entry.get("prompt", ""), "transcript": entry.get("transcript", ""),
+                             "reference": reference})
+        arms.append({"name": arm.name, "description": arm.description,
+                     "source": arm.checkpoint or arm.tokenizer, "overrides": list(arm.overrides),
+                     "tokenizer": reconstruction["tokenizer"], "reconstruction": reconstruction["metrics"],
+                     "reconstruction_clips": reconstruction["clips"], "latent_statistics": latent,
+                     "examples": examples})
+    return {"format": RESULTS_FORMAT, "experiment": config.name, "config": to_dict(config),
+            "ci": f"two-sided Student-t {int(CI_LEVEL * 100)}% interval over seeds", "arms": arms,
+            "runs": runs, "summary": aggregate(runs)}
+
+
+# ============================================================================ formatting
+
+
+def _scale(metric: str, value: float) -> float:
+    return value * 100.0 if metric == "wer" else value  # WER is stored as a fraction, shown in %
+
+
+def format_summary(row: dict[str, Any] | None) -> str:
+    """``mean ± half-width`` (or ``mean`` with n=1), ``n/a`` when unavailable."""
+    if row is None:
+        return "—"
+    if row["mean"] is None:
+        return "n/a"
+    mean = _scale(row["metric"], row["mean"])
+    if row["ci_low"] is None:
+        return f"{mean:.4g}"
+    half = _scale(row["metric"], (row["ci_high"] - row["ci_low"]) / 2)
+    return f"{mean:.4g} ± {half:.2g}"
+
+
+def format_value(metric: dict[str, Any] | None) -> str:
+    if metric is None:
+        return "—"
+    if metric.get("value") is None:
+        return "n/a"
+    return f"{_scale(metric['name'], metric['value']):.4g}"
+
+
+def label(metric: str) -> str:
+    arrow = " ↓" if metric in LOWER_IS_BETTER else " ↑" if metric in HIGHER_IS_BETTER else ""
+    return LABELS.get(metric, metric.replace("_", " ")) + arrow
+
+
+class Table:
+    """A table once, rendered as Markdown or HTML."""
+
+    def __init__(self, title: str, headers: list[str], rows: list[list[str]], note: str = ""):
+        self.title, self.headers, self.rows, self.note = title, headers, rows, note
+
+    def markdown(self) -> str:
+        def cell(text: str) -> str:
+            return str(text).replace("|", "\\|").replace("\n", " ")
+
+        lines = [f"| {' | '.join(cell(h) for h in self.headers)} |", "|" + "---|" * len(self.headers)]
+        lines += [f"| {' | '.join(cell(c) for c in row)} |" for row in self.rows]
+        note = f"\n\n{self.note}" if self.note else ""
+        return "\n".join(lines) + note
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in self.rows)
+        note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+
+
+# ============================================================================ the report
+
+
+class ReportBuilder:
+    """Tables, plots and audio of one results dict."""
+
+    def __init__(self, results: dict[str, Any], folder: Path):
+        self.results = results
+        self.folder = folder
+        self.config = results["config"]
+        self.arms = [arm["name"] for arm in results["arms"]]
+        self.steps = sorted({row["step"] for row in results["summary"]})
+        self.final_step = self.steps[-1]
+        self.seeds = self.config["seeds"]
+        self.summary = {(r["arm"], r["step"], r["metric"]): r for r in results["summary"]}
+
+    def metric_names(self) -> list[str]:
+        """Generation metrics present, in a fixed order (FAD first, speed last)."""
+        present = {r["metric"] for r in self.results["summary"]}
+        order = ["fad", "fad_tta", "fad_ttm", "fad_tts", "clap_score", "wer", "speaker_similarity"]
+        return [m for m in order if m in present] + sorted(present - set(order) - set(SPEED_METRICS))
+
+    def interval_note(self) -> str:
+        if len(self.seeds) == 1:
+            return "One seed (n=1): single values, no confidence interval."
+        return f"Mean ± half-width of the {self.results['ci']} ({len(self.seeds)} seeds)."
+
+    # --------------------------------------------------------------------------- tables
+
+    def final_table(self) -> Table:
+        names = self.metric_names()
+        rows = [[arm] + [format_summary(self.summary.get((arm, self.final_step, m))) for m in names] for arm in self.arms]
+        return Table(f"Final metrics (DiT step {self.final_step})", ["arm"] + [label(m) for m in names], rows,
+                     self.interval_note())
+
+    def models_table(self) -> Table:
+        """Which model produced each metric, over how many items, or why it is missing."""
+        rows = []
+        for metric in self.metric_names() + list(SPEED_METRICS):
+            per_arm = [self.summary.get((arm, self.final_step, metric)) for arm in self.arms]
+            per_arm = [r for r in per_arm if r is not None]
+            if not per_arm:
+                continue
+            models = sorted({r["model"] or ("—" if r["unavailable"] else "(model-free)") for r in per_arm})
+            ns = sorted({json.dumps(r["n"]) for r in per_arm})
+            reasons = sorted({r["unavailable"] for r in per_arm if r["unavailable"]})
+            rows.append([label(metric), "; ".join(models), ", ".join(ns), "; ".join(reasons)])
+        return Table("How each number was measured", ["metric", "model", "N (per seed)", "unavailable because"], rows,
+                     "N counts generated clips (FAD: generated clips; the reference set size is in results.json), "
+                     "captioned clips (CLAP), utterances (WER) or pairs (SIM).")
+
+    def convergence_table(self, metric: str) -> Table:
+        rows = [[arm] + [format_summary(self.summary.get((arm, step, metric))) for step in self.steps] for arm in self.arms]
+        return Table(f"{label(metric)} against DiT steps", ["arm"] + [f"step {s}" for s in self.steps], rows,
+                     self.interval_note())
+
+    def reconstruction_table(self) -> Table:
+        rows, reasons = [], set()
+        for arm in self.results["arms"]:
+            by_name = {m["name"]: m for m in arm["reconstruction"]}
+            reasons.update(f"{label(m['name'])}: {m['details']['unavailable']}" for m in arm["reconstruction"]
+                           if m.get("value") is None and "unavailable" in m.get("details", {}))
+            tokenizer = arm["tokenizer"]
+            rows.append([arm["name"], tokenizer.get("name", ""), str(tokenizer.get("latent_dim", "")),
+                         f"{tokenizer.get('parameters', 0) / 1e6:.2f} M"]
+                        + [format_value(by_name.get(m)) for m in RECONSTRUCTION_METRICS] + [str(arm["reconstruction_clips"])])
+        note = "Round trips (encode, decode) of evaluation clips."
+        if reasons:
+            note += f" Unavailable: {'; '.join(sorted(reasons))}."
+        return Table("Reconstruction per tokenizer (evaluation set)",
+                     ["arm", "tokenizer", "latent dim", "parameters"] + [label(m) for m in RECONSTRUCTION_METRICS] + ["clips"],
+                     rows, note)
+
+    def latent_table(self) -> Table:
+        rows = []
+        for arm in self.results["arms"]:
+            stats = arm["latent_statistics"]
+            by_name = {m["name"]: m for m in stats["metrics"]}
+            rank = by_name["effective_rank"]
+            details = rank["details"]
+            topk = [format_value(by_name.get(f"top{k}_variance_fraction")) if k <= stats["dim"] else "—" for k in TOPK_SHOWN]
+            rows.append([arm["name"], str(stats["dim"]), f"{rank['value']:.4g}", f"{details['relative']:.3f}", *topk,
+                         f"{details['channel_std_min']:.3g} / {details['channel_std_max']:.3g}", str(stats["n_frames"])])
+        return Table("Latent statistics (training latents)",
+                     ["arm", "dim", "effective rank", "effective rank / dim"] + [f"top-{k} variance" for k in TOPK_SHOWN]
+                     + ["channel std min / max", "frames"], rows,
+                     "Effective rank: Roy & Vetterli's exp(entropy) of the normalised singular values of the centred "
+                     "frames; top-k variance: share of the variance in the k largest principal components.")
+
+    def speed_table(self) -> Table:
+        rows = []
+        for arm in self.arms:
+            run = next(r for r in self.results["runs"] if r["arm"] == arm and r["step"] == self.final_step)
+            settings = run.get("settings", {})
+            sampler = f"{settings.get('sampler', '?')} / {settings.get('steps', '?')} steps / cfg {settings.get('cfg', '?')}"
+            rows.append([arm, sampler,
+                         format_summary(self.summary.get((arm, self.final_step, "nfe"))),
+                         format_summary(self.summary.get((arm, self.final_step, "rtf"))), str(settings.get("device", "?"))])
+        return Table("Sampling speed", ["arm", "sampler", "NFE", "RTF ↓ (wall s per audio s)", "device"], rows,
+                     "RTF includes text encoding, sampling and decoding, measured by `lodit sample` at batch size "
+                     f"{self.config['sampling']['batch_size']}.")
+
+    # --------------------------------------------------------------------------- plots
+
+    def plot_convergence(self, metric: str) -> Path:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(6.4, 4.0), dpi=110)
+        ax = fig.subplots()
+        rows = [self.summary.get((arm, step, metric)) for arm in self.arms for step in self.steps]
+        rows = [r for r in rows if r is not None]
+        available = [r for r in rows if r["mean"] is not None]
+        if not available:
+            reason = rows[0]["unavailable"] if rows else "not measured"
+            ax.text(0.5, 0.5, textwrap.fill(f"{label(metric)}: unavailable ({reason})", 60), ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_axis_off()
+        else:
+            for number, arm in enumerate(self.arms):
+                points = [(s, self.summary[(arm, s, metric)]) for s in self.steps
+                          if (arm, s, metric) in self.summary and self.summary[(arm, s, metric)]["mean"] is not None]
+                if not points:
+                    continue
+                steps = [s for s, _ in points]
+                means = [_scale(metric, r["mean"]) for _, r in points]
+                # distinct markers and dashes keep arms with equal values (e.g. all at 100 % WER) visible
+                line, = ax.plot(steps, means, marker=MARKERS[number % len(MARKERS)],
+                                linestyle=DASHES[number % len(DASHES)], label=arm)
+                bounded = [(s, r) for s, r in points if r["ci_low"] is not None]
+                if bounded:
+                    ax.fill_between([s for s, _ in bounded], [_scale(metric, r["ci_low"]) for _, r in bounded],
+                                    [_scale(metric, r["ci_high"]) for _, r in bounded], color=line.get_color(), alpha=0.2)
+            ax.set_xlabel("DiT training step")
+            ax.set_ylabel(label(metric))
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+            model = available[0]["model"]
+            ax.set_title(textwrap.fill(f"{label(metric)} ({model})", 70), fontsize=9)
+        return self._save(fig, f"convergence_{metric}.png")
+
+    def plot_spectrum(self) -> Path:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(6.4, 4.0), dpi=110)
+        ax = fig.subplots()
+        for arm in self.results["arms"]:
+            cumulative = arm["latent_statistics"]["cumulative_variance"]
+            ax.plot(np.arange(1, len(cumulative) + 1), cumulative, label=f"{arm['name']} ({len(cumulative)}-dim)")
+        ax.set_xscale("log")
+        ax.set_xlabel("principal components")
+        ax.set_ylabel("cumulative variance fraction")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right")
+        ax.set_title("Variance of the training latents in their top principal components", fontsize=9)
+        return self._save(fig, "latent_spectrum.png")
+
+    def _save(self, fig, name: str) -> Path:
+        fig.tight_layout()
+        path = self.folder / name
+        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+        return path
+
+    # --------------------------------------------------------------------------- audio
+
+    def copy_audio(self, out_dir: Path) -> list[dict[str, Any]]:
+        """Example clips into ``audio/`` (reference and each arm's sample per prompt)."""
+        from lodit.data.audio import audio_info, load_audio, save_audio
+
+        audio = self.folder / "audio"
+        audio.mkdir(parents=True, exist_ok=True)
+        first = self.results["arms"][0]["examples"]
+        prompts = []
+        for i, example in enumerate(first):
+            reference = example["reference"]
+            rate = audio_info(reference["audio"])[0]
+            wav = load_audio(reference["audio"], offset=reference.get("offset") or 0.0, duration=reference.get("duration"))
+            entry = {"prompt": example["prompt"] or reference.get("caption", ""), "transcript": example["transcript"],
+                     "reference": save_audio(audio / f"reference-{i}.wav", wav, rate).name, "arms": {}}
+            for arm in self.results["arms"]:
+                if i < len(arm["examples"]):
+                    source = out_dir / arm["examples"][i]["file"]
+                    rate = audio_info(source)[0]
+                    entry["arms"][arm["name"]] = save_audio(audio / f"{arm['name']}-{i}.wav", load_audio(source), rate).name
+            prompts.append(entry)
+        return prompts
+
+
+def write_report(results: dict[str, Any], folder: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+    """Write ``results.json``, the PNG plots, ``audio/``, ``report.md`` and ``report.html`` into ``folder``.
+
+    ``out_dir``: the experiment folder the results' relative paths start from (default: ``folder``'s parent)."""
+    from lodit.eval.evaluate import write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir) if out_dir is not None else folder.parent
+    write_json(folder / "results.json", results)
+    builder = ReportBuilder(results, folder)
+    plots = [builder.plot_convergence(metric) for metric in CONVERGENCE_METRICS] + [builder.plot_spectrum()]
+    examples = builder.copy_audio(out_dir)
+    _write_text(folder / "report.md", render_markdown(builder, plots, examples))
+    _write_text(folder / "report.html", render_html(builder, plots, examples))
+    return folder
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _overview(builder: ReportBuilder) -> list[tuple[str, str]]:
+    cfg = builder.config
+    sampling = cfg["sampling"]
+    evaluation = cfg["evaluation"]
+    arms = "; ".join(f"{a['name']} ({a['description'] or Path(a['source']).name}, latent dim "
+                     f"{a['tokenizer'].get('latent_dim')})" for a in builder.results["arms"])
+    dit = f"{Path(cfg['dit']['config']).name}" + (f" with {' '.join(cfg['dit']['overrides'])}" if cfg["dit"]["overrides"] else "")
+    return [
+        ("Arms", arms),
+        ("DiT", f"{dit}; {cfg['dit_steps']} steps, evaluated at {', '.join(str(s) for s in builder.steps)}; "
+                f"seeds {', '.join(str(s) for s in builder.seeds)}"),
+        ("Sampler", f"{sampling['sampler']}, {sampling['steps']} steps, {sampling['schedule']} schedule, CFG {sampling['cfg']}"
+                    f"{'' if sampling['use_ema'] else ', raw (non-EMA) weights'}"),
+        ("Evaluation", f"{evaluation['num_prompts']} prompts from the held-out set; FAD embedder "
+                       f"{evaluation['embedder']['name']} {evaluation['embedder']['model']}; CLAP "
+                       f"{evaluation['clap_model'] or 'none'}; ASR {evaluation['asr_model']}; "
+                       f"speaker {evaluation['speaker_model']}"),
+    ]
+
+
+def render_markdown(builder: ReportBuilder, plots: list[Path], examples: list[dict[str, Any]]) -> str:
+    title = f"# {builder.results['experiment']}: latent-dimension comparison"
+    parts = [title, "\n".join(f"- **{k}**: {v}" for k, v in _overview(builder))]
+
+    def section(table: Table, level: str = "##") -> None:
+        parts.append(f"{level} {table.title}\n\n{table.markdown()}")
+
+    section(builder.final_table())
+    section(builder.models_table())
+    parts.append("## Convergence")
+    for metric, plot in zip(CONVERGENCE_METRICS, plots):
+        parts.append(f"![{label(metric)} against DiT steps]({plot.name})")
+        section(builder.convergence_table(metric), "###")
+    section(builder.reconstruction_table())
+    section(builder.latent_table())
+    parts.append(f"![latent spectrum]({plots[-1].name})")
+    section(builder.speed_table())
+    lines = ["## Audio examples (last step, first seed)", ""]
+    for i, example in enumerate(examples):
+        text = example["prompt"] or example["transcript"]
+        links = [f"[reference](audio/{example['reference']})"]
+        links += [f"[{arm}](audio/{name})" for arm, name in example["arms"].items()]
+        lines.append(f"{i + 1}. {text}: " + " · ".join(links))
+    parts.append("\n".join(lines))
+    parts.append("Every number is in `results.json` with its model, N and per-seed values.")
+    return "\n\n".join(parts) + "\n"
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
+       padding: 0 1em; color: #1d1d1f; line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .6em 0; font-size: .92em; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f5; } tbody tr:nth-child(even) { background: #fafafa; }
+.note { color: #555; font-size: .88em; margin-top: .2em; }
+img { max-width: 100%; border: 1px solid #eee; }
+audio { width: 220px; } dl { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }
+dt { font-weight: 600; } dd { margin: 0; }
+"""
+
+
+def _data_uri(path: Path, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def render_html(builder: ReportBuilder, plots: list[Path], examples: list[dict[str, Any]]) -> str:
+    e = html.escape
+    title = f"{builder.results['experiment']}: latent-dimension comparison"
+    body = [f"<h1>{e(title)}</h1>", "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _overview(builder)) + "</dl>"]
+
+    def section(table: Table, tag: str = "h2") -> None:
+        body.append(f"<{tag}>{e(table.title)}</{tag}>{table.html()}")
+
+    def image(path: Path, alt: str) -> None:
+        body.append(f'<p><img src="{_data_uri(path, "image/png")}" alt="{e(alt)}"></p>')
+
+    section(builder.final_table())
+    section(builder.models_table())
+    body.append("<h2>Convergence</h2>")
+    for metric, plot in zip(CONVERGENCE_METRICS, plots):
+        image(plot, f"{label(metric)} against DiT steps")
+        section(builder.convergence_table(metric), "h3")
+    section(builder.reconstruction_table())
+    section(builder.latent_table())
+    image(plots[-1], "latent spectrum")
+    section(builder.speed_table())
+    audio = builder.folder / "audio"
+    headers = "".join(f"<th>{e(h)}</th>" for h in ["prompt", "reference", *builder.arms])
+    rows = []
+    for example in examples:
+        text = example["prompt"] or example["transcript"]
+        cells = [f"<td>{e(text)}</td>", _player(audio / example["reference"])]
+        cells += [_player(audio / example["arms"][arm]) if arm in example["arms"] else "<td>—</td>" for arm in builder.arms]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    body.append("<h2>Audio examples (last step, first seed)</h2>"
+                f"<table class=\"audio\"><thead><tr>{headers}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    body.append("<p class=\"note\">Every number is in results.json with its model, N and per-seed values.</p>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{e(title)}</title><link rel=\"icon\" href=\"data:,\"><style>{_CSS}</style></head>\n<body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def _player(path: Path) -> str:
+    return f'<td><audio controls preload="none" src="{_data_uri(path, "audio/wav")}"></audio></td>'
+
+
+def headline(results: dict[str, Any]) -> list[str]:
+    """A few lines with each arm's main numbers at the last DiT step (for the terminal)."""
+    summary = {(r["arm"], r["step"], r["metric"]): r for r in results["summary"]}
+    final = max(r["step"] for r in results["summary"])
+    lines = [f"{results['experiment']}: step {final}, {len(results['config']['seeds'])} seed(s)"]
+    for arm in results["arms"]:
+        parts = [f"{label(m)} {format_summary(summary[(arm['name'], final, m)])}"
+                 for m in ("fad", "clap_score", "wer", "speaker_similarity") if (arm["name"], final, m) in summary
+                 and summary[(arm["name"], final, m)]["mean"] is not None]
+        recon = {m["name"]: m for m in arm["reconstruction"]}
+        rank = next(m for m in arm["latent_statistics"]["metrics"] if m["name"] == "effective_rank")
+        parts.append(f"mel distance {format_value(recon.get('mel_distance'))}")
+        parts.append(f"effective rank {rank['value']:.3g} of {arm['latent_statistics']['dim']}")
+        lines.append(f"  {arm['name']}: " + ", ".join(parts))
+    return lines

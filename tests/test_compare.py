@@ -1,0 +1,283 @@
+"""lodit evaluate / lodit compare: metrics files, the experiment runner's stages and resume, the report."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lodit.cli import main
+from lodit.config import ConfigError
+from lodit.data.manifest import ManifestRow, read_manifest
+from lodit.data.synthetic import make_demo_dataset
+from lodit.errors import LoditError
+from lodit.eval import experiment as experiment_module
+from lodit.eval.experiment import ExperimentLayout, StageBook, load_experiment, read_stage_log, split_rows
+from lodit.eval.report import aggregate, format_summary, t_interval
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "experiments" / "tiny.yaml"
+REPORT_FILES = ("results.json", "report.md", "report.html", "convergence_fad.png", "convergence_clap_score.png",
+                "convergence_wer.png", "latent_spectrum.png")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_demo_dataset(tmp_path_factory.mktemp("data"), n_audio=5, n_music=3, n_speech=0, seconds=1.0)
+
+
+@pytest.fixture(scope="module")
+def cheap_embedder(tmp_path_factory) -> Path:
+    """A randomly initialised tiny tokenizer as FAD embedder: 16-dim features in milliseconds (the
+    Whisper embedder's FAD is covered by the metric tests; here the pipeline is under test)."""
+    import torch
+
+    from lodit.config import load_config
+    from lodit.latent_tokenizer.tokenizer import Tokenizer
+    from lodit.latent_tokenizer.train import TokenizerTrainConfig
+
+    torch.manual_seed(0)
+    config = load_config(TokenizerTrainConfig, REPO / "configs" / "tokenizer" / "tiny.yaml").tokenizer
+    return Tokenizer(config).save_pretrained(tmp_path_factory.mktemp("embedder") / "tokenizer")
+
+
+def compare_args(out: Path, manifest: Path, embedder: Path, *extra: str) -> list[str]:
+    return ["compare", "--config", str(TINY), "--out", str(out), f"data.train_manifest={manifest}",
+            "evaluation.embedder.name=tokenizer", f"evaluation.embedder.model={embedder}", *extra]
+
+
+def last_run(out: Path) -> list[dict]:
+    log = read_stage_log(out)
+    return [entry for entry in log if entry["run"] == log[-1]["run"]]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, dataset, cheap_embedder):
+    """The tiny comparison run three times: interrupted at its third scoring, resumed, then re-run."""
+    out = tmp_path_factory.mktemp("compare") / "tiny"
+    args = compare_args(out, dataset, cheap_embedder)
+    original = experiment_module.Evaluator.evaluate
+    calls = []
+
+    def interrupting(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiment_module.Evaluator, "evaluate", interrupting)
+        assert main(args) == 130  # the CLI's exit status for an interruption
+    first = last_run(out)
+    assert main(args) == 0
+    second = last_run(out)
+    report = out / "report"
+    mtimes = {name: (report / name).stat().st_mtime_ns for name in REPORT_FILES}
+    assert main(args) == 0
+    third = last_run(out)
+    return {"out": out, "runs": (first, second, third), "mtimes": mtimes}
+
+
+def test_compare_writes_every_report_file(experiment):
+    report = experiment["out"] / "report"
+    for name in REPORT_FILES:
+        assert (report / name).is_file() and (report / name).stat().st_size > 0, name
+    wavs = sorted(p.name for p in (report / "audio").glob("*.wav"))
+    assert wavs == ["dim_16-0.wav", "dim_16-1.wav", "dim_64-0.wav", "dim_64-1.wav", "reference-0.wav", "reference-1.wav"]
+    assert (report / "convergence_fad.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_hold_every_number_with_model_and_n(experiment):
+    results = json.loads((experiment["out"] / "report" / "results.json").read_text())
+    assert [arm["name"] for arm in results["arms"]] == ["dim_16", "dim_64"]
+    assert {(run["arm"], run["step"]) for run in results["runs"]} == {(a, s) for a in ("dim_16", "dim_64") for s in (2, 4)}
+    for run in results["runs"]:
+        names = {m["name"] for m in run["metrics"]}
+        assert {"fad", "clap_score", "wer", "speaker_similarity", "rtf", "nfe"} <= names
+        for metric in run["metrics"]:
+            assert isinstance(metric["n"], int) and "model" in metric
+            assert metric["value"] is not None or metric["details"]["unavailable"]
+        fad = next(m for m in run["metrics"] if m["name"] == "fad")
+        assert fad["value"] > 0 and fad["n"] == 3 and fad["details"]["n_ref"] == 3
+        assert "lodit tokenizer" in fad["model"]
+        clap = next(m for m in run["metrics"] if m["name"] == "clap_score")
+        assert "no CLAP model" in clap["details"]["unavailable"]
+    for arm, dim in zip(results["arms"], (16, 64)):
+        assert arm["tokenizer"]["latent_dim"] == dim
+        rank = next(m for m in arm["latent_statistics"]["metrics"] if m["name"] == "effective_rank")
+        assert 1.0 <= rank["value"] <= dim and rank["n"] == arm["latent_statistics"]["n_frames"] > 0
+        mel = next(m for m in arm["reconstruction"] if m["name"] == "mel_distance")
+        assert mel["value"] > 0 and mel["n"] == 3
+    summary = {(r["arm"], r["step"], r["metric"]): r for r in results["summary"]}
+    row = summary[("dim_64", 4, "fad")]
+    assert row["n_seeds"] == 1 and row["ci_low"] is None and row["mean"] == pytest.approx(row["values"][0])
+
+
+def test_report_is_self_contained_and_names_models(experiment):
+    report = experiment["out"] / "report"
+    page = (report / "report.html").read_text()
+    assert "<script" not in page and not re.search(r"(src|href)=\"(https?:)?//", page)
+    assert page.count("data:image/png;base64,") == 4 and page.count("data:audio/wav;base64,") == 6
+    for title in ("Final metrics", "How each number was measured", "Reconstruction per tokenizer",
+                  "Latent statistics", "Sampling speed", "Audio examples"):
+        assert title in page
+    markdown = (report / "report.md").read_text()
+    assert "convergence_fad.png" in markdown and "audio/dim_64-0.wav" in markdown
+    assert "lodit tokenizer" in markdown and "no CLAP model given" in markdown
+    assert "One seed (n=1)" in markdown
+
+
+def test_resume_continues_and_then_reuses_everything(experiment):
+    first, second, third = experiment["runs"]
+    ran_first = {e["stage"] for e in first if e["action"] == "ran"}
+    assert "tokenizer/dim_16" in ran_first and "score/dim_16/seed-0/step-2" in ran_first
+    # the third scoring (dim_64 at step 2) was interrupted: its samples were made, its scores were not
+    assert "sample/dim_64/seed-0/step-2" in ran_first and "score/dim_64/seed-0/step-2" not in ran_first
+    second_actions = {e["stage"]: e["action"] for e in second}
+    for stage in ran_first:
+        assert second_actions[stage] == "reused", stage
+    for stage in ("score/dim_64/seed-0/step-2", "sample/dim_64/seed-0/step-4", "dit/dim_64/seed-0", "report"):
+        assert second_actions[stage] == "ran", stage
+    assert third and all(e["action"] == "reused" for e in third)
+    report = experiment["out"] / "report"
+    assert {n: (report / n).stat().st_mtime_ns for n in REPORT_FILES} == experiment["mtimes"]
+
+
+def test_evaluate_command_writes_metrics_with_model_and_n(tmp_path, cheap_embedder):
+    pytest.importorskip("faster_whisper", reason="WER needs faster-whisper")
+    pytest.importorskip("resemblyzer", reason="speaker similarity needs resemblyzer")
+    from lodit.data.espeak import espeak_available
+
+    if not espeak_available():
+        pytest.skip("the speech clips need espeak-ng (pip install espeakng-loader)")
+    manifest = make_demo_dataset(tmp_path / "ref", n_audio=2, n_music=0, n_speech=2, seconds=3.0)
+    rows = read_manifest(manifest)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    entries = []
+    for i, row in enumerate(rows):  # the reference clips themselves stand in for generated ones
+        shutil.copy(rows.audio_path(row), samples / f"{i:04d}.wav")
+        speech = row.domain == "speech"
+        entries.append({"file": f"{i:04d}.wav", "prompt": row.caption, "transcript": row.transcript if speech else "",
+                        "reference_audio": "", "task": "tts" if speech else "tta", "seconds": row.duration,
+                        "nfe": 8, "model_calls": 16})
+    (samples / "samples.json").write_text(json.dumps({
+        "settings": {"sampler": "euler", "steps": 8, "cfg": 3.0, "device": "cpu", "batch_size": 4},
+        "wall_seconds": 2.0, "rtf": 0.25, "samples": entries}))
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--samples", str(samples), "--reference", str(manifest), "--out", str(out),
+                 "--embedder", "tokenizer", "--embedder-model", str(cheap_embedder)]) == 0
+    metrics = {m["name"]: m for m in json.loads(out.read_text())["metrics"]}
+    assert set(metrics) == {"fad", "fad_tta", "fad_tts", "clap_score", "wer", "speaker_similarity", "rtf", "nfe"}
+    for metric in metrics.values():
+        assert isinstance(metric["n"], int) and isinstance(metric["model"], str)
+    assert metrics["fad"]["value"] == pytest.approx(0.0, abs=1e-3) and metrics["fad"]["n"] == 4  # same clips
+    assert metrics["wer"]["n"] == 2 and metrics["wer"]["value"] < 0.5 and "tiny.en" in metrics["wer"]["model"]
+    assert metrics["speaker_similarity"]["n"] == 2 and metrics["speaker_similarity"]["value"] > 0.99
+    assert "resemblyzer" in metrics["speaker_similarity"]["model"]
+    assert metrics["rtf"]["value"] == 0.25 and metrics["nfe"]["value"] == 8 and "euler" in metrics["rtf"]["model"]
+    assert metrics["clap_score"]["value"] is None and metrics["clap_score"]["n"] == 4
+
+
+def test_evaluate_needs_a_samples_index(tmp_path, dataset):
+    with pytest.raises(LoditError, match="samples.json"):
+        experiment_module.Evaluator(experiment_module.EvaluationConfig()).evaluate(tmp_path, dataset)
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def test_t_interval_on_hand_numbers():
+    mean, low, high = t_interval([1.0, 2.0, 3.0])
+    # s = 1, t(0.975, 2) = 4.302653, half-width = 4.302653 / sqrt(3)
+    assert mean == 2.0 and high - mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert low == pytest.approx(2 * mean - high)
+    assert t_interval([5.0]) == (5.0, None, None)
+
+
+def test_aggregate_over_seeds():
+    def run(seed, step, fad, clap=None):
+        clap_metric = ({"name": "clap_score", "value": clap, "n": 4, "model": "clap x", "details": {}} if clap is not None
+                       else {"name": "clap_score", "value": None, "n": 4, "model": "", "details": {"unavailable": "no model"}})
+        return {"arm": "a", "seed": seed, "step": step,
+                "metrics": [{"name": "fad", "value": fad, "n": 8, "model": "whisper", "details": {}}, clap_metric]}
+
+    rows = {(r["step"], r["metric"]): r for r in aggregate([run(0, 10, 4.0, 0.2), run(1, 10, 6.0), run(2, 10, 8.0, 0.4)])}
+    fad = rows[(10, "fad")]
+    assert fad["mean"] == 6.0 and fad["n_seeds"] == 3 and fad["n"] == 8 and fad["model"] == "whisper"
+    assert fad["ci_high"] - 6.0 == pytest.approx(4.302653 * 2.0 / math.sqrt(3), rel=1e-6)
+    clap = rows[(10, "clap_score")]
+    assert clap["values"] == [0.2, 0.4] and clap["seeds"] == [0, 2] and clap["mean"] == pytest.approx(0.3)
+    only_missing = aggregate([run(0, 10, 1.0), run(1, 10, 2.0)])
+    clap = next(r for r in only_missing if r["metric"] == "clap_score")
+    assert clap["mean"] is None and clap["unavailable"] == "no model" and format_summary(clap) == "n/a"
+    assert format_summary({"metric": "wer", "mean": 0.05, "ci_low": None, "ci_high": None}) == "5"  # WER in %
+
+
+# ----------------------------------------------------------------------------- config and stages
+
+
+def test_experiment_config_paths_and_errors(tmp_path):
+    config = load_experiment(TINY, ["data.train_manifest=relative/train.jsonl"])
+    assert config.arms[0].tokenizer == str(REPO / "configs" / "tokenizer" / "tiny.yaml")
+    assert config.dit.config == str(REPO / "configs" / "dit" / "tiny.yaml")
+    assert config.data.train_manifest == "relative/train.jsonl"  # command-line paths stay relative to the cwd
+    assert config.eval_steps == [2, 4]
+    with pytest.raises(ConfigError, match="eval_steps"):
+        load_experiment(TINY, ["eval_steps=[2, 9]"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("arms: [{name: a, tokenizer: x.yaml, checkpoint: y}]\n")
+    with pytest.raises(ConfigError, match="exactly one of tokenizer"):
+        load_experiment(bad)
+    with pytest.raises(LoditError, match="data.train_manifest"):
+        experiment_module.ExperimentRunner(load_experiment(TINY), tmp_path / "out")
+
+
+def test_split_keeps_every_domain_in_both_parts():
+    rows = [ManifestRow(audio=f"{d}{i}.wav", domain=d) for d in ("audio", "music") for i in range(10)]
+    rows.append(ManifestRow(audio="speech0.wav", domain="speech"))
+    train, held = split_rows(rows, 0.2, seed=3)
+    assert sorted(r.domain for r in held) == ["audio", "audio", "music", "music"]
+    assert len(train) == 17 and {r.audio for r in train}.isdisjoint({r.audio for r in held})
+    assert split_rows(rows, 0.2, seed=3) == (train, held)
+
+
+def test_stage_with_other_settings_is_redone(tmp_path):
+    book = StageBook(tmp_path, lambda message: None)
+    folder = tmp_path / "stage"
+    book.start(folder, {"a": 1})
+    (folder / "output.txt").write_text("x")
+    assert not book.is_done(folder, {"a": 1})  # running: kept for continuing
+    assert (folder / "output.txt").is_file()
+    book.finish("stage", folder, {"a": 1}, 0.5)
+    assert book.is_done(folder, {"a": 1})
+    assert not book.is_done(folder, {"a": 2}) and not folder.exists()  # other settings: stale output removed
+    assert [e["action"] for e in read_stage_log(tmp_path)] == ["ran"]
+    assert ExperimentLayout(tmp_path).step_dir("x", 1, 20).name == "step-00000020"
+
+
+# ----------------------------------------------------------------------------- the HTML in a browser
+
+
+def test_report_loads_in_headless_chromium(experiment, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not on PATH")
+    page = experiment["out"] / "report" / "report.html"
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("<table") >= 6 and "Final metrics" in result.stdout
+    # The page has no scripts, so any console message (an error, a failed resource) is a fault.
+    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console
