@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from lodit.config import from_dict
 from lodit.dit.attention import RotaryEmbedding, apply_rotary
 from lodit.dit.layers import DiTBlock, gated_hidden_size
 from lodit.dit.model import DiT, DiTConfig, dit_forward_flops
 from lodit.dit.presets import PRESETS, dit_config_from_preset
-from lodit.errors import LoditError
+from lodit.errors import ConfigError, LoditError
 
 TEXT_DIM = 24
 
@@ -286,6 +287,14 @@ def test_preset_sizes_match_the_issue():
     assert PRESETS["l"] == {"width": 1024, "depth": 24, "heads": 16}
     cfg = dit_config_from_preset("m", patch_size=2, latent_dim=1280)
     assert cfg.patch_size == 2 and cfg.width == 768 and cfg.latent_dim == 1280
+
+
+def test_config_loads_through_the_typed_config_loader():
+    cfg = from_dict(DiTConfig, {"width": 64, "heads": 4, "mlp": "swiglu", "patch_size": 2}, source="dit.yaml")
+    assert cfg.mlp == "swiglu" and cfg.latent_dim == 0
+    assert cfg.with_latent_dim(1280).latent_dim == 1280 and cfg.latent_dim == 0
+    with pytest.raises(ConfigError, match="dit.yaml"):
+        from_dict(DiTConfig, {"mlp": "relu"}, source="dit.yaml")
 
 
 def test_gated_hidden_size_convention():
