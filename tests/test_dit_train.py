@@ -149,10 +149,14 @@ def mixed_cache(tmp_path_factory, tokenizer_dir):
     return make_cache(tmp_path_factory.mktemp("caches") / "mixed", tokenizer_dir, MIXED)
 
 
-def tiny_config(cache: Path, tiny_t5: str, *overrides: str) -> DiTTrainConfig:
+def tiny_overrides(cache: Path, tiny_t5: str, *overrides: str) -> list[str]:
     base = [f"data.cache={cache}", "text_encoder.name=t5", f"text_encoder.model={tiny_t5}",
             "text_encoder.device=cpu", "training.log_every=1000"]
-    return load_config(DiTTrainConfig, TINY_CONFIG, [*base, *overrides])
+    return [*base, *overrides]
+
+
+def tiny_config(cache: Path, tiny_t5: str, *overrides: str) -> DiTTrainConfig:
+    return load_config(DiTTrainConfig, TINY_CONFIG, tiny_overrides(cache, tiny_t5, *overrides))
 
 
 def run_command(name: str, argv: list[str], capsys) -> tuple[int, str]:
@@ -308,6 +312,18 @@ def test_same_seed_same_audio_other_seed_other_audio(mixed_cache, tiny_t5, encod
     alone = generator.generate(prompts[1:], seed=8, **{**kwargs, "seconds": 0.8, "transcripts": "hello world"})
     torch.testing.assert_close(alone.waveforms[0], first.waveforms[1], atol=1e-5, rtol=1e-4)  # seed + i per request
 
+    # One task per request: a batch mixing TTM and TTA gives each row what it gives alone under its task.
+    music = {"seconds": 0.6, "steps": 4, "cfg": 3.0}
+    mixed = generator.generate(["slow piano melody"] * 2, task=["ttm", "tta"], seed=[3, 3], **music)
+    assert mixed.settings["tasks"] == ["ttm", "tta"]
+    as_ttm = generator.generate(["slow piano melody"], task="ttm", seed=3, **music)
+    torch.testing.assert_close(mixed.waveforms[0], as_ttm.waveforms[0], atol=1e-5, rtol=1e-4)
+    assert not torch.equal(mixed.waveforms[0], mixed.waveforms[1])  # same caption and noise, other task
+    with pytest.raises(LoditError, match="prompt 1: unknown task 'asr'"):
+        generator.generate(["a", "b"], task=["tta", "asr"], **music)
+    with pytest.raises(LoditError, match="task has 3 entries for 2 prompts"):
+        generator.generate(["a", "b"], task=["tta", "tta", "ttm"], **music)
+
 
 def test_multitask_batch_with_mixed_domains_trains(mixed_cache, tiny_t5, encoder, tmp_path):
     config = tiny_config(mixed_cache, tiny_t5)
@@ -335,11 +351,19 @@ def test_bf16_autocast_path_runs_on_cpu(mixed_cache, tiny_t5, encoder, tmp_path)
     assert all(w.dtype == torch.float32 for w in weights.values())  # bf16 compute, float32 master weights
 
 
-def test_exact_resume_through_train_dit(mixed_cache, tiny_t5, encoder, tmp_path, monkeypatch):
+def test_exact_resume_through_train_dit(mixed_cache, tiny_t5, encoder, tmp_path, monkeypatch, capsys):
     overrides = ["training.max_steps=6", "training.checkpoint_every=3", "training.batch_size=3",
                  "dit.dropout=0.1"]
     config = tiny_config(mixed_cache, tiny_t5, *overrides)
     train_dit(config, tmp_path / "straight", text_encoder=encoder)
+
+    def same_final_weights(run: Path) -> None:
+        for name in ("model", "ema"):
+            straight = load_file(tmp_path / "straight" / "final" / f"{name}.safetensors")
+            resumed = load_file(run / "final" / f"{name}.safetensors")
+            assert straight.keys() == resumed.keys()
+            for key in straight:
+                assert torch.equal(straight[key], resumed[key]), f"{run.name} {name}: {key}"
 
     original = DiTTask.loss
 
@@ -355,12 +379,20 @@ def test_exact_resume_through_train_dit(mixed_cache, tiny_t5, encoder, tmp_path,
     assert (tmp_path / "resumed" / "checkpoints" / "step-00000003").is_dir()
     result = train_dit(config, tmp_path / "resumed", text_encoder=encoder)
     assert result.step == 6
-    for name in ("model", "ema"):
-        straight = load_file(tmp_path / "straight" / "final" / f"{name}.safetensors")
-        resumed = load_file(tmp_path / "resumed" / "final" / f"{name}.safetensors")
-        assert straight.keys() == resumed.keys()
-        for key in straight:
-            assert torch.equal(straight[key], resumed[key]), f"{name}: {key}"
+    same_final_weights(tmp_path / "resumed")
+
+    # Stopped on purpose at step 4 (off the checkpoint grid) by `lodit train-dit --max-steps 4`, then continued:
+    # the LR schedule spans all 6 steps either way, so the weights are the uninterrupted run's.
+    stopped = tmp_path / "stopped"
+    code, err = run_command("train-dit", ["--config", str(TINY_CONFIG), "--out", str(stopped), "--max-steps", "4",
+                                          *tiny_overrides(mixed_cache, tiny_t5, *overrides)], capsys)
+    assert code == 0, err
+    assert (stopped / "checkpoints" / "step-00000004").is_dir() and not (stopped / "final").exists()
+    early = train_dit(config, stopped, text_encoder=encoder, stop_at=5)
+    assert (early.step, early.final) == (5, None) and early.checkpoint.name == "step-00000005"
+    result = train_dit(config, stopped, text_encoder=encoder)
+    assert result.step == 6 and result.final is not None
+    same_final_weights(stopped)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -415,6 +447,21 @@ def test_train_dit_then_sample_end_to_end(mixed_cache, tokenizer_dir, tiny_t5, t
     assert sf.info(out / "tts" / "0000.wav").frames == round(25 / 13 * 11) * HOP
     assert sf.info(out / "tts" / "0001.wav").frames == round(0.8 * SAMPLE_RATE)
 
+    # One prompts file mixing tasks: a row's task key wins, --task covers the rows without one.
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(json.dumps(row) for row in [
+        {"prompt": "slow piano melody", "task": "ttm"},
+        {"prompt": "a high beep"},
+        {"prompt": "a man speaks", "transcript": "hello", "task": "tts"},
+        {"prompt": "fast piano melody", "task": "tta"},
+    ]) + "\n")
+    code, err = run_command("sample", ["--checkpoint", str(run), "--prompts-file", str(mixed), "--task", "ttm",
+                                       "--seconds", "0.4", "--steps", "2", "--out", str(out / "mixed")], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "mixed" / "samples.json").read_text())
+    assert [s["task"] for s in summary["samples"]] == ["ttm", "ttm", "tts", "tta"]
+    assert summary["settings"]["task"] == "ttm"
+
 
 def test_bad_inputs_give_one_line_errors(mixed_cache, tiny_t5, tmp_path, capsys, tmp_path_factory):
     def fails(name, argv, pattern):
@@ -431,14 +478,25 @@ def test_bad_inputs_give_one_line_errors(mixed_cache, tiny_t5, tmp_path, capsys,
     (tmp_path / "empty_ckpt").mkdir()
     fails("sample", ["--checkpoint", str(tmp_path / "empty_ckpt"), "--prompt", "x"], "config.json")
 
+    fails("train-dit", ["--config", str(TINY_CONFIG), "--cache", str(mixed_cache), "--max-steps", "0"], "--max-steps")
+
     run = tmp_path / "run"
-    train_dit(tiny_config(mixed_cache, tiny_t5, "training.max_steps=1"), run)
+    train_dit(tiny_config(mixed_cache, tiny_t5, "training.max_steps=1", "tasks=[tta, ttm]"), run)
     other = tmp_path / "other_tokenizer"
     Tokenizer.from_config({**TOKENIZER, "name": "another"}).save_pretrained(other)
     fails("sample", ["--checkpoint", str(run), "--prompt", "x", "--tokenizer", str(other), "--out", str(tmp_path / "s")],
           "pass the tokenizer the latent cache was made with")
     (tmp_path / "empty.txt").write_text("\n  \n")
     fails("sample", ["--checkpoint", str(run), "--prompts-file", str(tmp_path / "empty.txt")], "is empty")
+    bad_task = tmp_path / "bad_task.jsonl"
+    bad_task.write_text('{"prompt": "a high beep", "task": "ttm"}\n\n{"prompt": "x", "task": "asr"}\n')
+    fails("sample", ["--checkpoint", str(run), "--prompts-file", str(bad_task)], f"{bad_task}:3: unknown task 'asr'")
+    bad_task.write_text('{"prompt": "a man speaks", "task": "tts"}\n')
+    fails("sample", ["--checkpoint", str(run), "--prompts-file", str(bad_task)], f"{bad_task}:1: task tts needs a transcript")
+    bad_task.write_text('{"prompt": "a high beep"}\n{"prompt": "x", "transcript": "hello", "task": "tts"}\n')
+    fails("sample", ["--checkpoint", str(run), "--prompts-file", str(bad_task), "--out", str(tmp_path / "s")],
+          "request 1 asks for tts but this DiT was trained for tta, ttm")
+    assert not (tmp_path / "s").exists()  # refused before generating anything
     fails("sample", ["--checkpoint", str(run), "--prompt", "", "--reference-audio", str(tmp_path / "x.wav"),
                      "--out", str(tmp_path / "s")], "nothing to generate")
 

@@ -281,7 +281,7 @@ class Generator:
         transcripts: Sequence[str | None] | None = None,
         reference_audio: Sequence[str | os.PathLike | torch.Tensor | None] | str | os.PathLike | torch.Tensor | None = None,
         reference_transcripts: Sequence[str | None] | str | None = None,
-        task: str | None = None,
+        task: str | Sequence[str | None] | None = None,
         steps: int | None = None,
         cfg: float | None = None,
         sampler: str | None = None,
@@ -292,9 +292,10 @@ class Generator:
         """Waveforms for a batch of requests, one per entry of ``prompts`` (captions; may be empty for TTS).
 
         ``seconds``, ``transcripts``, ``reference_audio`` (a path, or a ``(1, S)``/``(S,)`` tensor at
-        the tokenizer's sample rate) and ``reference_transcripts`` take one value for all requests or
-        one per request. ``task`` (``tta``/``ttm``/``tts``; default: ``tts`` for requests with a
-        transcript, otherwise the checkpoint's first caption task). ``steps``/``cfg``/``sampler``/
+        the tokenizer's sample rate), ``reference_transcripts`` and ``task`` take one value for all
+        requests or one per request. ``task`` is ``tta``/``ttm``/``tts``; where it is None: ``tts``
+        for a request with a transcript, otherwise the checkpoint's first caption task (a batch may
+        mix tasks, e.g. TTA and TTM prompts for a multi-task DiT). ``steps``/``cfg``/``sampler``/
         ``schedule`` default to the checkpoint's sampling settings. ``seed`` is the first request's
         seed (request ``i`` uses ``seed + i``) or one seed per request. ``settings`` in the result
         records all of it plus ``nfe``, ``model_calls``, ``seconds`` per request and ``rtf``
@@ -311,7 +312,8 @@ class Generator:
         seeds = [int(seed) + i for i in range(count)] if isinstance(seed, int) else [int(s) for s in seed]
         if len(seeds) != count:
             raise LoditError(f"{len(seeds)} seeds for {count} prompts; give one seed or one per prompt")
-        tasks = [self._task_for(task, text) for text in transcripts_]
+        tasks = [self._task_for(i, chosen, text)
+                 for i, (chosen, text) in enumerate(zip(_per_request(task, count, "task"), transcripts_))]
 
         sampler_config = self._sampler_config(steps, cfg, sampler, schedule)
         started = time.perf_counter()
@@ -356,15 +358,16 @@ class Generator:
 
     # ------------------------------------------------------------------------------ internals
 
-    def _task_for(self, task: str | None, transcript: str) -> str:
+    def _task_for(self, index: int, task: str | None, transcript: str) -> str:
+        """Request ``index``'s task: the given one, else tts with a transcript, else the default caption task."""
         chosen = task or ("tts" if transcript else self.config.default_task)
         if chosen not in TASKS:
-            raise LoditError(f"unknown task {chosen!r}; choose one of: {', '.join(TASKS)}")
+            raise LoditError(f"prompt {index}: unknown task {chosen!r}; choose one of: {', '.join(TASKS)}")
         if chosen not in self.config.tasks:
-            raise LoditError(f"this DiT was trained for {', '.join(self.config.tasks)}, not {chosen}; "
+            raise LoditError(f"prompt {index}: this DiT was trained for {', '.join(self.config.tasks)}, not {chosen}; "
                              f"use a checkpoint trained on {chosen}")
         if chosen == "tts" and not transcript:
-            raise LoditError("a TTS request needs a transcript (--transcript)")
+            raise LoditError(f"prompt {index}: a TTS request needs a transcript (--transcript)")
         return chosen
 
     def _sampler_config(self, steps, cfg, sampler, schedule) -> SamplerConfig:

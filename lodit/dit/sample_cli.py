@@ -3,9 +3,11 @@
 Requests come from ``--prompt`` (repeatable; with ``--transcript`` / ``--reference-audio`` /
 ``--reference-transcript`` given once for all prompts or once per prompt) or from
 ``--prompts-file``: plain text, one caption per line, or JSON Lines with ``prompt``,
-``transcript``, ``seconds``, ``reference_audio`` (relative to the file's folder) and
-``reference_transcript`` per line. A TTS request may have an empty caption: ``--transcript``
-alone is enough.
+``transcript``, ``seconds``, ``task`` (tta/ttm/tts), ``reference_audio`` (relative to the file's
+folder) and ``reference_transcript`` per line. A TTS request may have an empty caption:
+``--transcript`` alone is enough. A request's task is its ``task`` key, else ``--task``, else
+``tts`` with a transcript and the checkpoint's first caption task without one; so a file can mix
+TTA, TTM and TTS requests for a multi-task DiT.
 
 Outputs: ``OUT/0000.wav``, ``OUT/0001.wav``, ... and ``OUT/samples.json`` with the settings used and,
 per sample, its file, prompt, transcript, reference, task, seed, duration and solver cost. Every
@@ -24,23 +26,25 @@ from typing import Any
 
 from tqdm import tqdm
 
+from lodit.conditioning.tasks import TASKS
 from lodit.data.audio import save_audio
 from lodit.dit.generator import Generator
 from lodit.errors import LoditError
 
-REQUEST_KEYS = ("prompt", "transcript", "seconds", "reference_audio", "reference_transcript")
+REQUEST_KEYS = ("prompt", "transcript", "seconds", "task", "reference_audio", "reference_transcript")
 SAMPLES_FILE = "samples.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="DiT run folder or checkpoint folder (from lodit train-dit)")
     parser.add_argument("--prompt", action="append", default=[], help="caption (repeatable)")
-    parser.add_argument("--prompts-file", help="one caption per line, or JSONL with prompt/transcript/seconds/reference_audio/reference_transcript")
+    parser.add_argument("--prompts-file", help="one caption per line, or JSONL with prompt/transcript/seconds/task/reference_audio/reference_transcript")
     parser.add_argument("--transcript", action="append", default=[], help="TTS: text to speak (once, or once per prompt)")
     parser.add_argument("--reference-audio", action="append", default=[], help="TTS: a recording of the voice to use")
     parser.add_argument("--reference-transcript", action="append", default=[], help="TTS: what the reference recording says")
     parser.add_argument("--seconds", type=float, help="length of each generated clip (default: the checkpoint's, or the speaking rate for TTS)")
-    parser.add_argument("--task", choices=("tta", "ttm", "tts"), help="default: tts with a transcript, else the checkpoint's caption task")
+    parser.add_argument("--task", choices=TASKS, help="task of every request without its own (prompts file 'task' key); "
+                        "default: tts with a transcript, else the checkpoint's first caption task")
     parser.add_argument("--steps", type=int, help="solver steps (default: the checkpoint's sampling.steps)")
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the checkpoint's)")
     parser.add_argument("--sampler", help="euler | heun | midpoint | rk4 | adaptive")
@@ -96,6 +100,10 @@ def read_prompts_file(path: str | os.PathLike) -> list[dict[str, Any]]:
             row["reference_audio"] = str(reference if reference.is_absolute() else path.parent / reference)
         if row.get("seconds") is not None and not isinstance(row["seconds"], (int, float)):
             raise LoditError(f"{path}:{number}: seconds must be a number, got {row['seconds']!r}")
+        if row.get("task") is not None and row["task"] not in TASKS:
+            raise LoditError(f"{path}:{number}: unknown task {row['task']!r}; use one of {', '.join(TASKS)} or leave it out")
+        if row.get("task") == "tts" and not row.get("transcript"):
+            raise LoditError(f"{path}:{number}: task tts needs a transcript")
         requests.append({key: row.get(key) for key in REQUEST_KEYS})
     return requests
 
@@ -109,6 +117,8 @@ def collect_requests(args: argparse.Namespace) -> list[dict[str, Any]]:
         for request in requests:
             if request.get("seconds") is None:
                 request["seconds"] = args.seconds
+            if request.get("task") is None:
+                request["task"] = args.task
         return requests
     prompts = list(args.prompt) or [""] * max(1, len(args.transcript))
     if not any(prompts) and not args.transcript:
@@ -119,8 +129,17 @@ def collect_requests(args: argparse.Namespace) -> list[dict[str, Any]]:
         "reference_audio": _spread(args.reference_audio, count, "--reference-audio"),
         "reference_transcript": _spread(args.reference_transcript, count, "--reference-transcript"),
     }
-    return [{"prompt": prompt, "seconds": args.seconds, **{k: v[i] for k, v in columns.items()}}
+    return [{"prompt": prompt, "seconds": args.seconds, "task": args.task, **{k: v[i] for k, v in columns.items()}}
             for i, prompt in enumerate(prompts)]
+
+
+def check_tasks(requests: list[dict[str, Any]], trained: list[str]) -> None:
+    """Refuse, before generating anything, requests for a task the DiT was not trained on."""
+    for index, request in enumerate(requests):
+        task = request.get("task")
+        if task and task not in trained:
+            raise LoditError(f"request {index} asks for {task} but this DiT was trained for {', '.join(trained)}; "
+                             f"change its task or use a checkpoint trained on {task}")
 
 
 def write_json_atomically(path: Path, data: Any) -> None:
@@ -135,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     requests = collect_requests(args)
     generator = Generator.from_pretrained(args.checkpoint, tokenizer=args.tokenizer, use_ema=not args.no_ema,
                                           device=args.device)
+    check_tasks(requests, generator.tasks)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     samples: list[dict[str, Any]] = []
@@ -149,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
             transcripts=[r["transcript"] for r in chunk],
             reference_audio=[r["reference_audio"] for r in chunk],
             reference_transcripts=[r["reference_transcript"] for r in chunk],
-            task=args.task,
+            task=[r["task"] for r in chunk],
             steps=args.steps,
             cfg=args.cfg,
             sampler=args.sampler,

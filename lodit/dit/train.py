@@ -26,7 +26,8 @@ uninterrupted one would.
 Running: ``lodit train-dit --config configs/dit/tta.yaml --cache CACHE --out RUN`` on CPU or one
 GPU; ``accelerate launch -m lodit.cli train-dit ...`` on several GPUs (``training.batch_size``
 is the global batch); ``training.mixed_precision=bf16`` for bf16 autocast. Running the same
-command again resumes from the newest checkpoint in ``--out``.
+command again resumes from the newest checkpoint in ``--out``; ``--max-steps N`` stops an
+invocation after step N (e.g. a job with a time limit) without shortening the LR schedule.
 """
 
 from __future__ import annotations
@@ -426,12 +427,15 @@ def build_training(config: DiTTrainConfig, run_dir: str | Path, *, text_encoder:
 
 
 def train_dit(config: DiTTrainConfig, run_dir: str | Path, *, resume: bool | str = True,
-              text_encoder: Any = None) -> TrainResult:
-    """Train (or resume) a DiT run into ``run_dir``; returns the trainer's summary."""
+              text_encoder: Any = None, stop_at: int | None = None) -> TrainResult:
+    """Train (or resume) a DiT run into ``run_dir``; returns the trainer's summary.
+
+    ``stop_at`` ends this call after that step, with a checkpoint; the LR schedule still runs to
+    ``training.max_steps`` and calling again continues the run."""
     task, loader = build_training(config, run_dir, text_encoder=text_encoder)
     resolved = replace(config, dit=task.dit_config, tasks=list(task.tasks))
     trainer = Trainer(config.training, run_dir, task, loader, resolved_config=resolved, resume=resume)
-    return trainer.fit()
+    return trainer.fit(stop_at=stop_at)
 
 
 # ============================================================================ the command
@@ -442,6 +446,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", help="latent cache folder (overrides data.cache)")
     parser.add_argument("--out", help="run folder for checkpoints, logs and final/ (default runs/<config name>)")
     parser.add_argument("--seed", type=int, help="training seed (overrides training.seed)")
+    parser.add_argument("--max-steps", type=int, metavar="N",
+                        help="stop this invocation after global step N, with a checkpoint (the LR schedule still "
+                             "runs to training.max_steps); run the command again to continue")
     parser.add_argument("--no-resume", action="store_true",
                         help="refuse to continue a run folder that already has checkpoints (default: resume)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
@@ -454,9 +461,15 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.cache={args.cache}")
     if args.seed is not None:
         overrides.append(f"training.seed={args.seed}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise LoditError(f"--max-steps must be at least 1, got {args.max_steps}")
     config = load_config(DiTTrainConfig, args.config, overrides)
     run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = train_dit(config, run_dir, resume=not args.no_resume)
+    result = train_dit(config, run_dir, resume=not args.no_resume, stop_at=args.max_steps)
     summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.scalars.items()) if k.endswith("loss"))
-    print(f"trained {result.step} steps ({summary}); final model in {result.final}")
+    if result.final is None:
+        print(f"stopped at step {result.step} of {config.training.max_steps} ({summary}); checkpoint in "
+              f"{result.checkpoint}; run the same command again to continue")
+    else:
+        print(f"trained {result.step} steps ({summary}); final model in {result.final}")
     return 0

@@ -11,9 +11,10 @@ and one or more training seeds. :class:`ExperimentRunner` runs, per arm,
 4. ``reconstruction``: round trips of evaluation clips through the tokenizer, with
    :func:`~lodit.eval.reconstruction.reconstruction_metrics`;
 5. ``latent_stats``: width usage of the training latents (effective rank, top-k variance);
-6. per seed, ``dit``: DiT training, stopped at every evaluation step (``Trainer.fit(stop_at=k)``
+6. per seed, ``dit``: DiT training, stopped at every evaluation step (``train_dit(stop_at=k)``
    writes a checkpoint there) for ``sample``: the evaluation prompts generated from that checkpoint
-   (EMA weights) by ``lodit sample``, and ``score``: those samples scored by
+   (EMA weights) by ``lodit sample``, each with the task of its reference clip's domain (music
+   prompts as TTM, ...), and ``score``: those samples scored by
    :class:`~lodit.eval.evaluate.Evaluator`; training then continues. Samples and scores are
    separate stages, so changing only the metric models re-scores the kept samples;
 
@@ -493,7 +494,8 @@ class ExperimentRunner:
             where = f"{arm.name}/seed-{seed}/step-{step}"
             sample_spec = {"dit": spec_hash(spec), "step": step, "sampling": to_dict(self.config.sampling),
                            "num_prompts": self.config.evaluation.num_prompts,
-                           "seconds": self.config.evaluation.seconds, "prompts_from": data_spec["eval"]}
+                           "seconds": self.config.evaluation.seconds, "prompts_from": data_spec["eval"],
+                           "prompt_task": "reference domain"}  # samples made before prompts had tasks are redone
             samples_dir = step_dir / "samples"
             if self.book.is_done(samples_dir, sample_spec):
                 self.book.log(f"sample/{where}", "reused")
@@ -510,6 +512,7 @@ class ExperimentRunner:
 
     def _checkpoint_at(self, config, run_dir: Path, step: int) -> Path:
         """The DiT checkpoint at ``step``, training up to it (from the newest checkpoint) if needed."""
+        from lodit.dit.train import train_dit
         from lodit.training.checkpoint import checkpoint_path, checkpoint_step, latest_checkpoint
 
         target = checkpoint_path(run_dir, step)
@@ -520,7 +523,7 @@ class ExperimentRunner:
             raise LoditError(f"{run_dir}: trained past step {step} and its checkpoint there is gone (pruned), so step {step} "
                              "can't be evaluated; delete that DiT run folder to retrain it, or drop the step from eval_steps")
         self.say(f"training the DiT in {run_dir} to step {step} of {config.training.max_steps}")
-        train_dit_until(config, run_dir, step, text_encoder=self._shared_text_encoder(config))
+        train_dit(config, run_dir, text_encoder=self._shared_text_encoder(config), stop_at=step)
         if not target.is_dir():
             raise LoditError(f"{run_dir}: training stopped without a checkpoint at step {step}")
         return target
@@ -590,7 +593,8 @@ def split_rows(rows: list[ManifestRow], fraction: float, seed: int) -> tuple[lis
 def evaluation_prompts(manifest: Path, tasks: list[str], count: int,
                        seconds: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The first ``count`` evaluation clips whose task the DiT was trained on, taken round-robin over
-    tasks, as ``lodit sample`` requests, with the reference clip of each."""
+    tasks, as ``lodit sample`` requests (each with its clip's task, so a multi-task DiT generates
+    music prompts as TTM), with the reference clip of each."""
     from lodit.conditioning.tasks import task_from_domain
 
     data = read_manifest(manifest)
@@ -602,21 +606,21 @@ def evaluation_prompts(manifest: Path, tasks: list[str], count: int,
             continue
         if task in queues:
             queues[task].append(row)
-    chosen: list[ManifestRow] = []
+    chosen: list[tuple[str, ManifestRow]] = []
     while len(chosen) < count and any(queues.values()):
         for task in tasks:
             if queues[task] and len(chosen) < count:
-                chosen.append(queues[task].pop(0))
+                chosen.append((task, queues[task].pop(0)))
     if not chosen:
         raise LoditError(f"{manifest}: no evaluation clip for the DiT's tasks ({', '.join(tasks)}); check the domains")
     requests, references = [], []
-    for row in chosen:
+    for task, row in chosen:
         path = data.audio_path(row)
-        speech = bool(row.transcript) and (row.domain == "speech" or not row.caption)
+        speech = task == "tts"
         # Speech gets no length: the generator takes it from the transcript and the speaking rate.
         length = None if speech else (seconds or row.duration or _file_seconds(path, row.offset))
         requests.append({"prompt": row.caption or "", "transcript": row.transcript if speech else None,
-                         "seconds": length})
+                         "seconds": length, "task": task})
         references.append({"audio": str(path.resolve()), "offset": row.offset, "duration": row.duration,
                            "caption": row.caption or "", "transcript": row.transcript or "", "domain": row.domain or ""})
     return requests, references
@@ -652,17 +656,6 @@ def _folder_fingerprint(folder: Path) -> dict[str, Any]:
     sizes = {p.name: p.stat().st_size for p in sorted(folder.glob("*.safetensors"))}
     identity = Tokenizer.from_config(tokenizer_config, source=str(folder / "config.json")).identity()
     return {"config_hash": identity["config_hash"], "files": sizes}
-
-
-def train_dit_until(config, run_dir: Path, step: int, *, text_encoder=None):
-    """Train (or resume) the DiT run in ``run_dir`` up to ``step``, where ``Trainer.fit`` stops with a checkpoint."""
-    from lodit.dit.train import build_training
-    from lodit.training.loop import Trainer
-
-    task, loader = build_training(config, run_dir, text_encoder=text_encoder)
-    resolved = replace(config, dit=task.dit_config, tasks=list(task.tasks))
-    trainer = Trainer(config.training, run_dir, task, loader, resolved_config=resolved, resume=True)
-    return trainer.fit(stop_at=step)
 
 
 def run_sampler(checkpoint: Path, prompts_file: Path, out: Path, sampling: SamplingSettings, tokenizer: Path) -> None:
