@@ -100,6 +100,7 @@ def test_results_hold_every_number_with_model_and_n(experiment):
     for run in results["runs"]:
         names = {m["name"] for m in run["metrics"]}
         assert {"fad", "clap_score", "wer", "speaker_similarity", "rtf", "nfe"} <= names
+        assert {"fad_tta", "fad_ttm"} <= names  # each prompt was generated with its reference clip's task
         for metric in run["metrics"]:
             assert isinstance(metric["n"], int) and "model" in metric
             assert metric["value"] is not None or metric["details"]["unavailable"]
@@ -114,6 +115,11 @@ def test_results_hold_every_number_with_model_and_n(experiment):
         assert 1.0 <= rank["value"] <= dim and rank["n"] == arm["latent_statistics"]["n_frames"] > 0
         mel = next(m for m in arm["reconstruction"] if m["name"] == "mel_distance")
         assert mel["value"] > 0 and mel["n"] == 3
+    samples_dir = ExperimentLayout(experiment["out"]).step_dir("dim_16", 0, 2) / "samples"
+    samples = json.loads((samples_dir / "samples.json").read_text())
+    references = json.loads((samples_dir / "references.json").read_text())
+    assert [s["task"] for s in samples["samples"]] == [{"audio": "tta", "music": "ttm"}[r["domain"]] for r in references]
+    assert {s["task"] for s in samples["samples"]} == {"tta", "ttm"}
     summary = {(r["arm"], r["step"], r["metric"]): r for r in results["summary"]}
     row = summary[("dim_64", 4, "fad")]
     assert row["n_seeds"] == 1 and row["ci_low"] is None and row["mean"] == pytest.approx(row["values"][0])

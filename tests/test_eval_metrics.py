@@ -18,7 +18,7 @@ from lodit.errors import LoditError
 from lodit.eval.asr import normalize_text, word_error_rate
 from lodit.eval.embedders import Embedder
 from lodit.eval.embedding_cache import EmbeddingCache
-from lodit.eval.frechet import fad, fad_infinity, frechet_distance, gaussian_stats
+from lodit.eval.frechet import fad, fad_infinity, frechet_distance, gaussian_stats, trace_sqrt_product
 from lodit.eval.latent_stats import latent_cache_statistics, latent_stat_results, latent_statistics
 from lodit.eval.probes import (
     clustering_scores,
@@ -80,9 +80,9 @@ def test_frechet_distance_matches_eigendecomposition_for_full_covariances():
 
 
 def test_frechet_distance_singular_covariances_and_mismatch():
-    # Zero-variance channels make the product singular; the eps fallback keeps the value right.
+    # Zero-variance channels make the product singular; the value stays exact.
     value = frechet_distance(np.zeros(3), np.diag([1.0, 1.0, 0.0]), np.zeros(3), np.diag([1.0, 0.0, 0.0]))
-    assert value == pytest.approx(1.0, abs=1e-2)
+    assert value == pytest.approx(1.0, rel=1e-12)
     # Fewer samples than dimensions: finite, non-negative.
     rng = np.random.default_rng(2)
     small = fad(rng.normal(size=(10, 32)), rng.normal(size=(12, 32)) + 1.0)
@@ -93,6 +93,36 @@ def test_frechet_distance_singular_covariances_and_mismatch():
         fad(np.zeros((5, 3)), np.zeros((5, 4)))
     with pytest.raises(LoditError, match="at least 2"):
         fad(rng.normal(size=(5, 3)), rng.normal(size=(1, 3)))
+
+
+@pytest.mark.parametrize(
+    ("dim", "n1", "n2"),
+    [(24, 200, 300), (48, 12, 20), (64, 30, 30)],
+    ids=["full-rank", "rank-deficient", "rank-deficient-equal-n"],
+)
+def test_trace_sqrt_product_matches_sqrtm(dim, n1, n2):
+    import warnings
+
+    import scipy.linalg
+
+    rng = np.random.default_rng(dim)
+    mixing = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    x1 = rng.normal(size=(n1, dim)) @ mixing  # correlated channels
+    x2 = rng.normal(size=(n2, dim)) * np.linspace(0.5, 2.0, dim) + 0.3
+    s1, s2 = np.cov(x1, rowvar=False), np.cov(x2, rowvar=False)  # rank min(n - 1, dim)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sqrtm warns about the singular products
+        by_sqrtm = float(np.trace(scipy.linalg.sqrtm(s1 @ s2)).real)
+    value = trace_sqrt_product(s1, s2)
+    assert value == pytest.approx(by_sqrtm, rel=1e-6)
+    assert trace_sqrt_product(s2, s1) == pytest.approx(value, rel=1e-9)
+    if n1 <= dim:
+        # Exact low-rank reference: s1 = A A^T, so s1 s2 shares its nonzero eigenvalues with the
+        # small (n1, n1) matrix A^T s2 A — no zero eigenvalues for round-off to inflate.
+        a = (x1 - x1.mean(0)).T / np.sqrt(n1 - 1)  # (dim, n1)
+        small = np.linalg.eigvalsh(a.T @ s2 @ a)
+        exact = float(np.sqrt(small[small > n1 * np.finfo(float).eps * small.max()]).sum())
+        assert value == pytest.approx(exact, rel=1e-8)
 
 
 def test_fad_self_is_zero_and_grows_with_noise():

@@ -190,6 +190,12 @@ def test_fad_through_an_embedder_and_its_cache(tiny_tokenizer, tmp_path):
     assert ref.shape == (8, 8) and cache.misses == 8
     durations = set_durations(ref_paths)
     assert durations["n"] == 8 and durations["mean"] == pytest.approx(0.3)
+    # Segments (offset, duration) inside the files: to the end, cut short, running past the end, past the end.
+    segmented = set_durations(ref_paths[:4], [(0.1, None), (0.0, 0.2), (0.25, 0.5), (0.5, 1.0)])
+    assert segmented["n"] == 4 and segmented["total"] == pytest.approx(0.2 + 0.2 + 0.05 + 0.0)
+    assert (segmented["min"], segmented["max"]) == (pytest.approx(0.0), pytest.approx(0.2))
+    with pytest.raises(LoditError, match="4 audio files but 1 segments"):
+        set_durations(ref_paths[:4], [(0.0, None)])
     self_fad = fad(ref, embedder.embed_files(ref_paths, cache), embedder=embedder.description)
     assert self_fad.value == pytest.approx(0.0, abs=1e-8) and cache.hits == 8 and cache.misses == 8
     # Another draw of the same kind of audio is close; a different kind of audio is far.
@@ -246,6 +252,8 @@ def test_clap_score_with_a_tiny_random_clap(tiny_clap, tmp_path):
 def test_clap_score_without_a_model_is_reported_not_raised(tmp_path):
     missing = clap_score(None, ["a dog barks"], [np.zeros(16000, np.float32)], sample_rate=16000)
     assert math.isnan(missing.value) and missing.details["unavailable"] == NO_CLAP_MODEL
+    # The reason names both ways to give a model: the evaluate flag and the experiment config key.
+    assert "--clap-model" in NO_CLAP_MODEL and "evaluation.clap_model" in NO_CLAP_MODEL
     assert missing.to_dict()["value"] is None
     broken = clap_score(str(tmp_path / "no_such_clap"), ["x"], [np.zeros(100, np.float32)], sample_rate=16000)
     assert math.isnan(broken.value) and "cannot load the CLAP model" in broken.details["unavailable"]

@@ -265,6 +265,24 @@ def test_bf16_on_cpu_then_full_precision_in_one_process(tmp_path):
     assert fp32.accelerator.mixed_precision == "no" and fp32.fit().step == 2
 
 
+def _denormals_flushed() -> bool:
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # below float32's smallest normal (1.2e-38)
+    return bool((tiny * 1.0).item() == 0.0)
+
+
+def test_trainer_on_cpu_flushes_denormals(tmp_path):
+    was_flushed = _denormals_flushed()
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals (torch.set_flush_denormal is unsupported)")
+    try:
+        assert not _denormals_flushed()  # the default: denormals are kept (and slow)
+        trainer = make_trainer(tmp_path, max_steps=1, gradient_accumulation_steps=1)
+        assert trainer.accelerator.device.type == "cpu" and _denormals_flushed()
+        assert trainer.fit().step == 1 and _denormals_flushed()
+    finally:
+        torch.set_flush_denormal(was_flushed)  # leave the process as it was
+
+
 # --------------------------------------------------------------------------- checkpoint files
 
 

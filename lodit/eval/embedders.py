@@ -49,7 +49,10 @@ from lodit.registry import Registry
 if TYPE_CHECKING:
     from lodit.eval.embedding_cache import EmbeddingCache
 
-NO_CLAP_MODEL = "no CLAP model given (pass --clap-model with a hub name or local path)"
+NO_CLAP_MODEL = (
+    "no CLAP model given (a hub name or local folder: --clap-model for lodit evaluate, "
+    "evaluation.clap_model in an experiment config)"
+)
 Audio = str | os.PathLike | np.ndarray | torch.Tensor
 
 
@@ -122,13 +125,18 @@ def build_embedder(cfg: EmbedderConfig) -> Embedder:
     return EMBEDDERS.get(cfg.name)(cfg)
 
 
-def set_durations(paths: Sequence[str | os.PathLike]) -> dict[str, float]:
+def set_durations(
+    paths: Sequence[str | os.PathLike], segments: Sequence[tuple[float, float | None]] | None = None
+) -> dict[str, float]:
     """Clip-duration summary of a set (seconds): ``n``, ``total``, ``mean``, ``min``, ``max`` —
-    what a FAD number is reported with."""
+    what a FAD number is reported with. ``segments`` gives the ``(offset, duration)`` of each
+    clip inside its file (``None`` = whole files; a ``None`` duration = to the end of the file),
+    as :meth:`Embedder.embed_files` takes them."""
     durations = []
-    for path in paths:
+    for path, (offset, duration) in zip(paths, normalize_segments(paths, segments)):
         rate, frames, _ = audio_info(path)
-        durations.append(frames / rate)
+        remaining = max(frames / rate - offset, 0.0)  # an offset past the end leaves nothing
+        durations.append(remaining if duration is None else min(remaining, duration))
     if not durations:
         return {"n": 0, "total": 0.0, "mean": 0.0, "min": 0.0, "max": 0.0}
     return {"n": len(durations), "total": float(np.sum(durations)), "mean": float(np.mean(durations)),

@@ -226,8 +226,8 @@ class Evaluator:
             return MetricResult.unavailable(
                 metric, f"FAD needs at least 2 generated and 2 reference clips (got {gen.shape[0]} and {ref.shape[0]})",
                 model=embedder.description, n=int(gen.shape[0]))
-        durations = {"generated_seconds": set_durations(gen_paths),
-                     "reference_seconds": _segment_durations(reference)}
+        reference_seconds = set_durations([r.path for r in reference], [r.segment for r in reference])
+        durations = {"generated_seconds": set_durations(gen_paths), "reference_seconds": reference_seconds}
         result = fad(ref, gen, bootstrap=self.config.bootstrap, seed=self.config.seed, embedder=embedder.description,
                      reference=name, extra=durations)
         result.name = metric
@@ -300,21 +300,6 @@ def speed_metrics(index: dict[str, Any], count: int) -> list[MetricResult]:
         MetricResult("nfe", math.nan if nfe is None else float(nfe), count, sampler,
                      {"model_calls": samples[0].get("model_calls") if samples else None}),
     ]
-
-
-def _segment_durations(reference: list[ReferenceClip]) -> dict[str, float]:
-    """Like :func:`set_durations`, honouring each row's (offset, duration) segment."""
-    from lodit.data.audio import audio_info
-
-    durations = []
-    for clip in reference:
-        rate, frames, _ = audio_info(clip.path)
-        length = frames / rate - clip.segment[0]
-        durations.append(length if clip.segment[1] is None else min(length, clip.segment[1]))
-    if not durations:
-        return {"n": 0, "total": 0.0, "mean": 0.0, "min": 0.0, "max": 0.0}
-    return {"n": len(durations), "total": float(sum(durations)), "mean": float(sum(durations) / len(durations)),
-            "min": float(min(durations)), "max": float(max(durations))}
 
 
 def evaluate_samples(

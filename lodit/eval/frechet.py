@@ -4,12 +4,19 @@ For two Gaussians ``N(mu1, S1)`` and ``N(mu2, S2)`` the Fréchet (2-Wasserstein)
 
     ||mu1 - mu2||² + tr(S1) + tr(S2) - 2 tr((S1 S2)^{1/2})
 
-Computation is in float64. ``(S1 S2)^{1/2}`` comes from ``scipy.linalg.sqrtm`` (Schur method).
-When the product is singular or nearly so (fewer clips than dimensions, dead embedding
-channels) the square root can come back non-finite or inaccurate; then both covariances get
-``eps·I`` added and the root is recomputed — the usual remedy, which moves the distance by
-O(eps·D). A real square root of a product of PSD matrices has real eigenvalues, so any imaginary
-part is round-off: it is dropped when small and reported as an error when not.
+Computation is in float64, through symmetric eigendecompositions only. With ``R = S1^{1/2}``
+(from ``eigh(S1)``), ``S1 S2 = R (R S2)`` and ``M = (R S2) R = R S2 R`` have the same eigenvalues
+(``AB`` and ``BA`` share their characteristic polynomial, singular or not), and ``M`` is
+symmetric PSD, so its eigenvalues are real and non-negative: ``tr((S1 S2)^{1/2})`` is exactly the
+sum of their square roots. This is the closed form of the Gaussian 2-Wasserstein distance itself
+(``tr(S1 + S2 - 2 (S1^{1/2} S2 S1^{1/2})^{1/2})``), valid for every pair of PSD covariances.
+Singular covariances — the norm when there are fewer clips than dimensions — need no special
+case: there ``S1 S2`` may have no well-conditioned square root (a general ``sqrtm`` fails or
+loses accuracy, and an ``eps·I`` offset would move the result by ``O(D·sqrt(eps))``), but the
+eigenvalues of ``M`` stay well defined and are computed accurately. Round-off (which ``eigh`` keeps
+to about ``eps·||M||`` per eigenvalue) can leave true zeros slightly negative or slightly
+positive, and a square root turns ``1e-14`` into ``1e-7``; so eigenvalues below the usual
+numerical-rank tolerance ``D·eps·max(eig)`` count as exact zeros.
 
 FAD uses one embedding per clip (see :mod:`lodit.eval.embedders`); covariances are unbiased
 (``ddof=1``). FAD is biased upwards at small N; :func:`fad_infinity` removes the bias by fitting
@@ -19,20 +26,14 @@ FAD against ``1/N`` over subset sizes and reading the line at ``1/N = 0`` (Chong
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from lodit.errors import LoditError
 from lodit.eval.results import MetricResult
-
-SQRTM_EPS = 1e-6  # diagonal offset for a singular covariance product
-_SQRTM_RESIDUAL_TOL = 1e-5  # relative error ||X X - A||_F / ||A||_F above which the root is retried
-_IMAG_TOL = 1e-3  # largest imaginary part, relative to the root's scale, that counts as round-off
 
 
 def as_matrix(emb: torch.Tensor | np.ndarray | Sequence, what: str = "embeddings") -> np.ndarray:
@@ -55,7 +56,7 @@ def gaussian_stats(emb: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarr
     return array.mean(axis=0), np.cov(array, rowvar=False, ddof=1).reshape(array.shape[1], array.shape[1])
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = SQRTM_EPS) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Squared Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (float64)."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -64,48 +65,35 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = SQRTM_EPS) -> flo
             f"Fréchet distance needs matching statistics, got means {mu1.shape} / {mu2.shape} and "
             f"covariances {sigma1.shape} / {sigma2.shape}; were both sets embedded by the same embedder?"
         )
+    if not all(np.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):
+        raise LoditError("Fréchet distance: the means or covariances contain NaN or inf; check the embeddings")
     diff = mu1 - mu2
-    trace_sqrt = _trace_sqrt_product(sigma1, sigma2, eps)
+    trace_sqrt = trace_sqrt_product(sigma1, sigma2)
     distance = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
     # The exact value is >= 0; a tiny negative one is round-off of equal distributions.
     return max(distance, 0.0)
 
 
-def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, eps: float) -> float:
-    """``tr((sigma1 sigma2)^{1/2})``, with the eps-offset retry for singular products."""
-    product = sigma1 @ sigma2
-    with warnings.catch_warnings():
-        # A singular product is expected (handled below by the offset retry), not worth a warning.
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        root = scipy.linalg.sqrtm(product)
-        if not _accurate_root(root, product):
-            offset = np.eye(sigma1.shape[0]) * eps
-            product = (sigma1 + offset) @ (sigma2 + offset)
-            root = scipy.linalg.sqrtm(product)
-        if not np.isfinite(root).all():
-            raise LoditError(
-                "Fréchet distance: the matrix square root failed even with a diagonal offset; the "
-                "covariances are degenerate (too few clips for the embedding size?)"
-            )
-    if np.iscomplexobj(root):
-        scale = max(1.0, float(np.abs(root.real).max()))
-        largest = float(np.abs(root.imag).max())
-        if largest > _IMAG_TOL * scale:
-            raise LoditError(
-                f"Fréchet distance: the matrix square root has an imaginary part of {largest:.3g} (scale "
-                f"{scale:.3g}), far beyond round-off; the covariances are ill-conditioned — use more clips"
-            )
-        root = root.real
-    return float(np.trace(root))
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """``tr((sigma1 sigma2)^{1/2})`` of two PSD ``(D, D)`` matrices, as the sum of the square roots
+    of the eigenvalues of ``sigma1^{1/2} sigma2 sigma1^{1/2}`` (see the module docstring)."""
+    root1 = _psd_sqrt(sigma1)
+    inner = root1 @ _symmetric(sigma2) @ root1  # (D, D), symmetric PSD up to round-off
+    eigenvalues = np.linalg.eigvalsh(_symmetric(inner))
+    # Below the numerical-rank tolerance an eigenvalue is round-off of an exact zero.
+    tolerance = eigenvalues.size * np.finfo(np.float64).eps * max(float(eigenvalues.max()), 0.0)
+    return float(np.sqrt(eigenvalues[eigenvalues > tolerance]).sum())
 
 
-def _accurate_root(root: np.ndarray, target: np.ndarray) -> bool:
-    if not np.isfinite(root).all():
-        return False
-    norm = np.linalg.norm(target)
-    if norm == 0.0:
-        return True
-    return float(np.linalg.norm(root @ root - target) / norm) <= _SQRTM_RESIDUAL_TOL
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric PSD square root of a covariance; round-off negative eigenvalues become 0."""
+    eigenvalues, eigenvectors = np.linalg.eigh(_symmetric(sigma))
+    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T  # V diag(sqrt w) V^T
+
+
+def _symmetric(matrix: np.ndarray) -> np.ndarray:
+    # eigh reads one triangle only; averaging with the transpose makes it see the whole matrix.
+    return (matrix + matrix.T) / 2.0
 
 
 def fad(
