@@ -67,6 +67,7 @@ from lodit.dit.model import DiTConfig
 from lodit.errors import LoditError
 from lodit.latent_tokenizer.tokenizer import Tokenizer
 from lodit.samplers.sample import SamplerConfig
+from lodit.training.command import DataOption, add_training_arguments, report_result, run_folder, training_overrides
 from lodit.training.config import TrainingConfig
 from lodit.training.data import ResumableLoader
 from lodit.training.loop import Trainer, TrainResult, TrainTask
@@ -441,35 +442,16 @@ def train_dit(config: DiTTrainConfig, run_dir: str | Path, *, resume: bool | str
 # ============================================================================ the command
 
 
+DATA_OPTION = DataOption("--cache", "data.cache", "latent cache folder")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="DiT training config (YAML), e.g. configs/dit/tta.yaml")
-    parser.add_argument("--cache", help="latent cache folder (overrides data.cache)")
-    parser.add_argument("--out", help="run folder for checkpoints, logs and final/ (default runs/<config name>)")
-    parser.add_argument("--seed", type=int, help="training seed (overrides training.seed)")
-    parser.add_argument("--max-steps", type=int, metavar="N",
-                        help="stop this invocation after global step N, with a checkpoint (the LR schedule still "
-                             "runs to training.max_steps); run the command again to continue")
-    parser.add_argument("--no-resume", action="store_true",
-                        help="refuse to continue a run folder that already has checkpoints (default: resume)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="config overrides, e.g. training.max_steps=1000 dit.depth=8")
+    add_training_arguments(parser, config_example="configs/dit/tta.yaml", data=DATA_OPTION,
+                           out_default="runs/<config name>", override_example="training.max_steps=1000 dit.depth=8")
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    if args.cache:
-        overrides.append(f"data.cache={args.cache}")
-    if args.seed is not None:
-        overrides.append(f"training.seed={args.seed}")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise LoditError(f"--max-steps must be at least 1, got {args.max_steps}")
-    config = load_config(DiTTrainConfig, args.config, overrides)
-    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = train_dit(config, run_dir, resume=not args.no_resume, stop_at=args.max_steps)
-    summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.scalars.items()) if k.endswith("loss"))
-    if result.final is None:
-        print(f"stopped at step {result.step} of {config.training.max_steps} ({summary}); checkpoint in "
-              f"{result.checkpoint}; run the same command again to continue")
-    else:
-        print(f"trained {result.step} steps ({summary}); final model in {result.final}")
+    config = load_config(DiTTrainConfig, args.config, training_overrides(args, DATA_OPTION))
+    result = train_dit(config, run_folder(args), resume=not args.no_resume, stop_at=args.max_steps)
+    report_result(result, config.training.max_steps, "final model")
     return 0

@@ -48,6 +48,7 @@ from lodit.latent_tokenizer.feature_cache import FeatureCache
 from lodit.latent_tokenizer.semantic import SemanticEncoder, SemanticEncoderConfig, build_semantic_encoder
 from lodit.latent_tokenizer.sembo import SemBo, SemBoConfig, sembo_loss
 from lodit.latent_tokenizer.teacher_features import fill_teacher_cache
+from lodit.training.command import DataOption, add_training_arguments, report_result, run_folder, training_overrides
 from lodit.training.config import TrainingConfig
 from lodit.training.data import ResumableLoader
 from lodit.training.loop import Trainer, TrainResult, TrainTask
@@ -194,8 +195,10 @@ def prepare_features(config: SemBoTrainConfig, run_dir: str | Path, *,
 
 
 def train_sembo(config: SemBoTrainConfig, run_dir: str | Path, *, resume: bool | str | Path = True,
-                teacher: SemanticEncoder | None = None) -> TrainResult:
-    """Cache the teacher features, then train (or resume) a SemBo run into ``run_dir``."""
+                teacher: SemanticEncoder | None = None, stop_at: int | None = None) -> TrainResult:
+    """Cache the teacher features, then train (or resume) a SemBo run into ``run_dir``.
+
+    ``stop_at`` ends this call after that step, with a checkpoint (``lodit train-sembo --max-steps``)."""
     if config.data.manifest:
         # the run's config.yaml must still find the data when the run is resumed from elsewhere
         config = replace(config, data=replace(config.data, manifest=str(Path(config.data.manifest).resolve())))
@@ -206,34 +209,24 @@ def train_sembo(config: SemBoTrainConfig, run_dir: str | Path, *, resume: bool |
     task = SemBoTask(config)
     loader = ResumableLoader.from_config(dataset, collate_features, config.training)
     trainer = Trainer(config.training, run_dir, task, loader, resolved_config=config, resume=resume)
-    return trainer.fit()
+    return trainer.fit(stop_at=stop_at)
 
 
 # ============================================================================ the command
 
 
+DATA_OPTION = DataOption("--manifest", "data.manifest", "training manifest")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="SemBo config (YAML), e.g. configs/sembo/whisper_large_v3.yaml")
-    parser.add_argument("--manifest", help="training manifest (overrides data.manifest)")
-    parser.add_argument("--out", help="run folder for checkpoints, logs and final/ (default runs/sembo_<config name>)")
-    parser.add_argument("--seed", type=int, help="training seed (overrides training.seed)")
-    parser.add_argument("--no-resume", action="store_true",
-                        help="refuse to continue a run folder that already has checkpoints (default: resume)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="config overrides, e.g. training.max_steps=2000 sembo.lambda_rec=100")
+    add_training_arguments(parser, config_example="configs/sembo/whisper_large_v3.yaml", data=DATA_OPTION,
+                           out_default="runs/sembo_<config name>",
+                           override_example="training.max_steps=2000 sembo.lambda_rec=100")
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    if args.manifest:
-        overrides.append(f"data.manifest={args.manifest}")
-    if args.seed is not None:
-        overrides.append(f"training.seed={args.seed}")
-    config = load_config(SemBoTrainConfig, args.config, overrides)
-    run_dir = Path(args.out) if args.out else Path("runs") / f"sembo_{Path(args.config).stem}"
-    result = train_sembo(config, run_dir, resume=not args.no_resume)
-    shown = ("model/loss", "model/rec", "model/tr")
-    losses = ", ".join(f"{k}={result.scalars[k]:.4g}" for k in shown if k in result.scalars)
-    print(f"trained {result.step} steps ({losses}); SemBo in {result.final} "
-          "(use it as tokenizer.encoder.semantic.sembo)")
+    config = load_config(SemBoTrainConfig, args.config, training_overrides(args, DATA_OPTION))
+    result = train_sembo(config, run_folder(args, prefix="sembo_"), resume=not args.no_resume, stop_at=args.max_steps)
+    report_result(result, config.training.max_steps, "SemBo", hint="use it as tokenizer.encoder.semantic.sembo",
+                  keys=("model/loss", "model/rec", "model/tr"))
     return 0

@@ -72,6 +72,7 @@ from lodit.latent_tokenizer.teacher_features import (
     fill_teacher_cache,
 )
 from lodit.latent_tokenizer.tokenizer import Tokenizer, TokenizerConfig, TokenizerOutput
+from lodit.training.command import DataOption, add_training_arguments, report_result, run_folder, training_overrides
 from lodit.training.config import TrainingConfig
 from lodit.training.data import ResumableLoader
 from lodit.training.loop import Trainer, TrainResult, TrainTask
@@ -348,36 +349,18 @@ def train_tokenizer(
 # ============================================================================ the command
 
 
+DATA_OPTION = DataOption("--manifest", "data.manifest", "training manifest")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="tokenizer config (YAML), e.g. configs/tokenizer/default.yaml")
-    parser.add_argument("--manifest", help="training manifest (overrides data.manifest)")
-    parser.add_argument("--out", help="run folder for checkpoints, logs and final/ (default runs/<config name>)")
-    parser.add_argument("--seed", type=int, help="training seed (overrides training.seed)")
-    parser.add_argument("--max-steps", type=int, metavar="N",
-                        help="stop this invocation after global step N, with a checkpoint (the LR schedule still "
-                             "runs to training.max_steps); run the command again to continue")
-    parser.add_argument("--no-resume", action="store_true",
-                        help="refuse to continue a run folder that already has checkpoints (default: resume)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="config overrides, e.g. training.max_steps=2000 tokenizer.latent_dim=64")
+    add_training_arguments(parser, config_example="configs/tokenizer/default.yaml", data=DATA_OPTION,
+                           out_default="runs/<config name>",
+                           override_example="training.max_steps=2000 tokenizer.latent_dim=64")
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    if args.manifest:
-        overrides.append(f"data.manifest={args.manifest}")
-    if args.seed is not None:
-        overrides.append(f"training.seed={args.seed}")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise LoditError(f"--max-steps must be at least 1, got {args.max_steps}")
-    config = load_config(TokenizerTrainConfig, args.config, overrides)
-    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = train_tokenizer(config, run_dir, resume=not args.no_resume, stop_at=args.max_steps)
-    losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.scalars.items()) if k.endswith("loss"))
-    if result.final is None:
-        print(f"stopped at step {result.step} of {config.training.max_steps} ({losses}); checkpoint in "
-              f"{result.checkpoint}; run the same command again to continue")
-    else:
-        print(f"trained {result.step} steps ({losses}); final tokenizer in {result.final} "
-              f"(Tokenizer.from_pretrained or lodit encode --tokenizer)")
+    config = load_config(TokenizerTrainConfig, args.config, training_overrides(args, DATA_OPTION))
+    result = train_tokenizer(config, run_folder(args), resume=not args.no_resume, stop_at=args.max_steps)
+    report_result(result, config.training.max_steps, "final tokenizer",
+                  hint="Tokenizer.from_pretrained or lodit encode --tokenizer")
     return 0
