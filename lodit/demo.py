@@ -7,8 +7,8 @@ in latent width are trained, the dataset is encoded with each, a DiT is trained 
 space with sampling and scoring at evaluation steps, and ``OUT/compare/report/`` gets the report.
 Nothing is downloaded: every model is either trained here or ships in a pip package.
 
-``--quick`` runs a smaller dataset and fewer steps (:data:`QUICK_OVERRIDES`), about a minute or
-two on a 2-core CPU. Running the command again reuses what is finished.
+The full run takes about six minutes on a 2-core CPU, ``--quick`` (a smaller dataset and fewer
+steps, :data:`QUICK_OVERRIDES`) about two. Running the command again reuses what is finished.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from lodit.errors import LoditError
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo" / "demo.yaml"
 DATASET = {"n_audio": 24, "n_music": 24, "n_speech": 12, "seconds": 2.0}
 QUICK_DATASET = {"n_audio": 10, "n_music": 10, "n_speech": 5, "seconds": 2.0}
-QUICK_OVERRIDES = ["tokenizer_steps=60", "dit_steps=60", "eval_steps=[30,60]", "evaluation.num_prompts=4",
+QUICK_OVERRIDES = ["tokenizer_steps=300", "dit_steps=300", "eval_steps=[150,300]", "evaluation.num_prompts=4",
                    "evaluation.embedder.model=offline:tiny.en", "evaluation.reconstruction_clips=4",
                    "evaluation.audio_examples=2", "sampling.steps=6"]
 
