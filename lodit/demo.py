@@ -60,7 +60,7 @@ def run_demo(out: str | Path, *, quick: bool = False, config: str | Path | None 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--quick", action="store_true", help="smaller data and fewer steps (a minute or two on a CPU)")
+    parser.add_argument("--quick", action="store_true", help="smaller data and fewer steps (about 2-3 minutes on a 2-core CPU)")
     parser.add_argument("--config", help="experiment config (default configs/demo/demo.yaml of the lodit checkout)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
 

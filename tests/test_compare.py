@@ -287,3 +287,20 @@ def test_report_loads_in_headless_chromium(experiment, tmp_path):
     # The page has no scripts, so any console message (an error, a failed resource) is a fault.
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, console
+
+
+@pytest.mark.parametrize("name", ["demo/demo.yaml", "experiments/dim_1280_vs_128.yaml", "experiments/tiny.yaml"])
+def test_shipped_experiment_configs_resolve_every_arm(name):
+    """Each shipped experiment loads, and every arm's tokenizer config loads with its overrides."""
+    from pathlib import Path
+
+    from lodit.config import load_config
+    from lodit.eval.experiment import load_experiment
+    from lodit.latent_tokenizer.train import TokenizerTrainConfig
+
+    config = load_experiment(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert len(config.arms) >= 2
+    for arm in config.arms:
+        if arm.tokenizer:
+            tok = load_config(TokenizerTrainConfig, arm.tokenizer, arm.overrides)
+            assert tok.tokenizer.latent_dim > 0
