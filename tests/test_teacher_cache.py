@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import save_tiny_whisper
 import torch
 from safetensors.torch import load_file
 
@@ -61,16 +62,7 @@ def _tone(seconds: float, freq: float, seed: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def whisper_dir(tmp_path_factory):
     """A tiny randomly initialised Whisper saved like a hub checkpoint (80 mel bins, 30-s windows)."""
-    torch.manual_seed(0)
-    config = transformers.WhisperConfig(
-        d_model=TEACHER_DIM, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80,
-        max_source_positions=1500, vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        decoder_start_token_id=1,
-    )
-    folder = tmp_path_factory.mktemp("tiny_whisper")
-    transformers.WhisperForConditionalGeneration(config).save_pretrained(folder)
-    return folder
+    return save_tiny_whisper(tmp_path_factory.mktemp("tiny_whisper"), TEACHER_DIM)
 
 
 @pytest.fixture(scope="module")
