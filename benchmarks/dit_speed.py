@@ -5,8 +5,9 @@ diffusers), cross-attention width, sequence length and batch, with RoPE over the
 
 - ``lodit=flops``: lodit's DiT with diffusers' MLP (SwiGLU, hidden 4·width), i.e. the same matmul
   FLOPs as diffusers: the kernel-efficiency comparison;
-- ``lodit``: lodit's DiT as configured by default (GEGLU, hidden ``mlp_ratio·width·2/3`` = 2.75·width
-  rounded up), which does fewer FLOPs per frame than diffusers' 4·width gated MLP;
+- ``lodit``: lodit's DiT as configured by default (SwiGLU, hidden ``mlp_ratio·width·2/3`` = 2.75·width
+  rounded up, bias-free block projections), which does fewer FLOPs per frame than diffusers' 4·width
+  gated MLP;
 - ``diffusers``: ``StableAudioDiTModel`` as diffusers builds it.
 
 All train with the same loss (MSE to a random target) and the same ``torch.optim.AdamW(fused=True)``
@@ -26,7 +27,7 @@ with SDPA forced to its math kernel (the CPU flash kernel is not counted by the 
 for lodit that count is cross-checked against the analytic ``3 × dit_forward_flops``.
 
 Structural differences that stay (each model is benchmarked as it is built):
-- lodit: adaLN-Zero modulation per block, QK-norm (RMSNorm), a learned null text token, global
+- lodit: adaLN-Zero modulation per block, QK-norm (LayerNorm over each head), a learned null text token, global
   conditioning vector (time + pooled text + duration);
 - diffusers: a prepended global token (sequence T + 1), 1×1 conv pre/post-processing, a 2-layer
   MLP over the text states, per-block affine LayerNorms and separate Q/K/V projections.
@@ -34,6 +35,8 @@ Structural differences that stay (each model is benchmarked as it is built):
 Usage::
 
     python benchmarks/dit_speed.py                       # CPU, fp32, 2 threads, width 512 depth 4, 320 frames, batch 4
+    python benchmarks/dit_speed.py --compile lodit       # torch.compile lodit's models (training.compile=true)
+    python benchmarks/dit_speed.py --compile all         # ... and diffusers' too
     python benchmarks/dit_speed.py --device cuda --preset s --frames 1500 --batch 16   # bf16
 """
 
@@ -77,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--matmul-size", type=int, default=None, help="square matmul size for the peak rate")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", choices=("none", "lodit", "all"), default="none",
+                   help="torch.compile the lodit models only (what training.compile=true gives against an eager "
+                        "diffusers model) or every model (compiled against compiled)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p.parse_args(argv)
 
@@ -149,10 +155,15 @@ def diffusers_loss(model, batch, rotary):
 
 
 class Trainer:
-    """One model, its loss and its AdamW; ``step()`` returns the wall time of one training step."""
+    """One model, its loss and its AdamW; ``step()`` returns the wall time of one training step.
 
-    def __init__(self, name, model, loss_fn, device, autocast):
-        self.name, self.model, self.loss_fn = name, model, loss_fn
+    ``loss_fn`` may run a compiled model; ``eager_loss_fn`` (default: ``loss_fn``) runs the plain
+    one, for the FLOP count.
+    """
+
+    def __init__(self, name, model, loss_fn, device, autocast, eager_loss_fn=None, compiled=False):
+        self.name, self.model, self.loss_fn, self.compiled = name, model, loss_fn, compiled
+        self.eager_loss_fn = eager_loss_fn or loss_fn
         self.device, self.autocast = device, autocast
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))
         self.times: list[float] = []
@@ -178,7 +189,7 @@ class Trainer:
         """Forward + backward FLOPs of one step (math SDPA so attention is counted)."""
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             with self.autocast():
-                loss = self.loss_fn()
+                loss = self.eager_loss_fn()
             loss.backward()
         self.model.zero_grad(set_to_none=True)
         return int(counter.get_total_flops())
@@ -228,11 +239,13 @@ def main(argv=None) -> int:
     batch = make_batch(args, cfg, device)
     trainers = []
     for name, (model, _) in models.items():
+        compiled = args.compile == "all" or (args.compile == "lodit" and name != "diffusers")
+        runner = torch.compile(model) if compiled else model
         if name == "diffusers":
-            loss_fn = functools.partial(diffusers_loss, model, batch, rotary)
+            loss_fn, eager_loss_fn = (functools.partial(diffusers_loss, m, batch, rotary) for m in (runner, model))
         else:
-            loss_fn = functools.partial(lodit_loss, model, batch)
-        trainers.append(Trainer(name, model, loss_fn, device, autocast))
+            loss_fn, eager_loss_fn = (functools.partial(lodit_loss, m, batch) for m in (runner, model))
+        trainers.append(Trainer(name, model, loss_fn, device, autocast, eager_loss_fn, compiled))
     flops = {tr.name: tr.count_flops() for tr in trainers}
     analytic = {
         name: args.batch * dit_training_flops(models[name][1], args.frames, args.text_tokens)
@@ -257,6 +270,7 @@ def main(argv=None) -> int:
         step = statistics.median(tr.times)
         achieved = flops[tr.name] / step
         rows[tr.name] = {
+            "compiled": tr.compiled,
             "mlp_hidden": models[tr.name][1].mlp_hidden if tr.name != "diffusers" else 4 * cfg.width,
             "params_M": round(sum(p.numel() for p in tr.model.parameters()) / 1e6, 2),
             "step_s": round(step, 4),
@@ -299,7 +313,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         ratio = f"{ratios[name]:.2f}x" if name in ratios else "1.00x"
-        print(f"| {name} | {r['mlp_hidden']} | {r['params_M']} | {r['step_s']} | {r['step_min_s']} | {r['step_cpu_time_s']} | {r['frames_per_s']} | {ratio} "
+        label = f"{name} (compiled)" if r["compiled"] else name
+        print(f"| {label} | {r['mlp_hidden']} | {r['params_M']} | {r['step_s']} | {r['step_min_s']} | {r['step_cpu_time_s']} | {r['frames_per_s']} | {ratio} "
               f"| {r['train_GFLOP_per_step']} | {r['achieved_GFLOP_s']} | {r['mfu']:.1%} | {r['mfu_best_step']:.1%} |")
     best = result["throughput_vs_diffusers_best_step"]
     print("\nthroughput vs diffusers from the fastest step of each: "

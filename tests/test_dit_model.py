@@ -223,24 +223,40 @@ def test_rope_scores_depend_only_on_relative_position():
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(1, 1, 1, head_dim, generator=gen)  # (B, N, H, hd)
     k = torch.randn(1, 1, 1, head_dim, generator=gen)
-    gain = torch.rand(head_dim, generator=gen) + 0.5
 
-    def score(m, n, with_gain=None):
-        qm = apply_rotary(q, rope(torch.tensor([float(m)])), with_gain)
-        kn = apply_rotary(k, rope(torch.tensor([float(n)])), with_gain)
-        return (qm * kn).sum()
+    def score(m, n):
+        return (apply_rotary(q, rope(torch.tensor([float(m)]))) * apply_rotary(k, rope(torch.tensor([float(n)])))).sum()
 
     for shift in (1, 7, 123):
         torch.testing.assert_close(score(3, 10), score(3 + shift, 10 + shift), atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(score(3, 10, gain), score(3 + shift, 10 + shift, gain), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(score(3, 10), score(3, 11), atol=1e-3)
-    # Position 0 is no rotation; the folded gain equals scaling before rotating.
+    # Position 0 is no rotation; rotation preserves the norm.
     torch.testing.assert_close(apply_rotary(q, rope(torch.tensor([0.0]))), q)
-    torch.testing.assert_close(
-        apply_rotary(q, rope(torch.tensor([5.0])), gain), apply_rotary(q * gain, rope(torch.tensor([5.0])))
-    )
-    # Rotation preserves the norm.
     torch.testing.assert_close(apply_rotary(q, rope(torch.tensor([42.0]))).norm(), q.norm())
+
+
+def test_qk_norm_normalises_each_head_and_applies_the_learned_gains(monkeypatch):
+    import lodit.dit.attention as attention_module
+
+    torch.manual_seed(0)
+    attn = attention_module.SelfAttention(32, 4, qk_norm=True)
+    with torch.no_grad():
+        attn.q_gain.copy_(torch.linspace(0.5, 2.0, 8))
+        attn.k_gain.fill_(3.0)
+    x = torch.randn(2, 5, 32)
+    captured = {}
+
+    def capture(q, k, v, key_mask=None, **_):
+        captured.update(q=q, k=k)
+        return v
+
+    monkeypatch.setattr(attention_module, "attend", capture)
+    attn(x)  # no RoPE: q and k leave the norm unrotated
+    q, k = captured["q"], captured["k"]  # (B, H, N, hd)
+    q_plain = q / attn.q_gain
+    torch.testing.assert_close(q_plain.mean(-1), torch.zeros(2, 4, 5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(q_plain.var(-1, unbiased=False), torch.ones(2, 4, 5), atol=1e-3, rtol=0)
+    torch.testing.assert_close(k.var(-1, unbiased=False), torch.full((2, 4, 5), 9.0), atol=1e-2, rtol=0)
 
 
 def test_bf16_autocast_runs_and_stays_close_to_fp32():

@@ -351,6 +351,20 @@ def test_bf16_autocast_path_runs_on_cpu(mixed_cache, tiny_t5, encoder, tmp_path)
     assert all(w.dtype == torch.float32 for w in weights.values())  # bf16 compute, float32 master weights
 
 
+def test_compiled_training_matches_eager(mixed_cache, tiny_t5, encoder, tmp_path):
+    # aot_eager: dynamo + AOTAutograd trace the DiT task (no code generation, so no compiler needed).
+    overrides = ("training.max_steps=2", "training.batch_size=2")
+    compiled = train_dit(tiny_config(mixed_cache, tiny_t5, *overrides, "training.compile=true",
+                                     "training.compile_backend=aot_eager"), tmp_path / "compiled", text_encoder=encoder)
+    eager = train_dit(tiny_config(mixed_cache, tiny_t5, *overrides), tmp_path / "eager", text_encoder=encoder)
+    assert compiled.scalars["model/loss"] == pytest.approx(eager.scalars["model/loss"], rel=1e-4)
+    compiled_weights = load_file(tmp_path / "compiled" / "final" / "model.safetensors")
+    eager_weights = load_file(tmp_path / "eager" / "final" / "model.safetensors")
+    assert compiled_weights.keys() == eager_weights.keys()
+    for key, value in compiled_weights.items():
+        torch.testing.assert_close(value, eager_weights[key], rtol=1e-4, atol=1e-5)
+
+
 def test_exact_resume_through_train_dit(mixed_cache, tiny_t5, encoder, tmp_path, monkeypatch, capsys):
     overrides = ["training.max_steps=6", "training.checkpoint_every=3", "training.batch_size=3",
                  "dit.dropout=0.1"]

@@ -265,6 +265,31 @@ def test_bf16_on_cpu_then_full_precision_in_one_process(tmp_path):
     assert fp32.accelerator.mixed_precision == "no" and fp32.fit().step == 2
 
 
+def test_compile_wraps_the_trained_modules_and_saves_plain_weights(tmp_path):
+    from accelerate.utils import is_compiled_module
+
+    # aot_eager traces through dynamo + AOTAutograd without generating code: the wiring, fast.
+    compiled = make_trainer(tmp_path / "compiled", max_steps=2, gradient_accumulation_steps=1,
+                            compile=True, compile_backend="aot_eager")
+    assert all(is_compiled_module(m) for m in compiled.prepared.values())
+    assert not any(is_compiled_module(m) for m in compiled.modules.values())
+    result = compiled.fit()
+    eager = make_trainer(tmp_path / "eager", max_steps=2, gradient_accumulation_steps=1)
+    assert not any(is_compiled_module(m) for m in eager.prepared.values())  # the process state was reset
+    eager_result = eager.fit()
+    for name in ("model", "discriminator"):
+        saved = read_weights(result.checkpoint / f"{name}.safetensors")
+        reference = read_weights(eager_result.checkpoint / f"{name}.safetensors")
+        assert saved.keys() == reference.keys()  # no "_orig_mod." prefixes
+        for key in saved:
+            torch.testing.assert_close(saved[key], reference[key], rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_compile_backend_is_refused():
+    with pytest.raises(ValueError, match="compile_backend must be one of"):
+        TrainingConfig(compile=True, compile_backend="turbo")
+
+
 def _denormals_flushed() -> bool:
     tiny = torch.tensor([1e-40], dtype=torch.float32)  # below float32's smallest normal (1.2e-38)
     return bool((tiny * 1.0).item() == 0.0)

@@ -11,8 +11,8 @@ This module owns everything between a block's normalised input and its attention
   :func:`torch.nn.functional.scaled_dot_product_attention`, which picks flash / memory-efficient /
   CPU-flash kernels itself; ``xformers`` and ``flash_attn`` are used only when installed and chosen
   in the config.
-- :class:`SelfAttention`: fused QKV projection, optional QK-norm (per-head LayerNorm, see
-  :func:`head_norm`), RoPE, key padding mask.
+- :class:`SelfAttention`: fused QKV projection, optional QK-norm (per-head LayerNorm with a learned
+  gain, see :func:`head_norm`), RoPE, key padding mask.
 - :class:`CrossAttention`: queries from the frames, keys/values from text-encoder token states.
   **Null text**: every block owns one learned *null* key/value token that is always attendable, so a
   row with no valid text token (condition dropout, unconditional sampling, ``text=None``) attends
@@ -70,22 +70,17 @@ class RotaryEmbedding(nn.Module):
         return self(torch.arange(length, device=device))
 
 
-def apply_rotary(x: torch.Tensor, rotary: Rotary, gain: torch.Tensor | None = None) -> torch.Tensor:
-    """Rotate ``x`` ``(B, N, ..., hd)`` (token position on dim 1) by RoPE, optionally scaling by ``gain``.
+def apply_rotary(x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+    """Rotate ``x`` ``(B, N, ..., hd)`` (token position on dim 1) by RoPE.
 
-    ``gain`` (broadcastable to ``x.shape[2:]``, e.g. the QK-norm gains ``(2, 1, hd)``) is folded into
-    the cos/sin tables, so ``R(gain ⊙ x)`` costs no extra pass over ``x``:
-    ``R(g ⊙ x) = x ⊙ (g · [cos, cos]) + swap(x) ⊙ (swap(g) · [-sin, sin])`` with
-    ``swap([a, b]) = [b, a]`` over the two halves of the head. Tables are float32, so the result is
-    float32 for low-precision ``x`` (bf16 angles lose the low frequencies); callers cast back.
+    ``R(x) = x ⊙ [cos, cos] + swap(x) ⊙ [-sin, sin]`` with ``swap([a, b]) = [b, a]`` over the two
+    halves of the head. Tables are float32, so the result is float32 for low-precision ``x`` (bf16
+    angles lose the low frequencies); callers cast back.
     """
     cos, sin = rotary  # (N, hd/2) each
     shape = (cos.shape[0],) + (1,) * (x.dim() - 3) + (2 * cos.shape[1],)  # (N, 1, ..., hd)
     cos_table = torch.cat((cos, cos), dim=-1).view(shape)
     sin_table = torch.cat((-sin, sin), dim=-1).view(shape)
-    if gain is not None:
-        cos_table = cos_table * gain
-        sin_table = sin_table * _swap_halves(gain)
     return torch.addcmul(x * cos_table, _swap_halves(x), sin_table)
 
 
@@ -94,14 +89,15 @@ def _swap_halves(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((second, first), dim=-1)
 
 
-def head_norm(x: torch.Tensor) -> torch.Tensor:
-    """QK-norm without its gain: LayerNorm over the head dim.
+def head_norm(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """QK-norm: LayerNorm over the head dim with a learned per-channel ``gain`` ``(hd,)``.
 
     LayerNorm rather than RMSNorm because it is one fused kernel forward and backward on CPU and
-    GPU (``F.rms_norm`` decomposes into ~8 kernels on CPU, ~8x slower here); the learned per-channel
-    gain is applied by the caller (folded into RoPE for self-attention).
+    GPU, gain gradient included (``F.rms_norm`` decomposes into ~8 kernels on CPU, ~8x slower
+    here). Q and K are normalised by separate calls on their views of the fused projection: that
+    measured faster than one call over a stacked Q/K copy with the gains applied afterwards.
     """
-    return F.layer_norm(x, (x.shape[-1],), eps=1e-6)
+    return F.layer_norm(x, (x.shape[-1],), weight=gain, eps=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,14 +201,10 @@ def _attend_flash(q, k, v, key_mask, dropout):
 
 
 class SelfAttention(nn.Module):
-    """Self-attention over frame tokens: fused QKV, optional QK-norm and RoPE, key padding mask.
+    """Self-attention over frame tokens: fused QKV, optional QK-norm and RoPE, key padding mask."""
 
-    Q and K are normalised and rotated together as one ``(B, N, 2, H, hd)`` view of the fused
-    projection, which halves the number of elementwise passes.
-    """
-
-    def __init__(self, width: int, heads: int, *, qk_norm: bool = True, backend: str = "sdpa",
-                 dropout: float = 0.0):
+    def __init__(self, width: int, heads: int, *, qk_norm: bool = True, bias: bool = True,
+                 backend: str = "sdpa", dropout: float = 0.0):
         super().__init__()
         if width % heads:
             raise LoditError(f"dit.width={width} must be divisible by dit.heads={heads}")
@@ -220,25 +212,23 @@ class SelfAttention(nn.Module):
         self.head_dim = width // heads
         self.backend = backend
         self.dropout = dropout
-        self.qkv = nn.Linear(width, 3 * width)
-        # QK-norm gains for q and k: (2, 1, hd), broadcast over heads.
-        self.qk_gain = nn.Parameter(torch.ones(2, 1, self.head_dim)) if qk_norm else None
-        self.out = nn.Linear(width, width)
+        self.qkv = nn.Linear(width, 3 * width, bias=bias)
+        # QK-norm gains, shared by all heads.
+        self.q_gain = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
+        self.k_gain = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
+        self.out = nn.Linear(width, width, bias=bias)
 
     def forward(self, x: torch.Tensor, rotary: Rotary | None = None,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, tokens, width = x.shape
         qkv = self.qkv(x).view(batch, tokens, 3, self.heads, self.head_dim)
-        # split (not indexing): its backward is one cat instead of zero-filled scatters.
-        qk, v = qkv.split((2, 1), dim=2)  # (B, N, 2, H, hd), (B, N, 1, H, hd): views
-        v = v.squeeze(2)
-        if self.qk_gain is not None:
-            qk = head_norm(qk)
+        q, k, v = qkv.unbind(dim=2)  # (B, N, H, hd) views
+        if self.q_gain is not None:
+            q, k = head_norm(q, self.q_gain), head_norm(k, self.k_gain)
         if rotary is not None:
-            qk = apply_rotary(qk, rotary, self.qk_gain)
-        elif self.qk_gain is not None:
-            qk = qk * self.qk_gain
-        q, k = qk.to(v.dtype).unbind(dim=2)
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
+        # Under autocast the norm and the rotation run in float32; attention runs in v's dtype.
+        q, k = q.to(v.dtype), k.to(v.dtype)
         out = attend(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_mask,
             backend=self.backend, dropout=self.dropout if self.training else 0.0,
@@ -250,19 +240,19 @@ class CrossAttention(nn.Module):
     """Frames attend to text-encoder tokens plus one learned, always-valid null token."""
 
     def __init__(self, width: int, heads: int, context_dim: int, *, qk_norm: bool = True,
-                 backend: str = "sdpa", dropout: float = 0.0):
+                 bias: bool = True, backend: str = "sdpa", dropout: float = 0.0):
         super().__init__()
         self.heads = heads
         self.head_dim = width // heads
         self.backend = backend
         self.dropout = dropout
-        self.q = nn.Linear(width, width)
-        self.kv = nn.Linear(context_dim, 2 * width)
+        self.q = nn.Linear(width, width, bias=bias)
+        self.kv = nn.Linear(context_dim, 2 * width, bias=bias)
         # The null key/value, already in projected space: (2, H, hd).
         self.null_kv = nn.Parameter(torch.randn(2, heads, self.head_dim) / math.sqrt(self.head_dim))
         self.q_gain = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
         self.k_gain = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
-        self.out = nn.Linear(width, width)
+        self.out = nn.Linear(width, width, bias=bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -282,8 +272,7 @@ class CrossAttention(nn.Module):
                 key_mask = torch.cat((context_mask.new_ones(batch, 1), context_mask), dim=1)
         k, v = kv.unbind(dim=2)
         if self.q_gain is not None:
-            q = (head_norm(q) * self.q_gain).to(v.dtype)
-            k = (head_norm(k) * self.k_gain).to(v.dtype)
+            q, k = head_norm(q, self.q_gain).to(v.dtype), head_norm(k, self.k_gain).to(v.dtype)
         out = attend(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_mask,
             backend=self.backend, dropout=self.dropout if self.training else 0.0,

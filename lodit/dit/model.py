@@ -60,8 +60,13 @@ class DiTConfig:
     patch_size: int = 1  # latent frames per token
     # Gated MLP hidden = ceil(mlp_ratio · width · 2/3 / 64) · 64 (2/3 keeps a plain MLP's params).
     mlp_ratio: float = 4.0
-    mlp: Literal["geglu", "swiglu"] = "geglu"
+    mlp: Literal["geglu", "swiglu"] = "swiglu"  # SiLU is the cheaper gate on CPU (benchmarks/RESULTS.md)
     qk_norm: bool = True
+    # Biases in the blocks' attention and MLP projections. Off by default: adaLN's shift (and the
+    # cross-attention LayerNorm's bias) already feed a bias through every input projection, and
+    # bias-free blocks skip a broadcast copy forward and a reduction backward per Linear (~2 % of
+    # a CPU training step, benchmarks/RESULTS.md), as in PaLM-style transformers.
+    bias: bool = False
     rope: bool = True  # False: fixed sinusoidal absolute positions added to the tokens instead
     rope_theta: float = 10000.0
     text_dim: int = 384  # width of the text-encoder token states (0 = no text conditioning)
@@ -131,7 +136,7 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(
             DiTBlock(
                 width, config.heads, mlp_hidden=config.mlp_hidden, mlp=config.mlp,
-                qk_norm=config.qk_norm, text_dim=config.text_dim,
+                qk_norm=config.qk_norm, bias=config.bias, text_dim=config.text_dim,
                 backend=config.attention_backend, dropout=config.dropout,
             )
             for _ in range(config.depth)
@@ -203,8 +208,10 @@ class DiT(nn.Module):
             positions = torch.arange(num_tokens, device=h.device)
             h = h + sinusoidal_embedding(positions, cfg.width).to(h.dtype)
         key_mask = _attention_key_mask(token_mask)
-        if text is not None and text_mask is not None and bool(text_mask.all()):
-            text_mask = None  # every key valid: let SDPA take its unmasked fast path
+        if text is not None and text_mask is not None and not torch.compiler.is_compiling() and bool(text_mask.all()):
+            # Every key valid: let SDPA take its unmasked fast path. Skipped under torch.compile,
+            # where reading the mask's value would split the graph.
+            text_mask = None
 
         skips: list[torch.Tensor] = []
         num_skips = len(self.skip_fusions)

@@ -12,7 +12,7 @@ m         768     16     12  202 M      UniFlow-Audio's medium size
 l        1024     24     16  531 M      UniFlow-Audio's large size
 ======  =====  =====  =====  =========  =====================================================
 
-Parameter counts are for the defaults (GEGLU, ``mlp_ratio`` 4, text width 384, 128-dim latents,
+Parameter counts are for the defaults (SwiGLU, ``mlp_ratio`` 4, no block biases, text width 384, 128-dim latents,
 3 tasks); a 1024-wide text encoder (FLAN-T5-large) adds ~8 / 16 / 32 M. LoSATok reports ~208 M
 for its "hidden 512, 12 layers" DiT; a standard DiT of that shape has ~70 M, and ~208 M is what
 the ``m`` shape has, so that reported figure likely counts more than the width-512 transformer.

@@ -39,6 +39,12 @@ class TrainingConfig:
     ema_decay: float = 0.0  # EMA of the "model" module; 0 = no EMA
     ema_warmup: bool = False  # ramp the EMA decay up over the first updates (see lodit.training.ema)
     mixed_precision: MixedPrecision = "no"
+    # torch.compile the trained modules (through accelerate's dynamo backend). Costs a compilation
+    # at the first steps (tens of seconds on CPU) and again for new batch shapes; pays off on long
+    # runs (benchmarks/RESULTS.md). compile_backend: any torch.compile backend accelerate accepts
+    # ("inductor"; "aot_eager" traces without generating code, for debugging).
+    compile: bool = False
+    compile_backend: str = "inductor"
     gradient_accumulation_steps: int = 1
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
@@ -66,6 +72,11 @@ class TrainingConfig:
             raise ValueError(f"ema_decay must be in [0, 1) (0 turns EMA off), got {self.ema_decay}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must both be in [0, 1), got {list(self.betas)}")
+        from accelerate.utils import DynamoBackend
+
+        known = [b.value.lower() for b in DynamoBackend if b is not DynamoBackend.NO]
+        if self.compile_backend.lower() not in known:
+            raise ValueError(f"compile_backend must be one of {', '.join(known)}, got {self.compile_backend!r}")
         for name, value in self.module_lr.items():
             if value < 0:
                 raise ValueError(f"module_lr.{name} must not be negative, got {value}")

@@ -141,17 +141,21 @@ class TrainResult:
 
 
 def make_accelerator(config: TrainingConfig, **kwargs: Any) -> Accelerator:
-    """An ``Accelerator`` with the config's precision and accumulation (extra ``kwargs`` pass through)."""
+    """An ``Accelerator`` with the config's precision, compilation and accumulation (extra ``kwargs`` pass through)."""
     precision = config.resolved_mixed_precision()
+    dynamo_backend = config.compile_backend.upper() if config.compile else "NO"
     shared = AcceleratorState._shared_state
-    if shared.get("_mixed_precision", precision) != precision:
-        # accelerate keeps one process-wide state and refuses a new Accelerator with another
-        # precision; a second Trainer in the same process (tests, notebooks, sweeps) must still
-        # get the precision its config asks for. The process group (PartialState) is kept.
+    shared_plugin = shared.get("dynamo_plugin")
+    shared_backend = shared_plugin.backend.value if shared_plugin is not None else dynamo_backend
+    if shared.get("_mixed_precision", precision) != precision or shared_backend != dynamo_backend:
+        # accelerate keeps one process-wide state, set by the first Accelerator; a second Trainer
+        # in the same process (tests, notebooks, sweeps) must still get the precision and
+        # compilation its config asks for. The process group (PartialState) is kept.
         AcceleratorState._reset_state()
     try:
         return Accelerator(
-            mixed_precision=precision, gradient_accumulation_steps=config.gradient_accumulation_steps, **kwargs
+            mixed_precision=precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
+            dynamo_backend=dynamo_backend, **kwargs,
         )
     except ValueError as exc:  # e.g. fp16 on a machine without a GPU
         reason = " ".join(str(exc).split())
@@ -207,7 +211,10 @@ class Trainer:
         count = len(self.names)
         self.prepared = dict(zip(self.names, prepared[:count]))
         self.optimizers = dict(zip(self.names, prepared[count:]))
-        self.modules = {name: self.accelerator.unwrap_model(m) for name, m in self.prepared.items()}
+        # keep_torch_compile=False: checkpoints, EMA and previews use the plain modules.
+        self.modules = {
+            name: self.accelerator.unwrap_model(m, keep_torch_compile=False) for name, m in self.prepared.items()
+        }
 
         model = self.modules[MODEL_NAME]
         self.ema = EMA(model, config.ema_decay, warmup=config.ema_warmup) if config.ema_decay > 0 else None
