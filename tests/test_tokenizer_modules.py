@@ -92,6 +92,41 @@ def test_log_mel_shape_and_floor():
     assert tone.max() > math.log(1e-5) + 5
 
 
+def test_mel_encoder_feeds_the_standardised_log_mel_to_its_first_layer():
+    cfg = tiny_config()
+    cfg.encoder.mel_mean, cfg.encoder.mel_std = -6.0, 2.5
+    encoder = ENCODERS.get("mel_convnext")(cfg.encoder, cfg)
+    seen = []
+    encoder.embed.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    wav = chord(seconds=0.64)  # 16 latent frames -> 64 mel frames at hop 160
+    encoder(wav)
+    expected = (encoder.mel(wav)[..., :64] + 6.0) / 2.5
+    torch.testing.assert_close(seen[0], expected)
+    with pytest.raises(ValueError, match="mel_std must be > 0"):
+        EncoderConfig(mel_std=0.0)
+
+
+def test_default_decoder_head_reaches_a_full_scale_steady_tone():
+    from lodit.latent_tokenizer.decoder import ISTFTHead
+
+    cfg = DecoderConfig()
+    head = ISTFTHead(1, cfg.n_fft, cfg.hop_length, cfg.max_magnitude)
+    bins = cfg.n_fft // 2 + 1
+    k = 40  # a bin centre; with hop = n_fft / 4 and k a multiple of 4 every frame's spectrum is the same
+    t = torch.arange(cfg.n_fft * 8) / cfg.n_fft
+    unit_tone = torch.cos(2 * math.pi * k * t)
+    frame = torch.stft(unit_tone, cfg.n_fft, cfg.hop_length, window=torch.hann_window(cfg.n_fft),
+                       return_complex=True)[:, 4]  # (bins,): peak magnitude ~n_fft / 4 at bin k
+    assert frame.abs()[k] > 100
+    with torch.no_grad():
+        head.proj.weight.zero_()
+        head.proj.bias[:bins] = frame.abs().clamp(min=1e-9).log()  # log-magnitudes
+        head.proj.bias[bins:] = frame.angle()  # phases
+        wav = head(torch.zeros(1, 16, 1))[0, 0]  # every frame predicts the tone's spectrum: (16 * hop,)
+    middle = wav[cfg.n_fft: -cfg.n_fft]
+    assert middle.abs().max() == pytest.approx(1.0, abs=0.02)  # the old clamp (100) gave 0.42
+
+
 # ----------------------------------------------------------------------------- shapes
 
 

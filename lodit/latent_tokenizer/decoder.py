@@ -42,7 +42,10 @@ class DecoderConfig:
     upsample: int = 2  # ConvTranspose1d factor before the backbone (1 = none)
     n_fft: int = 1280  # ISTFT window; must be even and >= 2 * hop_length
     hop_length: int = 320  # ISTFT hop = tokenizer hop / upsample
-    max_magnitude: float = 100.0  # the head's magnitude is clamped here (keeps early training finite)
+    # The head's STFT magnitude is clamped here (keeps early training finite). A full-scale sinusoid
+    # peaks at magnitude ~n_fft/4 (320 at n_fft 1280, Hann), so the clamp must sit above that: at 100
+    # a steady full-scale tone came out at 0.42 amplitude (tests/test_tokenizer_modules.py).
+    max_magnitude: float = 1000.0
 
     def __post_init__(self):
         if self.kernel % 2 == 0:

@@ -54,6 +54,13 @@ class EncoderConfig:
     mel_hop: int = 320
     f_min: float = 0.0
     f_max: float | None = None  # None = sample_rate / 2
+    # mel_convnext and losatok feed (log_mel - mel_mean) / mel_std to their first layer. Natural-log
+    # magnitude mels sit around -5 to -8 (silence floor log(1e-5) = -11.5, peaks ~+2). Standardising
+    # them (-5 / 4) removed the early stall of default.yaml (held-out mel distance at step 100: 2.6-2.7
+    # instead of 3.3-3.8) but ended 500 steps slightly behind (1.38-1.41 vs 1.35), over two seeds
+    # (benchmarks/RESULTS.md, tokenizer quality), so the default leaves the log-mel as it is.
+    mel_mean: float = 0.0
+    mel_std: float = 1.0
     # conv: one stage per stride; their product must equal the tokenizer hop
     channels: int = 32  # width of the first stage (doubles per stage, capped at max_channels)
     max_channels: int = 512
@@ -65,6 +72,12 @@ class EncoderConfig:
     def __post_init__(self):
         if self.kernel % 2 == 0:
             raise ValueError(f"encoder.kernel must be odd (keeps the frame count), got {self.kernel}")
+        if self.mel_std <= 0:
+            raise ValueError(f"encoder.mel_std must be > 0, got {self.mel_std}")
+
+    def standardise(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """The encoder's input scaling of a log-mel: ``(log_mel - mel_mean) / mel_std``."""
+        return (log_mel - self.mel_mean) / self.mel_std
 
 
 @dataclass
@@ -115,6 +128,7 @@ class MelConvNeXtEncoder(nn.Module):
             )
         self.factor = self.hop_length // cfg.mel_hop  # mel frames per latent frame
         self.out_dim = tokenizer_cfg.latent_dim
+        self.encoder_cfg = cfg
         self.mel = LogMel(tokenizer_cfg.sample_rate, cfg.n_fft, cfg.mel_hop, cfg.n_mels, cfg.f_min, cfg.f_max)
         self.embed = nn.Conv1d(cfg.n_mels, cfg.dim, cfg.kernel, padding=cfg.kernel // 2)
         self.norm_in = nn.LayerNorm(cfg.dim, eps=1e-6)
@@ -128,7 +142,7 @@ class MelConvNeXtEncoder(nn.Module):
         frames = wav.shape[-1] // self.hop_length
         # center=True gives one frame more than hop-multiples; drop it so mel frames = T * factor.
         mel = self.mel(wav)[..., : frames * self.factor]  # (B, n_mels, T * factor), float32
-        mel = mel.to(self.embed.weight.dtype)
+        mel = self.encoder_cfg.standardise(mel).to(self.embed.weight.dtype)
         x = self.blocks(self.norm_in(self.embed(mel).transpose(1, 2)))  # (B, T * factor, dim)
         x = self.down(x.transpose(1, 2)).transpose(1, 2)  # (B, T, dim)
         return EncoderOutput(latent=self.head(x))

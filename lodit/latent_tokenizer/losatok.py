@@ -117,6 +117,7 @@ class LoSATokEncoder(nn.Module):
         super().__init__()
         sem: SemanticBranchConfig = cfg.semantic
         self.config = sem
+        self.encoder_cfg = cfg
         self.hop_length = tokenizer_cfg.hop_length
         if cfg.mel_hop <= 0 or self.hop_length % cfg.mel_hop:
             raise LoditError(
@@ -203,7 +204,7 @@ class LoSATokEncoder(nn.Module):
         frames = wav.shape[-1] // self.hop_length
         # center=True gives one mel frame more than hop-multiples; drop it so mel frames = T * P.
         mel = self.mel(wav)[..., : frames * self.patch]  # (B, n_mels, T * P), float32
-        mel = mel[:, None].to(self.patch_embed.weight.dtype)  # (B, 1, n_mels, T * P)
+        mel = self.encoder_cfg.standardise(mel)[:, None].to(self.patch_embed.weight.dtype)  # (B, 1, n_mels, T * P)
         patches = self.patch_embed(mel)  # (B, d_high, 1, T)
         return self.norm(patches[:, :, 0].transpose(1, 2))  # (B, T, d_high)
 
