@@ -35,8 +35,30 @@ def to_dict(config: Any) -> dict[str, Any]:
     return _plain(config)
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+def shipped_configs_dir() -> Path | None:
+    """The YAML configs shipped with lodit: the copy installed with the package (``lodit/configs``
+    in a wheel), else a source checkout's top-level ``configs/``; None if neither is there."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "configs", package.parent / "configs"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """``path``, or for a relative ``configs/...`` path that does not exist here, the shipped config
+    of that name, so ``--config configs/dit/tta.yaml`` works from any folder and from a wheel."""
     path = Path(path)
+    if path.exists() or path.is_absolute() or not path.parts or path.parts[0] != "configs":
+        return path
+    shipped = shipped_configs_dir()
+    if shipped is not None and shipped.joinpath(*path.parts[1:]).is_file():
+        return shipped.joinpath(*path.parts[1:])
+    return path
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = resolve_config_path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; check the path")
     try:

@@ -18,10 +18,11 @@ import json
 import time
 from pathlib import Path
 
+from lodit.config import resolve_config_path
 from lodit.data.synthetic import make_demo_dataset
 from lodit.errors import LoditError
 
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo" / "demo.yaml"
+DEMO_CONFIG = "configs/demo/demo.yaml"  # resolved against the shipped configs from any folder
 DATASET = {"n_audio": 24, "n_music": 24, "n_speech": 12, "seconds": 2.0}
 QUICK_DATASET = {"n_audio": 10, "n_music": 10, "n_speech": 5, "seconds": 2.0}
 QUICK_OVERRIDES = ["tokenizer_steps=300", "dit_steps=300", "eval_steps=[150,300]", "evaluation.num_prompts=4",
@@ -47,10 +48,10 @@ def run_demo(out: str | Path, *, quick: bool = False, config: str | Path | None 
     from lodit.eval.experiment import load_experiment
 
     out = Path(out)
-    config_path = Path(config) if config else REPO_CONFIG
+    config_path = resolve_config_path(config or DEMO_CONFIG)
     if not config_path.is_file():
-        raise LoditError(f"{config_path}: demo experiment config not found; pass --config configs/demo/demo.yaml "
-                         "from a lodit source checkout")
+        raise LoditError(f"{config_path}: demo experiment config not found; pass --config with an experiment "
+                         "YAML (the shipped one is configs/demo/demo.yaml; reinstall lodit if it is missing)")
     kind = "quick" if quick else "full"
     manifest = demo_dataset(out / f"dataset-{kind}", QUICK_DATASET if quick else DATASET, seed)
     overrides = [f"data.train_manifest={manifest.resolve()}"] + (QUICK_OVERRIDES if quick else [])
@@ -61,7 +62,7 @@ def run_demo(out: str | Path, *, quick: bool = False, config: str | Path | None 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     parser.add_argument("--quick", action="store_true", help="smaller data and fewer steps (about 2-3 minutes on a 2-core CPU)")
-    parser.add_argument("--config", help="experiment config (default configs/demo/demo.yaml of the lodit checkout)")
+    parser.add_argument("--config", help="experiment config (default: the shipped configs/demo/demo.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
 
 

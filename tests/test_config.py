@@ -1,11 +1,25 @@
 """Typed config loading: YAML + overrides, unknown keys and wrong types named with their file."""
 
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
 
-from lodit.config import apply_overrides, config_hash, from_dict, load_config, save_config, to_dict
+from lodit.config import (
+    apply_overrides,
+    config_hash,
+    from_dict,
+    load_config,
+    resolve_config_path,
+    save_config,
+    to_dict,
+)
 from lodit.errors import ConfigError, LoditError
 from lodit.registry import Registry
 
@@ -92,3 +106,55 @@ def test_registry_lists_choices():
         reg.get("nope")
     with pytest.raises(ValueError):
         reg.register("noise_norm")(int)
+
+
+# --------------------------------------------------------------------------- shipped configs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_configs_resolve_from_any_folder(tmp_path, monkeypatch):
+    from lodit.dit.train import DiTTrainConfig
+    from lodit.eval.experiment import load_experiment
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    config = load_config(DiTTrainConfig, "configs/dit/tiny.yaml")
+    assert config.dit.width > 0
+    experiment = load_experiment("configs/experiments/tiny.yaml")
+    assert experiment.arms and all(Path(arm.tokenizer).is_file() for arm in experiment.arms)
+    # A local file of that name wins over the shipped one.
+    (tmp_path / "configs" / "dit").mkdir(parents=True)
+    (tmp_path / "configs" / "dit" / "tiny.yaml").write_text("dit: {width: 8}\n")
+    assert resolve_config_path("configs/dit/tiny.yaml") == Path("configs/dit/tiny.yaml")
+    with pytest.raises(ConfigError, match="configs/dit/nope.yaml: config file not found"):
+        load_config(DiTTrainConfig, "configs/dit/nope.yaml")
+
+
+def test_wheel_ships_every_config_and_finds_them_installed(tmp_path):
+    # Build from a copy of the sources: an in-tree build would leave build/ in the checkout.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    for name in ("lodit", "configs"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    wheel_dir = tmp_path / "wheel"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(source)],
+        capture_output=True, text=True,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = wheel_dir.glob("lodit-*.whl")
+    installed = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(installed)
+    shipped = sorted(p.relative_to(REPO / "configs") for p in (REPO / "configs").rglob("*.yaml"))
+    packaged = sorted(p.relative_to(installed / "lodit" / "configs") for p in (installed / "lodit" / "configs").rglob("*.yaml"))
+    assert shipped and packaged == shipped
+    # Imported from the unpacked wheel (outside the checkout), lodit finds its own copy.
+    probe = subprocess.run(
+        [sys.executable, "-c", "from lodit.config import shipped_configs_dir; print(shipped_configs_dir())"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(installed)},
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert Path(probe.stdout.strip()) == installed / "lodit" / "configs"

@@ -61,7 +61,15 @@ from typing import Any
 
 import numpy as np
 
-from lodit.config import apply_overrides, from_dict, load_config, load_yaml, save_config, to_dict
+from lodit.config import (
+    apply_overrides,
+    from_dict,
+    load_config,
+    load_yaml,
+    resolve_config_path,
+    save_config,
+    to_dict,
+)
 from lodit.data.audio import audio_info, load_audio
 from lodit.data.manifest import ManifestRow, portable_audio_path, read_manifest, write_manifest
 from lodit.errors import LoditError
@@ -179,7 +187,7 @@ _ARM_PATH_KEYS = ("tokenizer", "checkpoint")
 def load_experiment(path: str | os.PathLike, overrides: list[str] = ()) -> ExperimentConfig:
     """Read an experiment YAML: its relative paths resolved against its folder, then the
     command-line ``overrides`` applied (their relative paths stay relative to the working directory)."""
-    path = Path(path)
+    path = resolve_config_path(path)
     data = load_yaml(path)
     base = path.resolve().parent
     for section, key in _PATH_KEYS:
