@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import platform
 import statistics
 import sys
 import time
@@ -60,6 +59,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lodit.dit.model import DiT, dit_training_flops
+from machine import cpu_name  # benchmarks/machine.py (this script's folder is on sys.path)
 from lodit.dit.presets import dit_config_from_preset
 
 
@@ -193,16 +193,6 @@ class Trainer:
             loss.backward()
         self.model.zero_grad(set_to_none=True)
         return int(counter.get_total_flops())
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_rate(n, device, dtype, repeats) -> float:

@@ -31,18 +31,9 @@ import torch
 
 from lodit.config import apply_overrides, load_yaml
 from lodit.latent_tokenizer.tokenizer import Tokenizer
+from machine import cpu_name  # benchmarks/machine.py (this script's folder is on sys.path)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tokenizer" / "default.yaml"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn, device: torch.device, warmup: int, repeats: int) -> list[float]:
@@ -111,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         f"tokenizer: {cfg.encoder.name} encoder / {cfg.bottleneck.name} / {cfg.decoder.name} decoder, "
         f"{params:.2f} M parameters, latent {cfg.latent_dim} x {cfg.latent_rate:g} Hz at {cfg.sample_rate} Hz"
     )
-    print(f"machine: {cpu_model()}, {os.cpu_count()} logical cores visible, {args.threads} torch threads")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} logical cores visible, {args.threads} torch threads")
     if any(d.type == "cuda" for d in devices):
         print(f"gpu: {torch.cuda.get_device_name(0)}")
     print(f"torch {torch.__version__}, python {platform.python_version()}")

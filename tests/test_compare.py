@@ -112,7 +112,9 @@ def test_results_hold_every_number_with_model_and_n(experiment):
     for arm, dim in zip(results["arms"], (16, 64)):
         assert arm["tokenizer"]["latent_dim"] == dim
         rank = next(m for m in arm["latent_statistics"]["metrics"] if m["name"] == "effective_rank")
-        assert 1.0 <= rank["value"] <= dim and rank["n"] == arm["latent_statistics"]["n_frames"] > 0
+        assert 1.0 <= rank["value"] <= dim
+        assert rank["n"] == arm["latent_statistics"]["n_frames"]
+        assert rank["n"] > 0
         mel = next(m for m in arm["reconstruction"] if m["name"] == "mel_distance")
         assert mel["value"] > 0 and mel["n"] == 3
     samples_dir = ExperimentLayout(experiment["out"]).step_dir("dim_16", 0, 2) / "samples"

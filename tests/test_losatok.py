@@ -96,13 +96,13 @@ def wav():
 def test_acoustic_branch_sees_the_standardised_log_mel(whisper_dir, sembo_dir, wav):
     tok = _build(whisper_dir, sembo_dir)
     encoder = tok.encoder
-    encoder.encoder_cfg.mel_mean, encoder.encoder_cfg.mel_std = -6.0, 2.5
+    encoder.mel_input.mean, encoder.mel_input.std = -6.0, 2.5
     seen = []
     encoder.patch_embed.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
     padded = pad_to_hop(wav, encoder.hop_length)
     encoder.acoustic(padded)
     frames = padded.shape[-1] // encoder.hop_length
-    expected = (encoder.mel(padded)[..., : frames * encoder.patch] + 6.0) / 2.5
+    expected = (encoder.mel_input.log_mel(padded)[..., : frames * encoder.patch] + 6.0) / 2.5
     torch.testing.assert_close(seen[0], expected[:, None])
 
 

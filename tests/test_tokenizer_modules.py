@@ -100,7 +100,7 @@ def test_mel_encoder_feeds_the_standardised_log_mel_to_its_first_layer():
     encoder.embed.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
     wav = chord(seconds=0.64)  # 16 latent frames -> 64 mel frames at hop 160
     encoder(wav)
-    expected = (encoder.mel(wav)[..., :64] + 6.0) / 2.5
+    expected = (encoder.mel_input.log_mel(wav)[..., :64] + 6.0) / 2.5
     torch.testing.assert_close(seen[0], expected)
     with pytest.raises(ValueError, match="mel_std must be > 0"):
         EncoderConfig(mel_std=0.0)

@@ -71,13 +71,18 @@ class PeriodDiscriminator(nn.Module):
     def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = F.pad(wav, (0, (-wav.shape[-1]) % self.period))
         x = x.view(x.shape[0], 1, -1, self.period)  # (B, 1, S / p, p)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.out(x)
+        return _conv_stack(self.convs, self.out, x)
+
+
+def _conv_stack(convs: nn.ModuleList, out: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``convs`` with leaky ReLU, then ``out``: flattened logits and every layer's output (for feature matching)."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
         features.append(x)
-        return x.flatten(1), features
+    x = out(x)
+    features.append(x)
+    return x.flatten(1), features
 
 
 class SpectrogramDiscriminator(nn.Module):
@@ -104,13 +109,7 @@ class SpectrogramDiscriminator(nn.Module):
         else:
             x = spec.abs().unsqueeze(1)  # (B, 1, frames, bins)
         x = x.to(wav.dtype)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.out(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _conv_stack(self.convs, self.out, x)
 
 
 class _Family(nn.Module):

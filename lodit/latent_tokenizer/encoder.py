@@ -3,7 +3,7 @@
 Owns :data:`ENCODERS`, :class:`EncoderConfig`, :class:`EncoderOutput`, :func:`build_encoder` and two
 variants:
 
-* ``mel_convnext`` — log-mel (:class:`~lodit.latent_tokenizer.frontend.LogMel`) -> conv embedding ->
+* ``mel_convnext`` — log-mel (:class:`MelEncoderInput`, shared with ``losatok``) -> conv embedding ->
   ConvNeXt blocks at the mel frame rate -> strided conv down to the latent rate -> ConvNeXt blocks
   -> LayerNorm -> Linear to the latent width.
 * ``conv`` — strided 1-D convolutions on the raw waveform (a residual unit then a stride-``s`` conv
@@ -75,10 +75,6 @@ class EncoderConfig:
         if self.mel_std <= 0:
             raise ValueError(f"encoder.mel_std must be > 0, got {self.mel_std}")
 
-    def standardise(self, log_mel: torch.Tensor) -> torch.Tensor:
-        """The encoder's input scaling of a log-mel: ``(log_mel - mel_mean) / mel_std``."""
-        return (log_mel - self.mel_mean) / self.mel_std
-
 
 @dataclass
 class EncoderOutput:
@@ -114,6 +110,33 @@ class LatentHead(nn.Module):
         return self.proj(self.norm(self.blocks(x)))
 
 
+class MelEncoderInput(nn.Module):
+    """The mel encoders' input (``mel_convnext``, ``losatok``): ``wav (B, 1, S)``, ``S`` a multiple of
+    the tokenizer hop -> standardised log-mel ``(B, n_mels, T · frames_per_latent)``, float32.
+
+    ``suggestion`` ends the error for a ``mel_hop`` that does not divide the hop (each encoder
+    knows which value suits it).
+    """
+
+    def __init__(self, cfg: EncoderConfig, tokenizer_cfg: TokenizerConfig, suggestion: str):
+        super().__init__()
+        self.hop_length = tokenizer_cfg.hop_length
+        if cfg.mel_hop <= 0 or self.hop_length % cfg.mel_hop:
+            raise LoditError(
+                f"tokenizer.encoder.mel_hop={cfg.mel_hop} must divide the tokenizer hop ({self.hop_length} samples); "
+                f"{suggestion}"
+            )
+        self.frames_per_latent = self.hop_length // cfg.mel_hop
+        self.log_mel = LogMel(tokenizer_cfg.sample_rate, cfg.n_fft, cfg.mel_hop, cfg.n_mels, cfg.f_min, cfg.f_max)
+        self.mean, self.std = cfg.mel_mean, cfg.mel_std
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        frames = wav.shape[-1] // self.hop_length
+        # center=True gives one mel frame more than hop-multiples; drop it so mel frames = T * frames_per_latent.
+        mel = self.log_mel(wav)[..., : frames * self.frames_per_latent]  # (B, n_mels, T * frames_per_latent)
+        return (mel - self.mean) / self.std
+
+
 @ENCODERS.register("mel_convnext")
 class MelConvNeXtEncoder(nn.Module):
     """Log-mel -> ConvNeXt (mel rate) -> strided conv (x ``hop / mel_hop``) -> ConvNeXt (latent rate)."""
@@ -121,15 +144,9 @@ class MelConvNeXtEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig, tokenizer_cfg: TokenizerConfig):
         super().__init__()
         self.hop_length = tokenizer_cfg.hop_length
-        if cfg.mel_hop <= 0 or self.hop_length % cfg.mel_hop:
-            raise LoditError(
-                f"tokenizer.encoder.mel_hop={cfg.mel_hop} must divide the tokenizer hop ({self.hop_length} samples); "
-                f"pick a divisor such as {self.hop_length // 4}"
-            )
-        self.factor = self.hop_length // cfg.mel_hop  # mel frames per latent frame
+        self.mel_input = MelEncoderInput(cfg, tokenizer_cfg, f"pick a divisor such as {self.hop_length // 4}")
+        self.factor = self.mel_input.frames_per_latent  # mel frames per latent frame
         self.out_dim = tokenizer_cfg.latent_dim
-        self.encoder_cfg = cfg
-        self.mel = LogMel(tokenizer_cfg.sample_rate, cfg.n_fft, cfg.mel_hop, cfg.n_mels, cfg.f_min, cfg.f_max)
         self.embed = nn.Conv1d(cfg.n_mels, cfg.dim, cfg.kernel, padding=cfg.kernel // 2)
         self.norm_in = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.blocks = ConvNeXtStack(cfg.dim, cfg.intermediate_dim, cfg.depth, cfg.kernel)
@@ -139,10 +156,7 @@ class MelConvNeXtEncoder(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> EncoderOutput:
         wav = pad_to_hop(wav, self.hop_length)
-        frames = wav.shape[-1] // self.hop_length
-        # center=True gives one frame more than hop-multiples; drop it so mel frames = T * factor.
-        mel = self.mel(wav)[..., : frames * self.factor]  # (B, n_mels, T * factor), float32
-        mel = self.encoder_cfg.standardise(mel).to(self.embed.weight.dtype)
+        mel = self.mel_input(wav).to(self.embed.weight.dtype)  # (B, n_mels, T * factor)
         x = self.blocks(self.norm_in(self.embed(mel).transpose(1, 2)))  # (B, T * factor, dim)
         x = self.down(x.transpose(1, 2)).transpose(1, 2)  # (B, T, dim)
         return EncoderOutput(latent=self.head(x))

@@ -51,8 +51,7 @@ from torch import nn
 
 from lodit.errors import LoditError
 from lodit.latent_tokenizer.decoder import init_weights
-from lodit.latent_tokenizer.encoder import ENCODERS, EncoderConfig, EncoderOutput, pad_to_hop
-from lodit.latent_tokenizer.frontend import LogMel
+from lodit.latent_tokenizer.encoder import ENCODERS, EncoderConfig, EncoderOutput, MelEncoderInput, pad_to_hop
 from lodit.latent_tokenizer.losatok_config import SemanticBranchConfig
 from lodit.latent_tokenizer.semantic import SemanticEncoder, SemanticEncoderConfig, build_semantic_encoder
 from lodit.latent_tokenizer.sembo import SemBo, SemBoConfig
@@ -117,18 +116,13 @@ class LoSATokEncoder(nn.Module):
         super().__init__()
         sem: SemanticBranchConfig = cfg.semantic
         self.config = sem
-        self.encoder_cfg = cfg
         self.hop_length = tokenizer_cfg.hop_length
-        if cfg.mel_hop <= 0 or self.hop_length % cfg.mel_hop:
-            raise LoditError(
-                f"tokenizer.encoder.mel_hop={cfg.mel_hop} must divide the tokenizer hop ({self.hop_length} samples); "
-                f"LoSATok uses {self.hop_length // 4} (4 mel frames per latent frame)"
-            )
-        self.patch = self.hop_length // cfg.mel_hop  # mel frames per latent frame
         self.level = sem.latent_level
 
         # Acoustic branch.
-        self.mel = LogMel(tokenizer_cfg.sample_rate, cfg.n_fft, cfg.mel_hop, cfg.n_mels, cfg.f_min, cfg.f_max)
+        self.mel_input = MelEncoderInput(cfg, tokenizer_cfg,
+                                 f"LoSATok uses {self.hop_length // 4} (4 mel frames per latent frame)")
+        self.patch = self.mel_input.frames_per_latent  # mel frames per latent frame
         self.patch_embed = nn.Conv2d(1, sem.d_high, kernel_size=(cfg.n_mels, self.patch),
                                      stride=(cfg.n_mels, self.patch))
         self.norm = nn.LayerNorm(sem.d_high, eps=sem.norm_eps)
@@ -201,10 +195,7 @@ class LoSATokEncoder(nn.Module):
 
     def acoustic(self, wav: torch.Tensor) -> torch.Tensor:
         """``wav (B, 1, S)``, ``S`` a multiple of the hop -> ``z_a_high (B, S / hop, d_high)``."""
-        frames = wav.shape[-1] // self.hop_length
-        # center=True gives one mel frame more than hop-multiples; drop it so mel frames = T * P.
-        mel = self.mel(wav)[..., : frames * self.patch]  # (B, n_mels, T * P), float32
-        mel = self.encoder_cfg.standardise(mel)[:, None].to(self.patch_embed.weight.dtype)  # (B, 1, n_mels, T * P)
+        mel = self.mel_input(wav)[:, None].to(self.patch_embed.weight.dtype)  # (B, 1, n_mels, T * P)
         patches = self.patch_embed(mel)  # (B, d_high, 1, T)
         return self.norm(patches[:, :, 0].transpose(1, 2))  # (B, T, d_high)
 
