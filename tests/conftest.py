@@ -13,8 +13,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _one_thread():
+    # Session-wide, so module-scoped fixtures (tiny models built once per file) get it too.
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -60,15 +60,6 @@ HOP = round(SAMPLE_RATE / FRAME_RATE)
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded; on a loaded 2-core machine, more threads only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_t5(tmp_path_factory):
     """A tiny random T5 caption encoder with a word-level tokenizer (nothing downloaded)."""

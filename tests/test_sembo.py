@@ -23,15 +23,6 @@ from lodit.latent_tokenizer.sembo import (
 S = 1 / math.sqrt(2)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run faster (and steadier on a busy machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _structured_features(batch=8, frames=32, dim=64, rank=6, seed=0):
     """Teacher-like features: smooth low-rank trajectories, an offset, and a little noise."""
     gen = torch.Generator().manual_seed(seed)
@@ -107,7 +98,7 @@ def test_sembo_default_sizes_and_shapes():
         from_dict(SemBoConfig, {"low_dim": 0}, source="sembo.yaml")
 
 
-def test_sembo_training_reduces_both_losses(one_thread):
+def test_sembo_training_reduces_both_losses():
     torch.manual_seed(0)
     h = _structured_features()
     model = SemBo(SemBoConfig(in_dim=64, hidden_dim=32, low_dim=16))

@@ -43,15 +43,6 @@ SECONDS = [1.3, 0.9, 0.4]  # the last clip is shorter than a 0.5-s crop: it stay
 CONFIG = "configs/tokenizer/dim1280_tiny.yaml"  # a LoSATok encoder without SemBo: nothing else to train first
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: a second intra-op thread only adds synchronisation on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tone(seconds: float, freq: float, seed: int) -> torch.Tensor:
     t = np.arange(int(seconds * SR)) / SR
     rng = np.random.default_rng(seed)

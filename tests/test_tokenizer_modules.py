@@ -34,14 +34,8 @@ HOP = 640
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # These models are tiny: a second intra-op thread only adds synchronisation, and on a busy
-    # machine two spinning threads can make a step 20x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def seeded():
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(latent_dim=16, encoder="mel_convnext", bottleneck="noise_norm", upsample=2, **bottleneck_options):

@@ -29,16 +29,6 @@ TINY = Path(__file__).resolve().parent.parent / "configs" / "tokenizer" / "tiny.
 SR = 16000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: a second intra-op thread only adds synchronisation, and on a busy machine two
-    # spinning threads make a step many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     """Four generated 1-s clips (two sound events, two music clips) and their manifest."""
