@@ -15,6 +15,7 @@ import sys
 from typing import Sequence
 
 from lodit import __version__
+from lodit.cores import use_chosen_threads
 from lodit.errors import LoditError
 
 # name -> (module implementing it, one-line help). Order is the order of the data flow.
@@ -31,6 +32,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("lodit.eval.compare", "run a latent-dimension comparison experiment and write its report"),
     "demo": ("lodit.demo", "the whole pipeline on the built-in offline dataset, end to end"),
 }
+# Commands that run models: they pick their CPU thread count from the idle cores (lodit.cores).
+COMPUTE_COMMANDS = {"train-sembo", "train-tokenizer", "reconstruct", "encode", "train-dit", "sample", "evaluate",
+                    "compare", "demo"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.add_arguments(command)
     args = command.parse_args(argv[1:])
     try:
+        if name in COMPUTE_COMMANDS:
+            use_chosen_threads(say=lambda message: print(f"lodit {name}: {message}", file=sys.stderr))
         code = module.run(args)
     except LoditError as exc:
         print(f"lodit {name}: error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("LODIT_THREADS", "1")  # the lodit command (also run in subprocesses) would pick the idle cores
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

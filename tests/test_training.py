@@ -515,3 +515,37 @@ def test_progress_prints_lines_when_not_a_terminal():
     lines = stream.getvalue().strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("train step 5/10 (50%)") and lines[1].startswith("train step 10/10")
     assert "step/s" in lines[0] and "ETA" in lines[0] and "model/loss=0.1235" in lines[0]
+
+
+# --------------------------------------------------------------------------- wall-clock budget
+
+
+def test_time_budget_stops_with_checkpoint_and_final_then_continues(tmp_path, monkeypatch):
+    import lodit.training.loop as loop_module
+
+    clock = {"now": 1000.0}
+
+    def tick():  # every call to the clock is one "minute": the budget of 3 minutes ends after a few steps
+        clock["now"] += 60.0
+        return clock["now"]
+
+    monkeypatch.setattr(loop_module.time, "monotonic", tick)
+    trainer = make_trainer(tmp_path / "run", max_minutes=3.0, checkpoint_every=100, max_steps=50)
+    result = trainer.fit()
+    assert result.out_of_time
+    assert 1 <= result.step < 50
+    assert result.checkpoint is not None and result.checkpoint.name == f"step-{result.step:08d}"
+    assert result.final is not None and (result.final / "config.json").is_file()
+    # the same command again trains further: resumed from the budget's checkpoint, not from scratch
+    again = make_trainer(tmp_path / "run", max_minutes=0.0, checkpoint_every=100, max_steps=50).fit()
+    assert again.step == 50 and not again.out_of_time
+
+
+def test_no_budget_means_no_time_stop(tmp_path):
+    result = make_trainer(tmp_path / "run").fit()
+    assert result.step == 8 and not result.out_of_time
+
+
+def test_negative_budget_is_refused():
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainingConfig(max_minutes=-1)

@@ -66,5 +66,8 @@ def report_result(result: TrainResult, max_steps: int, what: str, *, hint: str =
     if result.final is None:
         print(f"stopped at step {result.step} of {max_steps} ({losses}); checkpoint in {result.checkpoint}; "
               "run the same command again to continue")
+    elif result.out_of_time:
+        print(f"time budget (training.max_minutes) spent at step {result.step} of {max_steps} ({losses}); {what} "
+              f"in {result.final}; run the same command again to train further")
     else:
         print(f"trained {result.step} steps ({losses}); {what} in {result.final}" + (f" ({hint})" if hint else ""))

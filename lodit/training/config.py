@@ -53,7 +53,11 @@ class TrainingConfig:
     max_bad_steps: int = 20
     seed: int = 0
     batch_size: int = 8
-    num_workers: int = 0
+    num_workers: int = -1  # DataLoader worker processes; -1 = chosen from the cores and device (lodit.cores)
+    # Wall-clock budget of one invocation in minutes (0 = none): the run stops after the step that
+    # spends it, with a checkpoint and a final/ export, and the same command continues it. The LR
+    # schedule still follows max_steps, so set max_steps to what the budget fits for a full anneal.
+    max_minutes: float = 0.0
     module_lr: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,10 +66,12 @@ class TrainingConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        non_negative = ("lr", "weight_decay", "warmup_steps", "grad_clip", "preview_every", "num_workers")
+        non_negative = ("lr", "weight_decay", "warmup_steps", "grad_clip", "preview_every", "max_minutes")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.num_workers < -1:
+            raise ValueError(f"num_workers must be -1 (choose from the cores) or a count >= 0, got {self.num_workers}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0.0 <= self.ema_decay < 1.0:

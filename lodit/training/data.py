@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lodit.cores import choose_workers
 from lodit.data.batching import FixedBatchSampler
 from lodit.errors import LoditError
 from lodit.training.config import TrainingConfig
@@ -71,7 +72,8 @@ class ResumableLoader:
             batch_sampler = FixedBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.batch_sampler = batch_sampler
         self.seed = int(seed)
-        self.num_workers = int(num_workers)
+        # -1 = chosen from the cores (none while the CPU itself trains the model; lodit.cores)
+        self.num_workers = choose_workers(int(num_workers), on_gpu=torch.cuda.is_available())
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor
         self.num_processes = 1

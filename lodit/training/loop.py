@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object, send_to_device
+from accelerate.utils import broadcast, gather_object, send_to_device
 from torch import nn
 
 from lodit import __version__
@@ -138,6 +138,7 @@ class TrainResult:
     checkpoint: Path | None
     final: Path | None = None
     skipped_steps: dict[str, int] = field(default_factory=dict)
+    out_of_time: bool = False  # stopped by training.max_minutes before max_steps
 
 
 def make_accelerator(config: TrainingConfig, **kwargs: Any) -> Accelerator:
@@ -233,12 +234,16 @@ class Trainer:
 
         ``stop_at`` ends this call early, with a checkpoint, after that step (e.g. for jobs with a
         time limit); the LR schedule still runs to ``max_steps`` and a later ``fit()`` resumes.
-        The ``final/`` export is written only when ``max_steps`` is reached.
+        The ``final/`` export is written when ``max_steps`` is reached, and when the wall-clock
+        budget ``max_minutes`` runs out first (the run's result for its budget; a later ``fit()``
+        continues towards ``max_steps``).
         """
         cfg = self.config
         acc = self.accelerator
         end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
         self.step = self._start()
+        started = time.monotonic()  # the budget counts training, not set-up or resuming
+        out_of_time = False
         for module in self.prepared.values():
             module.train()
         progress = Progress(cfg.max_steps, initial=self.step, enabled=acc.is_main_process, print_every=cfg.log_every)
@@ -254,14 +259,18 @@ class Trainer:
                 progress.update(self.step, logged)
                 if cfg.preview_every and self.step % cfg.preview_every == 0:
                     self._preview(batches[-1], self.step)
-                if self.step % cfg.checkpoint_every == 0 or self.step == end:
+                out_of_time = self._budget_spent(started)
+                if self.step % cfg.checkpoint_every == 0 or self.step == end or out_of_time:
                     self.save_checkpoint()
+                if out_of_time:
+                    break
         finally:
             progress.close()
             self.tracker.flush()
         if self.last_checkpoint != checkpoint_path(self.run_dir, self.step):
             self.save_checkpoint()  # nothing ran (resumed at the end from elsewhere): the run still gets its checkpoint
-        final = self.export_final() if self.step >= cfg.max_steps else None
+        out_of_time = out_of_time and self.step < end
+        final = self.export_final() if self.step >= cfg.max_steps or out_of_time else None
         self.tracker.close()
         return TrainResult(
             step=self.step,
@@ -270,7 +279,18 @@ class Trainer:
             checkpoint=self.last_checkpoint,
             final=final,
             skipped_steps=dict(self.guard.skipped),
+            out_of_time=out_of_time,
         )
+
+    def _budget_spent(self, started: float) -> bool:
+        """Whether ``max_minutes`` have passed since ``started`` (the main process decides for all)."""
+        if not self.config.max_minutes:
+            return False
+        spent = time.monotonic() - started >= self.config.max_minutes * 60
+        if self.accelerator.num_processes > 1:  # clocks differ a little: every process must stop at the same step
+            flag = torch.tensor([float(spent)], device=self.accelerator.device)
+            spent = bool(broadcast(flag, from_process=0).item())
+        return spent
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-<step>/`` (main process; every process must call it) and prune old ones."""

@@ -1,0 +1,60 @@
+"""Thread and worker counts chosen from the cores (lodit.cores)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lodit.cores import AUTO_WORKERS, choose_threads, choose_workers, use_chosen_threads
+from lodit.errors import LoditError
+
+
+@pytest.fixture
+def no_overrides(monkeypatch):
+    monkeypatch.delenv("LODIT_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+
+@pytest.mark.parametrize(("cores", "busy", "threads"), [(2, 0.0, 2), (2, 0.4, 2), (2, 1.0, 1), (2, 1.7, 1),
+                                                          (2, 3.0, 1), (16, 4.2, 12)])
+def test_threads_are_the_idle_cores(no_overrides, cores, busy, threads):
+    choice = choose_threads(cores=cores, busy=busy)
+    assert choice.threads == threads
+    assert f"{cores} cores available" in choice.reason and "LODIT_THREADS" in choice.reason
+
+
+def test_environment_overrides_win(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("LODIT_THREADS", raising=False)
+    assert choose_threads(cores=2, busy=2.0).threads == 3
+    monkeypatch.setenv("LODIT_THREADS", "5")
+    choice = choose_threads(cores=2, busy=0.0)
+    assert choice.threads == 5 and choice.reason == "LODIT_THREADS=5"
+
+
+@pytest.mark.parametrize("value", ["zero", "0", "-2", "1.5"])
+def test_bad_override_is_one_clear_error(monkeypatch, value):
+    monkeypatch.setenv("LODIT_THREADS", value)
+    with pytest.raises(LoditError, match="LODIT_THREADS"):
+        choose_threads()
+
+
+def test_use_chosen_threads_sets_torch_and_says_so(monkeypatch):
+    monkeypatch.setenv("LODIT_THREADS", "1")
+    lines = []
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        use_chosen_threads(say=lines.append)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)
+    assert lines == ["using 1 CPU thread (LODIT_THREADS=1)"]
+
+
+def test_workers_are_chosen_for_the_device():
+    assert choose_workers(AUTO_WORKERS, cores=2) == 0  # the CPU trains: no core to spare
+    assert choose_workers(AUTO_WORKERS, cores=16) == 4
+    assert choose_workers(AUTO_WORKERS, cores=2, on_gpu=True) == 1
+    assert choose_workers(AUTO_WORKERS, cores=64, on_gpu=True) == 8
+    assert choose_workers(3, cores=2) == 3  # an explicit count is kept
