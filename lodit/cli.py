@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = command.parse_args(argv[1:])
     try:
         if name in COMPUTE_COMMANDS:
-            use_chosen_threads(say=lambda message: print(f"lodit {name}: {message}", file=sys.stderr))
+            use_chosen_threads()
         code = module.run(args)
     except LoditError as exc:
         print(f"lodit {name}: error: {exc}", file=sys.stderr)

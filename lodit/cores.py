@@ -10,8 +10,9 @@ load average, which still counts a run that ended a minute ago).
 Overrides, in order: the ``LODIT_THREADS`` environment variable, then ``OMP_NUM_THREADS`` (the
 convention every BLAS honours); data workers come from ``training.num_workers`` (``-1`` = choose).
 
-Owns :func:`available_cores`, :func:`busy_cores`, :func:`choose_threads`, :func:`choose_workers`
-and :func:`use_chosen_threads` (what the ``lodit`` command runs at start-up). Imports nothing of lodit.
+Owns :func:`available_cores`, :func:`busy_cores`, :func:`choose_threads`, :func:`choose_workers`,
+:func:`use_chosen_threads` (what the ``lodit`` command runs at start-up) and :func:`describe`
+(the line a trainer prints when it starts).
 """
 
 from __future__ import annotations
@@ -101,12 +102,24 @@ def choose_workers(requested: int, *, cores: int | None = None, on_gpu: bool = F
     return 0 if cores < 8 else cores // 4
 
 
-def use_chosen_threads(say=None) -> ThreadChoice:
-    """Set torch's intra-op threads to :func:`choose_threads` and say so through ``say`` (a print-like)."""
+_chosen: ThreadChoice | None = None  # what use_chosen_threads set, for describe()
+
+
+def use_chosen_threads() -> ThreadChoice:
+    """Set torch's intra-op threads to :func:`choose_threads` (remembered for :func:`describe`)."""
     import torch
 
-    choice = choose_threads()
-    torch.set_num_threads(choice.threads)
-    if say is not None:
-        say(f"using {choice.threads} CPU thread{'s' if choice.threads > 1 else ''} ({choice.reason})")
-    return choice
+    global _chosen
+    _chosen = choose_threads()
+    torch.set_num_threads(_chosen.threads)
+    return _chosen
+
+
+def describe(workers: int) -> str:
+    """One line on the CPU threads and data workers in use, e.g. for a trainer's start-up."""
+    import torch
+
+    threads = torch.get_num_threads()
+    why = _chosen.reason if _chosen is not None and _chosen.threads == threads else "set by the caller"
+    return (f"{threads} CPU thread{'s' if threads > 1 else ''} ({why}), "
+            f"{workers} data worker{'' if workers == 1 else 's'} (training.num_workers)")

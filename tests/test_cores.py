@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lodit.cores import AUTO_WORKERS, choose_threads, choose_workers, use_chosen_threads
+from lodit.cores import AUTO_WORKERS, choose_threads, choose_workers, describe, use_chosen_threads
 from lodit.errors import LoditError
 
 
@@ -39,17 +39,18 @@ def test_bad_override_is_one_clear_error(monkeypatch, value):
         choose_threads()
 
 
-def test_use_chosen_threads_sets_torch_and_says_so(monkeypatch):
+def test_use_chosen_threads_sets_torch_and_describe_says_why(monkeypatch):
     monkeypatch.setenv("LODIT_THREADS", "1")
-    lines = []
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        use_chosen_threads(say=lines.append)
+        use_chosen_threads()
         assert torch.get_num_threads() == 1
+        assert describe(0) == "1 CPU thread (LODIT_THREADS=1), 0 data workers (training.num_workers)"
+        torch.set_num_threads(2)  # changed after the choice: no longer the chosen count's reason
+        assert describe(1) == "2 CPU threads (set by the caller), 1 data worker (training.num_workers)"
     finally:
         torch.set_num_threads(previous)
-    assert lines == ["using 1 CPU thread (LODIT_THREADS=1)"]
 
 
 def test_workers_are_chosen_for_the_device():

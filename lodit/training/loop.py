@@ -46,6 +46,7 @@ from torch import nn
 
 from lodit import __version__
 from lodit.config import save_config, to_dict
+from lodit.cores import describe
 from lodit.errors import LoditError
 from lodit.training.checkpoint import (
     EMA_NAME,
@@ -246,6 +247,8 @@ class Trainer:
         out_of_time = False
         for module in self.prepared.values():
             module.train()
+        if acc.is_main_process and acc.device.type == "cpu":
+            print(f"train: {describe(self.loader.num_workers)}", file=sys.stderr)
         progress = Progress(cfg.max_steps, initial=self.step, enabled=acc.is_main_process, print_every=cfg.log_every)
         window = _ScalarWindow()
         logged: dict[str, float] = {}
