@@ -38,6 +38,10 @@ DEFAULT_COUNTS = {"audio": 12, "music": 12, "speech": 8}
 PEAK_LEVEL = 0.7
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
+# Caption words of the sound events and the parameter ranges behind them (lodit.eval.adherence reads these back).
+BEEP_PITCHES = (("low", (250, 450)), ("mid", (600, 900)), ("high", (1400, 2200)))  # word, (low Hz, high Hz)
+BEEP_LENGTHS = (("short", 0.12), ("long", 0.35))  # word, seconds
+CLICK_RATES_HZ = (1, 2, 3, 4, 6, 8)
 
 
 @dataclass
@@ -81,8 +85,8 @@ def _counted(count: int, singular: str, plural: str) -> str:
 
 
 def sound_beeps(rng: np.random.Generator, seconds: float, sample_rate: int) -> Clip:
-    pitch_name, (low, high) = [("low", (250, 450)), ("mid", (600, 900)), ("high", (1400, 2200))][rng.integers(3)]
-    length_name, beep_seconds = [("short", 0.12), ("long", 0.35)][rng.integers(2)]
+    pitch_name, (low, high) = BEEP_PITCHES[rng.integers(3)]
+    length_name, beep_seconds = BEEP_LENGTHS[rng.integers(2)]
     count = int(rng.integers(1, _max_count(seconds, beep_seconds) + 1))
     pitch_hz = float(np.round(rng.uniform(low, high), 1))
     wav = np.zeros(int(seconds * sample_rate))
@@ -96,6 +100,7 @@ def sound_beeps(rng: np.random.Generator, seconds: float, sample_rate: int) -> C
         "event": "beep",
         "count": count,
         "pitch_hz": pitch_hz,
+        "pitch": pitch_name,
         "length": length_name,
         "beep_seconds": beep_seconds,
     }
@@ -151,7 +156,7 @@ def sound_wind(rng: np.random.Generator, seconds: float, sample_rate: int) -> Cl
 
 
 def sound_clicks(rng: np.random.Generator, seconds: float, sample_rate: int) -> Clip:
-    rate_hz = int(rng.choice([1, 2, 3, 4, 6, 8]))
+    rate_hz = int(rng.choice(CLICK_RATES_HZ))
     n = int(seconds * sample_rate)
     click_n = int(0.01 * sample_rate)
     click = rng.standard_normal(click_n) * np.exp(-np.arange(click_n) / (0.0015 * sample_rate))
