@@ -17,6 +17,7 @@ from typing import Sequence
 from lodit import __version__
 from lodit.cores import use_chosen_threads
 from lodit.errors import LoditError
+from lodit.outputs import check_output_file, check_output_folder
 
 # name -> (module implementing it, one-line help). Order is the order of the data flow.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("lodit.eval.compare", "run a latent-dimension comparison experiment and write its report"),
     "demo": ("lodit.demo", "the whole pipeline on the built-in offline dataset, end to end"),
 }
+# Commands whose --out (or positional output) is a file; every other --out is a folder.
+OUTPUT_FILES = {"prepare": "out", "evaluate": "out", "reconstruct": "output"}
 # Commands that run models: they pick their CPU thread count from the idle cores (lodit.cores).
 COMPUTE_COMMANDS = {"train-sembo", "train-tokenizer", "reconstruct", "encode", "train-dit", "sample", "evaluate",
                     "compare", "demo"}
@@ -68,16 +71,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.add_arguments(command)
     args = command.parse_args(argv[1:])
     try:
+        check_outputs(name, args)
         if name in COMPUTE_COMMANDS:
             use_chosen_threads()
         code = module.run(args)
     except LoditError as exc:
-        print(f"lodit {name}: error: {exc}", file=sys.stderr)
+        print(f"lodit {name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"lodit {name}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # a trainer that saved a checkpoint on the first Ctrl-C says where in the exception
+        said = f" ({_one_line(exc)})" if exc.args else ""
+        print(f"lodit {name}: interrupted{said}", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        print(f"lodit {name}: error: out of memory ({_one_line(exc)[:160]}); lower the batch size, the clip "
+              f"length or the model size, or use a machine with more memory", file=sys.stderr)
+        return 2
     return int(code or 0)
+
+
+def check_outputs(name: str, args: argparse.Namespace) -> None:
+    """Refuse an output location that can't be written before the command does any work."""
+    file_option = OUTPUT_FILES.get(name)
+    if file_option is not None:
+        value = getattr(args, file_option, None)
+        if value:
+            flag = f"--{file_option}" if file_option == "out" else "output"
+            check_output_file(value, flag)
+        return
+    value = getattr(args, "out", None)
+    if value:
+        check_output_folder(value)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

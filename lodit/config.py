@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -57,16 +58,45 @@ def resolve_config_path(path: str | os.PathLike) -> Path:
     return path
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with only ``true``/``false`` as booleans (as in YAML 1.2).
+
+    PyYAML follows YAML 1.1, where ``no``, ``off``, ``yes``, ``on``, ``y`` and ``n`` are booleans
+    too, so ``mixed_precision: no`` would arrive as ``False``. Those words stay strings here; a
+    boolean field still accepts them (see :func:`_convert`).
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "y": True, "false": False, "no": False, "off": False, "n": False}
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as plain data (booleans only from ``true``/``false``); raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = resolve_config_path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file; give a YAML file (e.g. configs/dit/tiny.yaml)")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; check the path")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (invalid UTF-8 at byte {exc.start}); give a YAML config") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({_one_line(exc)})") from None
     if data is None:
-        return {}
+        # An empty file would otherwise train silently on built-in defaults, which nobody asks for.
+        raise ConfigError(f"{path}: the config is empty; start from a shipped one (e.g. configs/tokenizer/tiny.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     return data
@@ -101,7 +131,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
         if not keys:
             raise ConfigError(f"override {item!r} has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = parse_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = result
@@ -194,6 +224,8 @@ def _convert(tp: Any, value: Any, *, key: str, source: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
         raise ConfigError(f"{source}: {name} must be true or false, got {_show(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

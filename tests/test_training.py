@@ -328,9 +328,10 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         real_save(tensors, path, metadata=metadata)
 
     monkeypatch.setattr(checkpoint_module, "save_file", fail_on_discriminator)
-    with pytest.raises(OSError, match="disk full"):
+    # a full disk is a one-line user error that says the earlier checkpoints are intact
+    with pytest.raises(LoditError, match="step-00000002: could not be written .disk full.; earlier checkpoints are intact"):
         _tiny_checkpoint(root / "step-00000002", 2.0, step=2)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(LoditError, match="disk full"):
         _tiny_checkpoint(good, 3.0)  # overwriting an existing checkpoint fails half-way too
     assert [p.name for p in root.iterdir()] == ["step-00000001"]  # no half folder, no temp leftovers
     assert latest_checkpoint(tmp_path) == good
@@ -355,8 +356,13 @@ def test_prune_keeps_newest(tmp_path):
 def test_unsafe_or_corrupt_files_are_refused(tmp_path):
     folder = _tiny_checkpoint(tmp_path / "ckpt", 1.0)
     torch.save({"evil": object()}, folder / "optimizer.pt")  # needs unpickling of arbitrary objects
-    with pytest.raises(LoditError, match=r"optimizer\.pt: cannot be read safely"):
+    with pytest.raises(LoditError, match=r"optimizer\.pt: holds Python objects other than tensors") as refused:
         read_optimizer_state(folder)
+    assert "weights_only" not in str(refused.value)  # lodit never suggests turning the safety off
+    (folder / "optimizer.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(LoditError, match=r"optimizer\.pt: unreadable .*resume from an earlier one") as corrupt:
+        read_optimizer_state(folder)
+    assert "weights_only" not in str(corrupt.value)
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(LoditError, match=r"model\.safetensors: not a readable safetensors file"):
         read_weights(folder / "model.safetensors")

@@ -16,14 +16,14 @@ import soxr
 import torch
 
 from lodit.errors import LoditError
+from lodit.outputs import check_output_folder
 
 ChannelPolicy = Literal["mix", "first", "keep"]
 
 
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
     """``(sample_rate, frames, channels)`` of an audio file without reading its samples."""
-    if not Path(path).is_file():
-        raise LoditError(f"{path}: audio file not found")
+    _check_audio_path(Path(path))
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises several types for unreadable files
@@ -45,8 +45,7 @@ def load_audio(
     keeps them all. ``offset``/``duration`` (seconds) read only part of the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise LoditError(f"{path}: audio file not found")
+    _check_audio_path(path)
     try:
         with sf.SoundFile(str(path)) as f:
             native_rate = f.samplerate
@@ -59,6 +58,11 @@ def load_audio(
         raise
     except Exception as exc:
         raise LoditError(f"{path}: cannot read audio ({_reason(exc)}); is it a wav/flac/ogg/mp3 file?") from None
+    bad = data.size - int(np.isfinite(data).sum())
+    if bad:
+        # Float files can hold NaN/inf; one such sample makes every loss and latent non-finite.
+        raise LoditError(f"{path}: {bad} of {data.size} samples are NaN or infinite (a corrupt or badly "
+                         "exported float file); re-export the clip or leave it out")
     wav = np.ascontiguousarray(data.T)  # (channels, samples)
     wav = apply_channel_policy(wav, channels)
     if sample_rate is not None and sample_rate != native_rate:
@@ -77,13 +81,22 @@ def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_r
         data = data[None]
     if data.ndim != 2:
         raise ValueError(f"save_audio expects (channels, samples), got shape {tuple(data.shape)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise LoditError(f"{path}: is a folder; give the name of the audio file to write (e.g. out.wav)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        check_output_folder(path.parent, "audio output folder")
+        raise LoditError(f"{path}: cannot create its folder ({_reason(exc)}); choose a folder you can write to") from None
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # same suffix: soundfile picks the format from it
     try:
         sf.write(str(tmp), np.clip(data.T, -1.0, 1.0), sample_rate)
         os.replace(tmp, path)
-    except (TypeError, ValueError, sf.LibsndfileError) as exc:  # unknown suffix, unsupported rate/format
+    except (TypeError, ValueError, sf.LibsndfileError, OSError) as exc:
         tmp.unlink(missing_ok=True)
+        check_output_folder(path.parent, "audio output folder")  # a folder we can't write: say that
+        if isinstance(exc, OSError):  # the folder is writable: the disk is full or failing
+            raise LoditError(f"{path}: cannot write audio ({_reason(exc)}); check the free disk space") from None
         raise LoditError(f"{path}: cannot write audio ({_reason(exc)}); use a .wav, .flac, .ogg or .mp3 name") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -145,6 +158,13 @@ def normalize_loudness(wav: torch.Tensor, sample_rate: int, target_lufs: float =
         return wav
     gain = 10.0 ** ((target_lufs - loudness) / 20.0)
     return wav * float(gain)
+
+
+def _check_audio_path(path: Path) -> None:
+    if path.is_dir():
+        raise LoditError(f"{path}: is a folder, not an audio file; give a wav/flac/ogg/mp3 file")
+    if not path.is_file():
+        raise LoditError(f"{path}: audio file not found")
 
 
 def _reason(exc: BaseException) -> str:

@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 Domain = Literal["speech", "music", "audio"]
 DOMAINS: tuple[str, ...] = get_args(Domain)
 OnError = Literal["fail", "skip"]
+# How every command that reads a manifest spells "leave bad rows out" (the trainers map the option
+# to their data.on_error key).
+SKIP_HINT = "use --on-error skip"
+_BOM = b"\xef\xbb\xbf"
 
 
 class RowError(ValueError):
@@ -197,17 +201,16 @@ def iter_manifest(
     report is given, into a warning each); with ``"fail"`` the first one raises ``LoditError``.
     ``check_audio`` also rejects rows whose audio file does not exist.
     """
-    if on_error not in ("fail", "skip"):
-        raise LoditError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise LoditError(f"{path}: manifest not found; build one with `lodit prepare`")
+    check_on_error(on_error)
+    path = check_manifest_path(path)
     warn_each = report is None  # nobody will read a report: say it in the log instead
     if report is None:
         report = ManifestReport(str(path))
     root = path.parent
     with open(path, "rb") as handle:  # bytes, so one badly encoded line is one bad row
         for line_number, raw in enumerate(handle, start=1):
+            if line_number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]  # editors on Windows start UTF-8 files with a byte-order mark
             if not raw.strip():
                 continue
             try:
@@ -217,13 +220,48 @@ def iter_manifest(
             except RowError as exc:
                 where = f"line {line_number}"
                 if on_error == "fail":
-                    raise LoditError(f"{path} {where}: {exc}; fix the row or use --on-error skip") from None
+                    raise LoditError(f"{path} {where}: {exc}; fix the row or {SKIP_HINT}") from None
                 report.drop(where, str(exc))
                 if warn_each:
                     logger.warning("%s %s dropped: %s", path, where, exc)
                 continue
             report.kept += 1
             yield line_number, row
+
+
+def check_on_error(on_error: Any) -> None:
+    """Refuse an ``on_error`` other than ``fail`` or ``skip``."""
+    if on_error not in ("fail", "skip"):
+        raise LoditError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+
+
+def check_manifest_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it is a manifest file; a missing path or a folder is a LoditError."""
+    path = Path(path)
+    if path.is_dir():
+        raise LoditError(f"{path}: is a folder, not a manifest; give the manifest file "
+                         f"(e.g. {path / 'manifest.jsonl'}) or build one with `lodit prepare`")
+    if not path.is_file():
+        raise LoditError(f"{path}: manifest not found; build one with `lodit prepare`")
+    return path
+
+
+class KeyTracker:
+    """Finds rows that reuse another row's clip key (its ``id``, else its ``audio`` path).
+
+    Every consumer of a manifest (training, encoding) names clips by that key, so a repeated key
+    is a bad row everywhere: reported with both line numbers, failing or skipped per ``on_error``.
+    """
+
+    def __init__(self) -> None:
+        self.first_line: dict[str, int] = {}
+
+    def check(self, key: str, line: int) -> None:
+        """Remember ``key`` at ``line``; raise :class:`RowError` if an earlier row used it."""
+        first = self.first_line.setdefault(key, line)
+        if first != line:
+            raise RowError(f"clip key {key!r} is used again (first on line {first}); give each row a unique "
+                           "'id' (or audio path)")
 
 
 def parse_row(raw: bytes | str) -> ManifestRow:

@@ -17,7 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lodit.data.builders import LAYOUTS
-from lodit.data.manifest import DOMAINS, ManifestReport, OnError, portable_audio_path, write_manifest
+from lodit.data.manifest import DOMAINS, SKIP_HINT, ManifestReport, OnError, portable_audio_path, write_manifest
 from lodit.errors import LoditError
 
 # builder keyword -> the command-line flag that sets it (for errors about options a layout lacks)
@@ -64,7 +64,7 @@ def prepare_manifest(
         for where, row in records:
             if isinstance(row, str):
                 if on_error == "fail":
-                    raise LoditError(f"{where}: {row}; fix it or use --on-error skip")
+                    raise LoditError(f"{where}: {row}; fix it or {SKIP_HINT}")
                 report.drop(where, row)
                 continue
             row.audio = portable_audio_path(row.audio, manifest_dir)

@@ -158,7 +158,7 @@ def _read_clip(line: int, key: str, row: ManifestRow, manifest: Path, sample_rat
             raise LoditError(f"{path}: no audio samples (empty file, or offset past its end)")
     except LoditError as exc:
         if on_error == "fail":
-            raise LoditError(f"{manifest} line {line}: {exc}; fix the row or use --on-error skip") from None
+            raise LoditError(f"{manifest} line {line}: {exc}; fix the row or {SKIP_HINT}") from None
         report.kept -= 1  # iter_manifest counted the row as kept; its audio says otherwise
         report.drop(f"line {line}", str(exc))
         return None

@@ -144,11 +144,11 @@ def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], N
     On any failure the temp folder is removed and ``folder`` (if it existed) is untouched.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f"{_TEMP_PREFIX}{folder.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         write(tmp)
         _fsync_files(tmp)
         if folder.exists():
@@ -165,6 +165,11 @@ def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], N
         else:
             os.replace(tmp, folder)
         _fsync_dir(folder.parent)
+    except (OSError, SafetensorError) as exc:  # disk full, permissions changed under a running job
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LoditError(f"{folder}: could not be written ({' '.join(str(exc).split())}); earlier checkpoints "
+                         "are intact: free disk space (or fix the folder's permissions) and run the same "
+                         "command again") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -264,8 +269,22 @@ def read_optimizer_state(folder: str | os.PathLike) -> dict[str, Any]:
         raise LoditError(f"{path}: missing; the checkpoint is incomplete, resume from another one")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:  # refused or corrupt
-        raise LoditError(f"{path}: cannot be read safely ({' '.join(str(exc).split())[:200]})") from None
+    except pickle.UnpicklingError:
+        # torch's own text here recommends turning the safety off; lodit never loads code from a file.
+        raise LoditError(f"{path}: holds Python objects other than tensors and numbers, which lodit refuses "
+                         "to load (they could run code); resume from a checkpoint lodit wrote, or start a new "
+                         "run folder") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # truncated or corrupt
+        raise LoditError(f"{path}: unreadable ({_safe_reason(exc)}); the checkpoint is damaged, resume from "
+                         "an earlier one") from None
+
+
+def _safe_reason(exc: BaseException) -> str:
+    """The first sentence of an error, never torch's advice to load with ``weights_only=False``."""
+    text = " ".join(str(exc).split())
+    if "weights_only" in text:
+        return type(exc).__name__
+    return (text.split(". ")[0][:160]) or type(exc).__name__
 
 
 def _few(items: list[str], limit: int = 4) -> str:

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lodit.errors import LoditError
+from lodit.outputs import check_output_folder
 from lodit.training.loop import TrainResult
+
+
+# Trainers that read a manifest take --on-error, the option every manifest reader spells the same.
+MANIFEST_KEY = "data.manifest"
+ON_ERROR_KEY = "data.on_error"
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,10 @@ def add_training_arguments(
     parser.add_argument("--max-steps", type=int, metavar="N",
                         help="stop this invocation after global step N, with a checkpoint (the LR schedule still "
                              "runs to training.max_steps); run the command again to continue")
+    if data.key == MANIFEST_KEY:
+        parser.add_argument("--on-error", choices=("fail", "skip"),
+                            help=f"a bad manifest row or clip stops the run (fail) or is reported and left out "
+                                 f"(skip) (overrides {ON_ERROR_KEY})")
     parser.add_argument("--no-resume", action="store_true",
                         help="refuse to continue a run folder that already has checkpoints (default: resume)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
@@ -47,6 +57,8 @@ def training_overrides(args: argparse.Namespace, data: DataOption) -> list[str]:
     value = getattr(args, data.flag.lstrip("-").replace("-", "_"))
     if value:
         overrides.append(f"{data.key}={value}")
+    if getattr(args, "on_error", None):
+        overrides.append(f"{ON_ERROR_KEY}={args.on_error}")
     if args.seed is not None:
         overrides.append(f"training.seed={args.seed}")
     if args.max_steps is not None and args.max_steps < 1:
@@ -55,15 +67,23 @@ def training_overrides(args: argparse.Namespace, data: DataOption) -> list[str]:
 
 
 def run_folder(args: argparse.Namespace, prefix: str = "") -> Path:
-    """``--out``, or ``runs/<prefix><config file name>``."""
-    return Path(args.out) if args.out else Path("runs") / f"{prefix}{Path(args.config).stem}"
+    """``--out``, or ``runs/<prefix><config file name>``; refused now if it can't be written."""
+    folder = Path(args.out) if args.out else Path("runs") / f"{prefix}{Path(args.config).stem}"
+    return check_output_folder(folder)
 
 
 def report_result(result: TrainResult, max_steps: int, what: str, *, hint: str = "", keys: tuple[str, ...] = ()) -> None:
     """One line: where the run stopped (and how to continue) or where its final ``what`` is."""
     shown = keys or tuple(k for k in sorted(result.scalars) if k.endswith("loss"))
-    losses = ", ".join(f"{k}={result.scalars[k]:.4g}" for k in shown if k in result.scalars)
-    if result.final is None:
+    losses = ", ".join(f"{k}={result.scalars[k]:.4g}" for k in shown if k in result.scalars) or "no finite loss logged"
+    skipped = sum(result.skipped_steps.values())
+    if skipped:
+        losses += f"; {skipped} step(s) skipped as non-finite"
+    if result.unsaved_bad_steps:
+        print(f"stopped at step {result.step} of {max_steps} ({losses}) inside {result.unsaved_bad_steps} skipped "
+              f"steps, so that end was not saved; the last good checkpoint is {result.checkpoint or 'none'}; check the data "
+              "(non-finite audio?) and the learning rate, then run the same command again")
+    elif result.final is None:
         print(f"stopped at step {result.step} of {max_steps} ({losses}); checkpoint in {result.checkpoint}; "
               "run the same command again to continue")
     elif result.out_of_time:

@@ -23,6 +23,7 @@ global one.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -174,6 +175,7 @@ class ResumableLoader:
             pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
             generator=generator,
+            worker_init_fn=_ignore_ctrl_c if self.num_workers > 0 else None,
         )
         return iter(loader)
 
@@ -195,3 +197,10 @@ class _FixedBatches:
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    # Ctrl-C reaches every process of the terminal's group; the trainer answers the first one by
+    # finishing its step and saving, which needs the workers alive. The second one ends the trainer,
+    # and the workers with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

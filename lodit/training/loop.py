@@ -28,6 +28,8 @@ should use the plain modules (``self.modules()``).
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
 import time
 import warnings
@@ -48,6 +50,7 @@ from lodit import __version__
 from lodit.config import save_config, to_dict
 from lodit.cores import describe
 from lodit.errors import LoditError
+from lodit.outputs import check_output_folder
 from lodit.training.checkpoint import (
     EMA_NAME,
     MODEL_NAME,
@@ -55,8 +58,10 @@ from lodit.training.checkpoint import (
     RESERVED_NAMES,
     check_compatible,
     checkpoint_path,
+    checkpoint_step,
     export_final,
     latest_checkpoint,
+    list_checkpoints,
     load_weights,
     prune_checkpoints,
     read_optimizer_state,
@@ -111,6 +116,10 @@ class TrainTask(ABC):
     def on_prepared(self, accelerator: Accelerator) -> None:
         """Called once the modules are on their device (e.g. to move frozen teachers there too)."""
 
+    def check_resume(self, folder: Path) -> None:
+        """Raise a LoditError if checkpoint ``folder`` must not be continued with this task's data
+        (e.g. a DiT checkpoint trained on latents of another tokenizer); called before loading it."""
+
     # ------------------------------------------------------------------ set by the trainer
 
     @property
@@ -140,6 +149,7 @@ class TrainResult:
     final: Path | None = None
     skipped_steps: dict[str, int] = field(default_factory=dict)
     out_of_time: bool = False  # stopped by training.max_minutes before max_steps
+    unsaved_bad_steps: int = 0  # the run ended inside this many skipped steps, so its end was not saved
 
 
 def make_accelerator(config: TrainingConfig, **kwargs: Any) -> Accelerator:
@@ -185,7 +195,7 @@ class Trainer:
         accelerator: Accelerator | None = None,
     ):
         self.config = config
-        self.run_dir = Path(run_dir)
+        self.run_dir = check_output_folder(run_dir, "run folder")
         self.task = task
         self.loader = loader
         self.resolved_config = resolved_config
@@ -253,27 +263,46 @@ class Trainer:
         window = _ScalarWindow()
         logged: dict[str, float] = {}
         try:
-            while self.step < end:
-                batches = [self._next_batch() for _ in range(cfg.gradient_accumulation_steps)]
-                window.add(self._train_step(self.step, batches))
-                self.step += 1
-                if self.step % cfg.log_every == 0 or self.step == end:
-                    logged = self._log(window)
-                progress.update(self.step, logged)
-                if cfg.preview_every and self.step % cfg.preview_every == 0:
-                    self._preview(batches[-1], self.step)
-                out_of_time = self._budget_spent(started)
-                if self.step % cfg.checkpoint_every == 0 or self.step == end or out_of_time:
-                    self.save_checkpoint()
-                if out_of_time:
-                    break
+            with _CtrlC(acc.is_main_process) as ctrl_c:
+                while self.step < end:
+                    position = self.loader.state_dict()
+                    try:
+                        batches = [self._next_batch() for _ in range(cfg.gradient_accumulation_steps)]
+                    except Exception:
+                        if not ctrl_c.requested:
+                            raise
+                        # A data worker stopped by the same Ctrl-C: the step never ran, save what was.
+                        self.loader.load_state_dict(position)
+                        self._stop_for_ctrl_c()
+                    try:
+                        window.add(self._train_step(self.step, batches))
+                    except LoditError as exc:
+                        if not self._diverged():
+                            raise
+                        raise LoditError(f"{exc}; {self._last_good_advice()}") from None
+                    self.step += 1
+                    if self.step % cfg.log_every == 0 or self.step == end:
+                        logged = self._log(window)
+                    progress.update(self.step, logged)
+                    if cfg.preview_every and self.step % cfg.preview_every == 0:
+                        self._preview(batches[-1], self.step)
+                    out_of_time = self._budget_spent(started)
+                    if self.step % cfg.checkpoint_every == 0 or self.step == end or out_of_time:
+                        self._save_unless_bad()
+                    if self._agree(ctrl_c.requested):
+                        self._stop_for_ctrl_c()
+                    if out_of_time:
+                        break
         finally:
             progress.close()
             self.tracker.flush()
         if self.last_checkpoint != checkpoint_path(self.run_dir, self.step):
-            self.save_checkpoint()  # nothing ran (resumed at the end from elsewhere): the run still gets its checkpoint
+            self._save_unless_bad()  # nothing ran (resumed at the end from elsewhere): the run still gets its checkpoint
         out_of_time = out_of_time and self.step < end
-        final = self.export_final() if self.step >= cfg.max_steps or out_of_time else None
+        bad = self._bad_run_length()
+        final = None
+        if (self.step >= cfg.max_steps or out_of_time) and not bad:
+            final = self.export_final()
         self.tracker.close()
         return TrainResult(
             step=self.step,
@@ -283,7 +312,58 @@ class Trainer:
             final=final,
             skipped_steps=dict(self.guard.skipped),
             out_of_time=out_of_time,
+            unsaved_bad_steps=bad,
         )
+
+    # ------------------------------------------------------------------ skipped steps and Ctrl-C
+
+    def _bad_run_length(self) -> int:
+        """How many steps in a row (of any phase) the guard has just skipped; 0 when the last one was good."""
+        return max(self.guard.consecutive.values(), default=0)
+
+    def _diverged(self) -> bool:
+        return self._bad_run_length() >= self.guard.max_bad_steps
+
+    def _save_unless_bad(self) -> Path | None:
+        """Save a checkpoint, except inside a run of skipped (non-finite) steps.
+
+        Weights at such a moment come from the steps just before a divergence (often already huge);
+        a checkpoint of them would be what the next run resumes from, and fail again at once.
+        """
+        if self._bad_run_length():
+            if self.accelerator.is_main_process:
+                print(f"train: no checkpoint at step {self.step}: the last {self._bad_run_length()} steps were "
+                      "skipped as non-finite", file=sys.stderr, flush=True)
+            return None
+        return self.save_checkpoint()
+
+    def _last_good_advice(self) -> str:
+        good = latest_checkpoint(self.run_dir)
+        if good is None:
+            return ("no checkpoint was saved before it; after changing the settings, run the same command again "
+                    "to start over")
+        return (f"the last good checkpoint is {good} (step {checkpoint_step(good)}; none is saved during skipped "
+                "steps): after changing the settings, run the same command again to resume from it")
+
+    def _agree(self, flag: bool) -> bool:
+        """``flag`` on any process (so all of them stop at the same step)."""
+        if self.accelerator.num_processes > 1:
+            value = torch.tensor([float(flag)], device=self.accelerator.device)
+            flag = bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
+        return flag
+
+    def _stop_for_ctrl_c(self) -> None:
+        """After the first Ctrl-C: save the current step (unless it is inside skipped steps) and stop."""
+        if self.last_checkpoint == checkpoint_path(self.run_dir, self.step):
+            saved: Path | None = self.last_checkpoint
+        else:
+            saved = self._save_unless_bad()
+        if saved is not None:
+            raise KeyboardInterrupt(f"checkpoint of step {self.step} saved in {saved}; run the same command "
+                                    "again to continue")
+        good = latest_checkpoint(self.run_dir)
+        where = f"the newest good one is {good}" if good is not None else "there is no earlier one"
+        raise KeyboardInterrupt(f"step {self.step} not saved (inside skipped non-finite steps); {where}")
 
     def _budget_spent(self, started: float) -> bool:
         """Whether ``max_minutes`` have passed since ``started`` (the main process decides for all)."""
@@ -375,7 +455,10 @@ class Trainer:
             seed_everything(self.config.seed + acc.process_index)
             start = 0
         else:
-            start = self._restore(folder)
+            if self.resume is True:
+                folder, start = self._restore_newest_readable()
+            else:
+                start = self._restore(folder)
             if acc.is_main_process:
                 print(f"resuming from {folder} (step {start})", file=sys.stderr, flush=True)
         if acc.is_main_process:
@@ -399,9 +482,36 @@ class Trainer:
             raise LoditError(f"{folder}: checkpoint folder not found; pass a <run>/checkpoints/step-* folder")
         return folder
 
+    def _restore_newest_readable(self) -> tuple[Path, int]:
+        """Restore the newest checkpoint that loads; damaged newer ones are moved aside (and said so).
+
+        A crash or a full disk can damage the newest checkpoint after it was renamed into place
+        (e.g. a file truncated by a failing disk); the one before it is then the place to resume.
+        If none loads, the newest one's error is raised: a checkpoint that doesn't fit this run's
+        config fails the same way for every checkpoint, and that is the error to see.
+        """
+        found = list_checkpoints(self.run_dir)
+        damaged: list[tuple[Path, LoditError]] = []
+        for folder in reversed(found):
+            try:
+                step = self._restore(folder)
+            except LoditError as exc:
+                damaged.append((folder, exc))
+                continue
+            if self.accelerator.is_main_process:
+                for bad, exc in damaged:
+                    aside = bad.with_name(f"damaged-{bad.name}")
+                    os.replace(bad, aside)  # out of the step-* names, so no later resume tries it again
+                    print(f"train: {bad} could not be loaded ({' '.join(str(exc).split())[:200]}); moved it to "
+                          f"{aside.name} and resumed from the previous checkpoint", file=sys.stderr, flush=True)
+            self.accelerator.wait_for_everyone()
+            return folder, step
+        raise damaged[0][1]
+
     def _restore(self, folder: Path) -> int:
         """Load everything a checkpoint holds; return its step."""
         acc = self.accelerator
+        self.task.check_resume(folder)
         state = read_state(folder)
         saved_modules = state.get("modules", [])
         if sorted(saved_modules) != sorted(self.names):
@@ -553,6 +663,40 @@ class Trainer:
             set_rng_state(saved)
             for module in self.prepared.values():
                 module.train()
+
+
+class _CtrlC:
+    """While active, the first SIGINT only sets :attr:`requested` (the loop saves and stops after
+    the step in flight); a second one raises ``KeyboardInterrupt`` at once, as usual."""
+
+    def __init__(self, announce: bool):
+        self.announce = announce
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _CtrlC:
+        try:
+            previous = signal.signal(signal.SIGINT, self._handle)
+            # None: a handler installed outside Python; restoring Python's default is the closest
+            self._previous = previous if previous is not None else signal.default_int_handler
+            self._installed = True
+        except ValueError:  # not the main thread: Ctrl-C keeps its default meaning
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            signal.signal(signal.SIGINT, self._previous)
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.announce:
+            print("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to exit at once)",
+                  file=sys.stderr, flush=True)
 
 
 class _ScalarWindow:
