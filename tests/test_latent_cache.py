@@ -142,7 +142,8 @@ def test_interrupted_write_leaves_no_cache_and_resumes(tmp_path):
     os.replace(partial, tmp_path / "cache.tmp-999999999")
     with LatentCacheWriter(root, producer=PRODUCER, shard_frames=16, resume=True) as writer:
         done = [key for key, _, _ in clips if key in writer]
-        assert done == ["clip-0", "clip-1"]  # the complete shard survives; the unflushed clip does not
+        # the complete shard survives, and so does the clip of the shard that was not yet written
+        assert done == ["clip-0", "clip-1", "clip-2"]
         for key, latents, fields in clips:
             if key not in writer:
                 writer.add(key, latents, fields)
@@ -152,6 +153,10 @@ def test_interrupted_write_leaves_no_cache_and_resumes(tmp_path):
     assert all(torch.equal(resumed[i].latents, clean[i].latents) for i in range(len(clean)))
     assert torch.equal(resumed.mean, clean.mean) and torch.equal(resumed.std, clean.std)
     assert not list(tmp_path.glob("cache.tmp-*"))
+    # the resumed cache is file for file the uninterrupted one (no pending-* clip files left)
+    assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in (tmp_path / "clean").iterdir())
+    for path in (tmp_path / "clean").iterdir():
+        assert (root / path.name).read_bytes() == path.read_bytes(), path.name
 
 
 def test_iter_items_opens_one_shard_at_a_time(tmp_path, monkeypatch):

@@ -41,7 +41,17 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from lodit.data.audio import ChannelPolicy, audio_info, load_audio, normalize_loudness
 from lodit.data.batching import collate_text_fields, epoch_rng, pad_sequences
-from lodit.data.manifest import ManifestRow, OnError, RowError, iter_manifest, resolve_audio
+from lodit.data.manifest import (
+    SKIP_HINT,
+    KeyTracker,
+    ManifestReport,
+    ManifestRow,
+    OnError,
+    RowError,
+    check_on_error,
+    iter_manifest,
+    resolve_audio,
+)
 from lodit.errors import LoditError
 
 log = logging.getLogger(__name__)
@@ -61,6 +71,7 @@ class ClipRecord:
     transcript: str
     domain: str
     speaker: str
+    line: int = 0  # its line in the manifest file (0: given as a row, not read from a file)
 
 
 def as_manifest_row(row: ManifestRow | dict) -> ManifestRow:
@@ -73,10 +84,11 @@ def as_manifest_row(row: ManifestRow | dict) -> ManifestRow:
         raise LoditError(f"manifest row {row!r}: {exc}") from None
 
 
-def clip_record(row: ManifestRow | dict, root: Path) -> ClipRecord:
+def clip_record(row: ManifestRow | dict, root: Path, line: int = 0) -> ClipRecord:
     """The small per-clip record for a manifest row; relative audio paths are taken from ``root``."""
     row = as_manifest_row(row)
     return ClipRecord(
+        line=line,
         path=str(resolve_audio(row, root)),
         offset=row.offset,
         duration=row.duration,
@@ -94,10 +106,17 @@ def iter_rows(manifest: ManifestSource, on_error: OnError = "fail") -> tuple[Ite
     Bad lines of a file fail or are skipped (and logged) per ``on_error``. Given rows (any
     re-iterable of ``ManifestRow`` or dicts) resolve relative paths from the current directory.
     """
+    numbered, root = iter_numbered_rows(manifest, on_error)
+    return (row for _, row in numbered), root
+
+
+def iter_numbered_rows(manifest: ManifestSource, on_error: OnError = "fail",
+                       report: ManifestReport | None = None) -> tuple[Iterable[tuple[int, ManifestRow | dict]], Path]:
+    """Like :func:`iter_rows`, with each row's manifest line number (0 for given rows)."""
     if isinstance(manifest, (str, os.PathLike)):
         path = Path(manifest)
-        return (row for _, row in iter_manifest(path, on_error=on_error)), path.parent
-    return manifest, Path(".")
+        return iter_manifest(path, on_error=on_error, report=report), path.parent
+    return ((0, row) for row in manifest), Path(".")
 
 
 def crop_start(total: int, crop: int, *, random: bool, seed: int, epoch: int, index: int, multiple: int = 1) -> int:
@@ -139,6 +158,8 @@ class ClipLoader:
         self.channels = channels
         self.loudness = loudness
         self.crop_multiple = int(crop_multiple)
+        self.on_error: OnError = "fail"
+        self.source = ""  # the manifest, named in errors
 
     def clip_samples(self, record: ClipRecord) -> int:
         """Length of the whole clip in samples at ``sample_rate`` (reads the file header if no duration)."""
@@ -152,6 +173,18 @@ class ClipLoader:
         return clip_samples if self.segment is None else min(clip_samples, self.segment)
 
     def load(self, record: ClipRecord, index: int, epoch: int, clip_samples: int | None = None) -> dict:
+        """The item of ``record``; audio that can't be used (unreadable, NaN/inf samples) fails with
+        the manifest line, or with ``on_error="skip"`` becomes a silent item of length 0 (all masked)."""
+        try:
+            return self._load(record, index, epoch, clip_samples)
+        except LoditError as exc:
+            where = f"{self.source} line {record.line}: " if record.line else ""
+            if self.on_error == "fail":
+                raise LoditError(f"{where}{exc}; fix or remove the clip, or {SKIP_HINT}") from None
+            log.warning("%sleft out of training: %s", where, exc)
+            return self._item(record, index, torch.zeros(1, 0), 0)
+
+    def _load(self, record: ClipRecord, index: int, epoch: int, clip_samples: int | None) -> dict:
         if clip_samples is None:
             clip_samples = self.clip_samples(record)
         start = 0
@@ -168,6 +201,10 @@ class ClipLoader:
             wav = wav[:, : min(self.segment, clip_samples)]
         if self.loudness is not None:
             wav = normalize_loudness(wav, self.sample_rate, self.loudness)
+        return self._item(record, index, wav, start)
+
+    @staticmethod
+    def _item(record: ClipRecord, index: int, wav: torch.Tensor, start: int) -> dict:
         return {
             "wav": wav,
             "length": wav.shape[-1],
@@ -208,16 +245,32 @@ class AudioClipDataset(Dataset):
         on_error: OnError = "fail",
         crop_multiple: int = 1,
     ):
+        check_on_error(on_error)
         self.loader = ClipLoader(sample_rate, segment_seconds=segment_seconds, random_crop=random_crop,
                                  seed=seed, channels=channels, loudness=loudness, crop_multiple=crop_multiple)
-        rows, root = iter_rows(manifest, on_error)
+        self.loader.on_error = on_error
+        self.loader.source = str(manifest) if isinstance(manifest, (str, os.PathLike)) else "<rows>"
+        self.report = ManifestReport(self.loader.source)
+        rows, root = iter_numbered_rows(manifest, on_error, self.report)
         min_samples = math.ceil(min_seconds * sample_rate)
+        self.min_seconds = min_seconds
         self.records: list[ClipRecord] = []
         clip_lengths: list[int] = []
         self.num_too_short = 0
-        for row in rows:
-            record = clip_record(row, root)
-            samples = self.loader.clip_samples(record)
+        keys = KeyTracker()
+        for line, row in rows:
+            record = clip_record(row, root, line)
+            try:
+                keys.check(record.key, line)
+                samples = self.loader.clip_samples(record)
+            except (RowError, LoditError) as exc:  # a repeated key, or a file whose header can't be read
+                where = f"line {line}" if line else f"row {record.key!r}"
+                if on_error == "fail":
+                    raise LoditError(f"{self.loader.source} {where}: {exc}; fix the row or {SKIP_HINT}") from None
+                self.report.kept -= 1
+                self.report.drop(where, str(exc))
+                log.warning("%s %s left out: %s", self.loader.source, where, exc)
+                continue
             if samples < max(1, min_samples):
                 self.num_too_short += 1
                 continue
@@ -231,6 +284,15 @@ class AudioClipDataset(Dataset):
     @property
     def sample_rate(self) -> int:
         return self.loader.sample_rate
+
+    def why_empty(self) -> str:
+        """Why there are no clips, for the one-line error of a trainer that got none."""
+        if self.report.kept == 0 and not self.report.dropped:
+            return f"{self.loader.source}: the manifest has no rows; add clips (build one with `lodit prepare`)"
+        if self.report.kept == 0:
+            return f"{self.loader.source}: every row was left out ({self.report.summary()}); fix the rows"
+        return (f"{self.loader.source}: no clips to train on ({self.num_too_short} shorter than "
+                f"data.min_seconds={self.min_seconds:g}); add audio or lower data.min_seconds")
 
     @property
     def lengths(self) -> list[int]:
@@ -279,10 +341,13 @@ class IterableAudioDataset(IterableDataset):
             raise LoditError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
         if not 0 <= rank < world_size:
             raise LoditError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        check_on_error(on_error)
         self.manifest = manifest
         self.on_error = on_error
         self.loader = ClipLoader(sample_rate, segment_seconds=segment_seconds, random_crop=random_crop,
                                  seed=seed, channels=channels, loudness=loudness, crop_multiple=crop_multiple)
+        self.loader.on_error = on_error
+        self.loader.source = str(manifest) if isinstance(manifest, (str, os.PathLike)) else "<rows>"
         self.min_samples = math.ceil(min_seconds * sample_rate)
         self.shuffle = shuffle
         self.shuffle_buffer = int(shuffle_buffer)
@@ -309,10 +374,10 @@ class IterableAudioDataset(IterableDataset):
             log.info("reader %d skipped %d clips shorter than min_seconds (or empty)", reader, too_short)
 
     def _records_of_reader(self, reader: int, readers: int) -> Iterator[tuple[int, ClipRecord]]:
-        rows, root = iter_rows(self.manifest, self.on_error)
-        for ordinal, row in enumerate(rows):
+        rows, root = iter_numbered_rows(self.manifest, self.on_error)
+        for ordinal, (line, row) in enumerate(rows):
             if ordinal % readers == reader:
-                yield ordinal, clip_record(row, root)
+                yield ordinal, clip_record(row, root, line)
 
     def _shuffled(self, stream: Iterator[tuple[int, ClipRecord]], reader: int) -> Iterator[tuple[int, ClipRecord]]:
         if not self.shuffle:

@@ -15,8 +15,9 @@ pairwise update, one clip at a time, over the values as stored (after any dtype 
 
 Writes are atomic: everything goes to ``<root>.tmp-<pid>`` and is renamed to ``<root>`` by
 :meth:`LatentCacheWriter.close`; ``meta.json`` is written last, so a folder without it is never
-read as a cache. Each shard carries its index rows, so an interrupted encode can be resumed from
-its complete shards (``resume=True``).
+read as a cache. Each shard carries its index rows, and until its shard is written each clip is
+also kept as ``pending-<shard>-<clip>.safetensors``, so an interrupted encode can be resumed from
+every clip it finished (``resume=True``), with the same final files as an uninterrupted one.
 
 The producer (``name``, ``config_hash``, ``latent_dim``, ``frame_rate``, ``sample_rate``)
 identifies the tokenizer; :meth:`LatentCache.check_producer` refuses a cache made by another.
@@ -203,6 +204,7 @@ class LatentCacheWriter:
         self._pending.append(stored)
         self._pending_frames += stored.shape[0]
         self._keys.add(key)
+        self._save_pending_clip()
         if self._pending_frames >= self.shard_frames:
             self._flush_shard()
 
@@ -254,10 +256,27 @@ class LatentCacheWriter:
     def _shard_name(number: int) -> str:
         return f"shard-{number:05d}.safetensors"
 
+    @staticmethod
+    def _pending_name(shard: int, clip: int) -> str:
+        return f"pending-{shard:05d}-{clip:06d}.safetensors"
+
+    def _save_pending_clip(self) -> None:
+        """Keep the newest clip of the unfinished shard on disk until its shard is written.
+
+        A shard holds up to ``shard_mb`` MiB, so a small dataset is one shard; without these files
+        an interrupted write would lose every clip of it. They are deleted once their shard exists.
+        """
+        name = self._pending_name(len(self.shards), len(self._pending) - 1)
+        part = self.tmp / f"{name}.part"
+        save_file({TENSOR_NAME: self._pending[-1]}, str(part),
+                  metadata={SHARD_INDEX_KEY: json.dumps(self._pending_rows[-1])})
+        os.replace(part, self.tmp / name)
+
     def _flush_shard(self) -> None:
         if not self._pending:
             return
-        name = self._shard_name(len(self.shards))
+        number = len(self.shards)
+        name = self._shard_name(number)
         tensor = torch.cat(self._pending, dim=0)  # (frames, D)
         part = self.tmp / f"{name}.part"
         save_file({TENSOR_NAME: tensor}, str(part), metadata={SHARD_INDEX_KEY: json.dumps(self._pending_rows)})
@@ -265,6 +284,8 @@ class LatentCacheWriter:
         self.rows.extend(self._pending_rows)
         self.shards.append({"file": name, "frames": int(tensor.shape[0]), "clips": len(self._pending_rows)})
         self._pending, self._pending_rows, self._pending_frames = [], [], 0
+        for clip in self.tmp.glob(f"pending-{number:05d}-*.safetensors"):
+            clip.unlink()
 
     def _move_into_place(self) -> None:
         _check_target(self.root, self.overwrite)  # something may have appeared while encoding
@@ -294,7 +315,8 @@ class LatentCacheWriter:
             except (OSError, ValueError):
                 continue
             if state == {"producer": self.producer, "dtype": self.dtype_name}:
-                candidates.append((len(list(path.glob("shard-*.safetensors"))), path))
+                finished = len(list(path.glob("shard-*.safetensors"))) + len(list(path.glob("pending-*.safetensors")))
+                candidates.append((finished, path))
         if not candidates:
             return None
         _, source = max(candidates)
@@ -310,7 +332,27 @@ class LatentCacheWriter:
         for stray in self.tmp.glob("shard-*.safetensors"):  # after a gap: not reachable, drop
             if stray.name not in {s["file"] for s in self.shards}:
                 stray.unlink()
+        clip = 0
+        while (self.tmp / self._pending_name(len(self.shards), clip)).is_file():
+            self._adopt_pending_clip(self._pending_name(len(self.shards), clip))
+            clip += 1
+        adopted = {self._pending_name(len(self.shards), i) for i in range(clip)}
+        for stray in self.tmp.glob("pending-*.safetensors"):  # of a shard written since, or after a gap
+            if stray.name not in adopted:
+                stray.unlink()
+        if self._pending_frames >= self.shard_frames:  # interrupted between its last clip and its write
+            self._flush_shard()
         return source
+
+    def _adopt_pending_clip(self, name: str) -> None:
+        with safe_open(str(self.tmp / name), framework="pt") as f:
+            row = json.loads(f.metadata()[SHARD_INDEX_KEY])
+            stored = f.get_tensor(TENSOR_NAME)
+        self.stats.update(stored)  # in the order of the first write: bit-identical statistics
+        self._pending_rows.append(row)
+        self._pending.append(stored)
+        self._pending_frames += stored.shape[0]
+        self._keys.add(row["key"])
 
     def _adopt_shard(self, name: str) -> None:
         with safe_open(str(self.tmp / name), framework="pt") as f:
@@ -457,6 +499,9 @@ class LatentCache:
         for name in order:
             have = self.producer.get(name)
             want = json.loads(json.dumps(expected[name]))
+            if have is None and name == "weights_hash":
+                raise LoditError(f"latent cache {self.root} does not record which tokenizer weights made it (an "
+                                 f"older lodit wrote it); re-run `lodit encode` to tie it to this tokenizer")
             if have != want:
                 raise LoditError(f"latent cache {self.root} was made by a tokenizer with {name} {have!r}, but "
                                  f"the given tokenizer has {name} {want!r}; re-run `lodit encode` with this "

@@ -57,6 +57,13 @@ from lodit.training.checkpoint import (
 )
 
 CHECKPOINT_FORMAT = "lodit-dit"
+# Limits of one request. Longer clips are far outside what a DiT trained on crops of seconds
+# generates well (make them in parts); more solver steps than this change nothing audible.
+MAX_SECONDS = 600.0
+MAX_STEPS = 1000
+# Rough memory per latent frame while sampling and decoding, in units of the DiT width times 4
+# bytes: activations of one block with attention and the MLP, the solver's states, and the decoder.
+_BYTES_PER_FRAME_PER_WIDTH = 4 * 64
 
 
 @dataclass
@@ -135,8 +142,12 @@ def read_generator_config(folder: str | os.PathLike) -> GeneratorConfig:
 def check_tokenizer(tokenizer: Tokenizer, producer: dict[str, Any], where: str) -> None:
     """Refuse a tokenizer other than the one whose latents the DiT was trained on."""
     identity = tokenizer.identity()
-    for key in ("config_hash", "latent_dim", "frame_rate", "sample_rate"):
+    for key in ("config_hash", "latent_dim", "frame_rate", "sample_rate", "weights_hash"):
         if key in producer and identity.get(key) != producer[key]:
+            if key == "weights_hash":
+                raise LoditError(f"{where}: the tokenizer's weights (hash {identity[key]}) are not the ones the DiT's "
+                                 f"latents were made with (hash {producer[key]}); pass the tokenizer the latent "
+                                 "cache was made with")
             raise LoditError(f"{where}: the tokenizer has {key} {identity.get(key)!r} but the DiT was trained on "
                              f"latents with {key} {producer[key]!r}; pass the tokenizer the latent cache was made with")
 
@@ -168,9 +179,22 @@ def _pad_tokens(states: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[
 
 def _frames_for_seconds(seconds: float, frame_rate: float) -> int:
     # ceil: the decoded audio is at least `seconds` long and is then trimmed to exactly that
-    if seconds <= 0:
-        raise LoditError(f"a duration must be positive, got {seconds} s")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise LoditError(f"a duration must be a positive number of seconds, got {seconds}")
+    if seconds > MAX_SECONDS:
+        raise LoditError(f"a duration of {seconds:g} s is too long: at most {MAX_SECONDS:g} s per request; "
+                         "generate long audio in parts")
     return max(1, math.ceil(seconds * frame_rate - 1e-6))
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (GPU memory, or the machine's available RAM); None if unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
 
 
 class Generator:
@@ -322,6 +346,7 @@ class Generator:
                               for i, ref in enumerate(references)]
             plan = [self._plan(i, tasks[i], transcripts_[i], prompt_latents[i], reference_texts[i], seconds_[i])
                     for i in range(count)]
+            self._check_memory(plan)
             cond, prompt_mask = self._conditions(prompts, tasks, plan, prompt_latents)
             uncond = cond.unconditional()
             if negative_prompt:
@@ -376,14 +401,35 @@ class Generator:
         guidance.interval = tuple(guidance.interval)
         config = SamplerConfig(**{**to_dict(base), "guidance": guidance})
         if steps is not None:
-            if steps < 1:
-                raise LoditError(f"steps must be at least 1, got {steps}")
+            if not 1 <= steps <= MAX_STEPS:
+                raise LoditError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
             config.steps = int(steps)
+        if cfg is not None and not math.isfinite(float(cfg)):
+            raise LoditError(f"the guidance scale must be a finite number, got {cfg}")
         if sampler is not None:
             config.sampler = sampler
         if schedule is not None:
             config.schedule = schedule
         return config
+
+    def _check_memory(self, plan: list[dict[str, Any]]) -> None:
+        """Refuse, before allocating anything, a batch that can't fit in the device's free memory."""
+        free = available_memory(self.device)
+        if free is None:
+            return
+        longest = max(p["total"] for p in plan)
+        width = max(self.model.latent_dim, getattr(self.config.dit, "width", 0))
+        per_frame = width * _BYTES_PER_FRAME_PER_WIDTH
+        needed = len(plan) * longest * per_frame
+        if needed > free:
+            fits = free / (len(plan) * per_frame * self.frame_rate)
+            raise LoditError(f"{len(plan)} request(s) of {longest / self.frame_rate:.0f} s need about "
+                             f"{needed / 2**30:.1f} GiB but {self.device} has {free / 2**30:.1f} GiB free: at most "
+                             f"about {fits:.0f} s per request at this batch size; lower --seconds or --batch-size")
+        for index, entry in enumerate(plan):
+            if entry["total"] > MAX_SECONDS * self.frame_rate:
+                raise LoditError(f"prompt {index}: {entry['total'] / self.frame_rate:.0f} s is too long: at most "
+                                 f"{MAX_SECONDS:g} s per request (a long transcript needs --seconds or splitting)")
 
     def _reference_latents(self, reference: Any, index: int) -> torch.Tensor:
         """A reference recording as normalised latents ``(T_p, D)`` on the generator's device."""

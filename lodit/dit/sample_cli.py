@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -28,9 +29,10 @@ from tqdm import tqdm
 
 from lodit.conditioning.tasks import TASKS
 from lodit.data.audio import save_audio
-from lodit.dit.generator import Generator
+from lodit.dit.generator import MAX_SECONDS, MAX_STEPS, Generator
 from lodit.errors import LoditError
 
+MAX_BATCH = 256  # requests generated together
 REQUEST_KEYS = ("prompt", "transcript", "seconds", "task", "reference_audio", "reference_transcript")
 SAMPLES_FILE = "samples.json"
 
@@ -72,9 +74,15 @@ def _spread(values: list[str], count: int, flag: str) -> list[str | None]:
 def read_prompts_file(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Requests from a text file (one caption per non-blank line) or JSON Lines (``.jsonl``, or lines starting with ``{``)."""
     path = Path(path)
+    if path.is_dir():
+        raise LoditError(f"prompts file {path} is a folder; give a text or JSONL file of prompts")
     if not path.is_file():
         raise LoditError(f"prompts file {path} not found")
-    lines = [(number, line.strip()) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LoditError(f"prompts file {path} is not UTF-8 text (bad byte at {exc.start}); save it as UTF-8") from None
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)]
     lines = [(number, line) for number, line in lines if line]
     if not lines:
         raise LoditError(f"prompts file {path} is empty; write one prompt per line (or JSONL)")
@@ -98,8 +106,11 @@ def read_prompts_file(path: str | os.PathLike) -> list[dict[str, Any]]:
         if row.get("reference_audio"):
             reference = Path(row["reference_audio"])
             row["reference_audio"] = str(reference if reference.is_absolute() else path.parent / reference)
-        if row.get("seconds") is not None and not isinstance(row["seconds"], (int, float)):
-            raise LoditError(f"{path}:{number}: seconds must be a number, got {row['seconds']!r}")
+        seconds = row.get("seconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
+            raise LoditError(f"{path}:{number}: seconds must be a number, got {seconds!r}")
+        if seconds is not None and not (math.isfinite(seconds) and 0 < seconds <= MAX_SECONDS):
+            raise LoditError(f"{path}:{number}: seconds must be more than 0 and at most {MAX_SECONDS:g}, got {seconds}")
         if row.get("task") is not None and row["task"] not in TASKS:
             raise LoditError(f"{path}:{number}: unknown task {row['task']!r}; use one of {', '.join(TASKS)} or leave it out")
         if row.get("task") == "tts" and not row.get("transcript"):
@@ -148,9 +159,21 @@ def write_json_atomically(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def check_sizes(args: argparse.Namespace) -> None:
+    """Bound every size the user typed, before loading a model."""
+    if not 1 <= args.batch_size <= MAX_BATCH:
+        raise LoditError(f"--batch-size must be between 1 and {MAX_BATCH}, got {args.batch_size}")
+    if args.seconds is not None and not (math.isfinite(args.seconds) and 0 < args.seconds <= MAX_SECONDS):
+        raise LoditError(f"--seconds must be more than 0 and at most {MAX_SECONDS:g} (one request's limit; "
+                         f"generate long audio in parts), got {args.seconds:g}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise LoditError(f"--steps must be between 1 and {MAX_STEPS}, got {args.steps}")
+    if args.cfg is not None and not math.isfinite(args.cfg):
+        raise LoditError(f"--cfg must be a finite number, got {args.cfg}")
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise LoditError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_sizes(args)
     requests = collect_requests(args)
     generator = Generator.from_pretrained(args.checkpoint, tokenizer=args.tokenizer, use_ema=not args.no_ema,
                                           device=args.device)

@@ -33,6 +33,7 @@ invocation after step N (e.g. a job with a time limit) without shortening the LR
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import statistics
@@ -53,7 +54,7 @@ from lodit.conditioning.text_encoders import TextEncoderConfig, build_text_encod
 from lodit.conditioning.tts import PromptInfill, TextFrontEnd, random_prompt_mask
 from lodit.config import load_config, to_dict
 from lodit.data.batching import BucketBatchSampler, FixedBatchSampler
-from lodit.data.latent_cache import LatentCache, LatentDataset, collate_latents
+from lodit.data.latent_cache import PRODUCER_FIELDS, LatentCache, LatentDataset, collate_latents
 from lodit.dit.conditioned import (
     ConditionedDiT,
     Conditions,
@@ -233,6 +234,20 @@ class DiTTask(TrainTask):
     def on_prepared(self, accelerator) -> None:
         encoder = self.text.encoder if isinstance(self.text, TextEmbeddingCache) else self.text
         encoder.to(accelerator.device)
+
+    def check_resume(self, folder: Path) -> None:
+        """Refuse to continue a checkpoint trained on latents of another tokenizer than this cache's."""
+        try:
+            recorded = json.loads((folder / "config.json").read_text())["latents"]["producer"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # unreadable configs are reported by the checkpoint loader itself
+        for key in (*PRODUCER_FIELDS, "weights_hash"):
+            have, want = self.cache.producer.get(key), recorded.get(key)
+            if want is not None and have != want:
+                what = "weights" if key == "weights_hash" else key
+                raise LoditError(f"{folder} was trained on latents of a tokenizer with other {what} ({want!r}) than "
+                                 f"latent cache {self.cache.root} ({have!r}); resume with the cache it was trained "
+                                 "on, or train this cache into a new --out folder")
 
     def loss(self, phase: str, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = self.training_batch(batch, step)

@@ -36,9 +36,14 @@ from tqdm import tqdm
 from lodit.data.audio import load_audio
 from lodit.data.latent_cache import LatentCacheWriter
 from lodit.data.manifest import (
+    SKIP_HINT,
+    KeyTracker,
     ManifestReport,
     ManifestRow,
     OnError,
+    RowError,
+    check_manifest_path,
+    check_on_error,
     iter_manifest,
     resolve_audio,
 )
@@ -46,6 +51,7 @@ from lodit.errors import LoditError
 from lodit.latent_tokenizer.tokenizer import Tokenizer
 
 WINDOW_BATCHES = 8  # rows read ahead (in batches) to find clips of the same length
+MAX_BATCH = 4096  # clips encoded at once; far beyond what any device fits
 TEXT_FIELDS = ("caption", "transcript", "domain", "speaker", "labels")
 
 
@@ -75,8 +81,9 @@ class EncodeSummary:
 class _Clip:
     line: int
     key: str
-    wav: torch.Tensor  # (1, S)
+    wav: torch.Tensor | None  # (1, S); None while only known to be in the cache already
     fields: dict
+    row: ManifestRow
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -106,40 +113,81 @@ def encode_manifest(
     progress: bool = True,
 ) -> EncodeSummary:
     """Encode every clip of ``manifest`` with the tokenizer in ``tokenizer_dir`` into the cache ``out``."""
-    if batch_size < 1:
-        raise LoditError(f"--batch-size must be at least 1, got {batch_size}")
-    if on_error not in ("fail", "skip"):
-        raise LoditError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise LoditError(f"{manifest}: manifest not found; build one with `lodit prepare`")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise LoditError(f"--batch-size must be between 1 and {MAX_BATCH}, got {batch_size}")
+    check_on_error(on_error)
+    manifest = check_manifest_path(manifest)
     folder = Path(tokenizer_dir).resolve()
     tokenizer = Tokenizer.from_pretrained(folder, map_location=resolve_device(device))
     producer = {**tokenizer.identity(), "checkpoint": str(folder)}
     report = ManifestReport(str(manifest))
-    encoded = seconds = 0
-    with LatentCacheWriter(out, producer=producer, dtype=dtype, overwrite=overwrite, resume=resume) as writer:
-        resumed = writer.num_clips
-        rows = iter_manifest(manifest, on_error=on_error, report=report)
-        bar = tqdm(total=_count_lines(manifest), desc="encode", unit=" clips", disable=None if progress else True)
-        window: list[_Clip] = []
-        for line, row in rows:
-            bar.update(1)
-            key = row.id or row.audio
-            if key in writer:
-                continue
+    writer = LatentCacheWriter(out, producer=producer, dtype=dtype, overwrite=overwrite, resume=resume)
+    resumed = writer.num_clips
+    try:
+        with writer:
+            encoded, seconds = _encode_rows(manifest, tokenizer, writer, batch_size, on_error, report, progress)
+            if writer.num_clips == 0:
+                writer.discard()  # nothing worth resuming
+                raise LoditError(f"{manifest}: no clip could be encoded ({report.summary()}); check the manifest")
+    except LoditError as exc:
+        raise LoditError(f"{exc}{_kept_note(writer)}") from None
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_kept_note(writer).lstrip("; ") or "nothing was encoded yet") from None
+    return EncodeSummary(Path(out), encoded, resumed, writer.num_frames, seconds, report)
+
+
+def _encode_rows(manifest: Path, tokenizer: Tokenizer, writer: LatentCacheWriter, batch_size: int,
+                 on_error: OnError, report: ManifestReport, progress: bool) -> tuple[int, float]:
+    """Encode the manifest's clips into ``writer``; returns the clips and audio seconds encoded now.
+
+    Windows are runs of ``WINDOW_BATCHES * batch_size`` usable clips in manifest order, whether or
+    not an interrupted encode already wrote them, so a resumed encode batches every clip exactly as
+    an uninterrupted one would (batching changes float rounding). A window that an interrupted
+    encode finished is skipped without reading its audio; one it finished in part is read again
+    whole, and only its missing clips are written.
+    """
+    encoded = 0
+    seconds = 0.0
+    keys = KeyTracker()
+    bar = tqdm(total=_count_lines(manifest), desc="encode", unit=" clips", disable=None if progress else True)
+    window: list[_Clip] = []
+    for line, row in iter_manifest(manifest, on_error=on_error, report=report):
+        bar.update(1)
+        key = row.id or row.audio
+        try:
+            keys.check(key, line)
+        except RowError as exc:
+            _bad_row(manifest, line, exc, on_error, report)
+            continue
+        if key in writer:
+            window.append(_Clip(line, key, None, {}, row))  # written by the interrupted encode
+        else:
             clip = _read_clip(line, key, row, manifest, tokenizer.sample_rate, on_error, report)
             if clip is not None:
                 window.append(clip)
-            if len(window) >= WINDOW_BATCHES * batch_size:
-                encoded, seconds = _flush(window, tokenizer, writer, batch_size, encoded, seconds)
-        encoded, seconds = _flush(window, tokenizer, writer, batch_size, encoded, seconds)
-        bar.update(bar.total - bar.n)  # rows dropped while reading the manifest never reached the loop
-        bar.close()
-        if writer.num_clips == 0:
-            writer.discard()  # nothing worth resuming
-            raise LoditError(f"{manifest}: no clip could be encoded ({report.summary()}); check the manifest")
-    return EncodeSummary(Path(out), encoded, resumed, writer.num_frames, seconds, report)
+        if len(window) >= WINDOW_BATCHES * batch_size:
+            encoded, seconds = _flush(window, tokenizer, writer, batch_size, encoded, seconds, manifest)
+    encoded, seconds = _flush(window, tokenizer, writer, batch_size, encoded, seconds, manifest)
+    bar.update(bar.total - bar.n)  # rows dropped while reading the manifest never reached the loop
+    bar.close()
+    return encoded, seconds
+
+
+def _kept_note(writer: LatentCacheWriter) -> str:
+    """What an interrupted or failed encode leaves behind, and what to do with it."""
+    if writer.num_clips == 0 or not writer.tmp.is_dir():
+        writer.discard()  # nothing worth resuming: leave no folder behind
+        return ""
+    return (f"; the {writer.num_clips} clips encoded so far are kept in {writer.tmp}: run the same command with "
+            "--resume to continue from them, or delete that folder")
+
+
+def _bad_row(manifest: Path, line: int, exc: Exception, on_error: OnError, report: ManifestReport) -> None:
+    """Fail on a row that iter_manifest accepted but that can't be used, or drop it into the report."""
+    if on_error == "fail":
+        raise LoditError(f"{manifest} line {line}: {exc}; fix the row or {SKIP_HINT}") from None
+    report.kept -= 1  # iter_manifest counted the row as kept; its audio (or key) says otherwise
+    report.drop(f"line {line}", str(exc))
 
 
 def _count_lines(path: Path) -> int:
@@ -157,17 +205,14 @@ def _read_clip(line: int, key: str, row: ManifestRow, manifest: Path, sample_rat
         if wav.shape[-1] == 0:
             raise LoditError(f"{path}: no audio samples (empty file, or offset past its end)")
     except LoditError as exc:
-        if on_error == "fail":
-            raise LoditError(f"{manifest} line {line}: {exc}; fix the row or {SKIP_HINT}") from None
-        report.kept -= 1  # iter_manifest counted the row as kept; its audio says otherwise
-        report.drop(f"line {line}", str(exc))
+        _bad_row(manifest, line, exc, on_error, report)
         return None
     fields = {name: getattr(row, name) for name in TEXT_FIELDS if getattr(row, name) is not None}
     fields["duration"] = round(wav.shape[-1] / sample_rate, 6)
     fields["audio"] = str(path.resolve())
     if row.offset:
         fields["offset"] = row.offset
-    return _Clip(line, key, wav, fields)
+    return _Clip(line, key, wav, fields, row)
 
 
 def _same_length_batches(clips: list[_Clip], batch_size: int) -> Iterator[list[_Clip]]:
@@ -181,8 +226,15 @@ def _same_length_batches(clips: list[_Clip], batch_size: int) -> Iterator[list[_
 
 
 def _flush(window: list[_Clip], tokenizer: Tokenizer, writer: LatentCacheWriter, batch_size: int,
-           encoded: int, seconds: float) -> tuple[int, float]:
-    """Encode the window's clips and write them in manifest order; empties ``window``."""
+           encoded: int, seconds: float, manifest: Path) -> tuple[int, float]:
+    """Encode the window's clips and write the missing ones in manifest order; empties ``window``."""
+    if all(clip.wav is None for clip in window):  # finished by an interrupted encode
+        window.clear()
+        return encoded, seconds
+    for index, clip in enumerate(window):
+        if clip.wav is None:  # re-read, so the batches are those of an uninterrupted encode
+            window[index] = _read_clip(clip.line, clip.key, clip.row, manifest, tokenizer.sample_rate, "fail",
+                                       ManifestReport(str(manifest)))
     latents: dict[int, torch.Tensor] = {}
     for batch in _same_length_batches(window, batch_size):
         wav = torch.stack([clip.wav for clip in batch])  # (B, 1, S), no padding: equal lengths
@@ -190,6 +242,8 @@ def _flush(window: list[_Clip], tokenizer: Tokenizer, writer: LatentCacheWriter,
         for clip, clip_latents in zip(batch, frames):
             latents[id(clip)] = clip_latents
     for clip in window:
+        if clip.key in writer:
+            continue
         writer.add(clip.key, latents[id(clip)], clip.fields)
         encoded += 1
         seconds += clip.wav.shape[-1] / tokenizer.sample_rate

@@ -172,8 +172,7 @@ def build_clip_dataset(config: SemBoTrainConfig) -> AudioClipDataset:
     dataset = AudioClipDataset(data.manifest, SemanticEncoder.sample_rate, segment_seconds=None,
                                channels=data.channels, min_seconds=data.min_seconds, on_error=data.on_error)
     if len(dataset) == 0:
-        raise LoditError(f"{data.manifest}: no clips to train on ({dataset.num_too_short} shorter than "
-                         f"data.min_seconds={data.min_seconds}); add audio or lower data.min_seconds")
+        raise LoditError(dataset.why_empty())
     return dataset
 
 

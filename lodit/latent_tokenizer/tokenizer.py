@@ -17,6 +17,7 @@ the end to ``T * hop_length``); :meth:`Tokenizer.decode` returns ``T * hop_lengt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -127,14 +128,28 @@ class Tokenizer(nn.Module):
         return -(-num_samples // self.hop_length)
 
     def identity(self) -> dict[str, Any]:
-        """What a latent cache records to refuse latents from a different tokenizer."""
+        """What a latent cache records to refuse latents from a different tokenizer.
+
+        ``weights_hash`` covers the weights as well as the config: two tokenizers trained from the
+        same config with other seeds or steps give different latents for the same audio.
+        """
         return {
             "name": self.config.name,
             "config_hash": config_hash(self.config),
             "latent_dim": self.latent_dim,
             "frame_rate": self.latent_rate,
             "sample_rate": self.sample_rate,
+            "weights_hash": self.weights_hash(),
         }
+
+    def weights_hash(self) -> str:
+        """A short content hash of the current weights (every state-dict entry: name, dtype, shape, bytes)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(flat.view(torch.uint8).numpy())
+        return digest.hexdigest()[:16]
 
     # ------------------------------------------------------------------ model
     def forward(self, wav: torch.Tensor, **encoder_inputs: torch.Tensor) -> TokenizerOutput:

@@ -284,8 +284,7 @@ def build_dataset(config: TokenizerTrainConfig) -> AudioClipDataset:
         crop_multiple=config.tokenizer.hop_length if data.teacher_cache else 1,
     )
     if len(dataset) == 0:
-        raise LoditError(f"{data.manifest}: no clips to train on ({dataset.num_too_short} shorter than "
-                         f"data.min_seconds={data.min_seconds}); add audio or lower data.min_seconds")
+        raise LoditError(dataset.why_empty())
     return dataset
 
 

@@ -135,6 +135,9 @@ class ResumableLoader:
                 self._batches = self._start_epoch()
             try:
                 batch = next(self._batches)
+            except LoditError as exc:
+                # From a worker, torch re-raises the error with the worker's whole traceback as its text.
+                raise LoditError(_worker_message(exc)) from None
             except StopIteration:
                 self.close()
                 self.epoch += 1
@@ -204,3 +207,11 @@ def _ignore_ctrl_c(worker_id: int) -> None:
     # finishing its step and saving, which needs the workers alive. The second one ends the trainer,
     # and the workers with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_message(exc: LoditError) -> str:
+    """The original message of a LoditError raised in a DataLoader worker (the text after the
+    traceback torch wraps it in), or the message itself when it came from this process."""
+    text = str(exc)
+    marker = "LoditError: "
+    return text.rsplit(marker, 1)[-1].strip() if "Original Traceback" in text and marker in text else text
