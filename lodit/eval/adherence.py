@@ -648,3 +648,148 @@ def reference_scores(manifests: Sequence[str | os.PathLike]) -> tuple[list[dict[
                 items.append({"clip": str(path), "expected": wanted,
                               "estimated": estimate_attributes(wav, SAMPLE_RATE, list(wanted))})
     return attribute_scores([i["expected"] for i in items], [i["estimated"] for i in items]), items
+
+
+# ============================================================================ generated clips against their prompts
+
+METHOD = ("signal-processing estimators of the demo captions' attributes (lodit.eval.adherence); "
+          "a sample is judged against the labels of the reference clip whose caption is its prompt")
+REFERENCES_PER_CAPTION = 10  # reference clips the estimators are checked on per matched caption
+
+
+def _caption_key(caption: str) -> str:
+    return " ".join(caption.lower().split())
+
+
+def adherence_section(samples: Sequence[tuple[str | os.PathLike, str]], references: Sequence[Any]) -> dict[str, Any] | None:
+    """Per-attribute adherence of generated clips to their prompts, or None when no reference clip
+    carries demo labels (an unlabelled manifest has nothing to judge against).
+
+    ``samples``: ``(wav path, prompt)`` per generated clip. ``references``: the reference clips,
+    each with ``path``, ``segment`` (offset, duration in seconds), ``caption`` and ``labels`` (as
+    :class:`lodit.eval.evaluate.ReferenceClip`). A sample is judged on the attributes of the
+    reference clip whose caption equals its prompt (case and spacing aside; a caption is a function
+    of the attributes it states, so clips sharing a caption agree on them). The same estimators run
+    on up to :data:`REFERENCES_PER_CAPTION` reference clips of every matched caption, giving each
+    attribute's ``reference_accuracy``; ``flagged`` marks one below :data:`TRUSTED_ACCURACY`.
+    """
+    wanted_by_caption: dict[str, dict[str, Any]] = {}
+    clips_by_caption: dict[str, list[Any]] = {}
+    for clip in references:
+        wanted = prompt_attributes(clip.labels)
+        if not wanted or not clip.caption:
+            continue
+        key = _caption_key(clip.caption)
+        if key in wanted_by_caption:  # keep only what every clip of the caption agrees on
+            wanted = {k: v for k, v in wanted_by_caption[key].items() if wanted.get(k) == v}
+        wanted_by_caption[key] = wanted
+        clips_by_caption.setdefault(key, []).append(clip)
+    if not wanted_by_caption:
+        return None
+    matched = [(Path(path), prompt, _caption_key(prompt)) for path, prompt in samples
+               if wanted_by_caption.get(_caption_key(prompt))]
+    section: dict[str, Any] = {"method": METHOD, "trusted_accuracy": TRUSTED_ACCURACY, "samples": len(samples),
+                               "matched": len(matched), "attributes": [], "items": []}
+    if not matched:
+        section["unavailable"] = "no sample's prompt is the caption of a labelled reference clip"
+        return section
+    expected = [wanted_by_caption[key] for _, _, key in matched]
+    estimated = [estimate_attributes(read_clip(path), SAMPLE_RATE, list(wanted)) for (path, _, _), wanted
+                 in zip(matched, expected)]
+    keys = sorted({key for _, _, key in matched})
+    checked = [(clip, wanted_by_caption[key]) for key in keys for clip in clips_by_caption[key][:REFERENCES_PER_CAPTION]]
+    reference = {row["name"]: row for row in attribute_scores(
+        [wanted for _, wanted in checked],
+        [estimate_attributes(read_clip(clip.path, *clip.segment), SAMPLE_RATE, list(wanted)) for clip, wanted in checked])}
+    for row in attribute_scores(expected, estimated):
+        trust = reference[row["name"]]
+        row["reference_n"], row["reference_accuracy"] = trust["n"], trust["accuracy"]
+        if "accuracy_tolerant" in trust:
+            row["reference_accuracy_tolerant"] = trust["accuracy_tolerant"]
+        row["flagged"] = trust["accuracy"] < TRUSTED_ACCURACY
+        section["attributes"].append(row)
+    section["items"] = [{"file": path.name, "prompt": prompt, "expected": wanted, "estimated": got}
+                        for (path, prompt, _), wanted, got in zip(matched, expected, estimated)]
+    return section
+
+
+def format_adherence(section: dict[str, Any]) -> list[str]:
+    """Terminal lines of an adherence section: accuracy, chance and the estimator's reference accuracy per attribute."""
+    head = f"adherence: {section['matched']} of {section['samples']} samples matched a labelled caption"
+    if section.get("unavailable"):
+        return [f"{head} ({section['unavailable']})"]
+    lines = [head]
+    for row in section["attributes"]:
+        tolerant = (f", within ±{row['tolerance']:g}: {row['accuracy_tolerant']:.2f} (chance {row['chance_tolerant']:.2f})"
+                    if "accuracy_tolerant" in row else "")
+        flag = " [estimator below its trust level]" if row["flagged"] else ""
+        lines.append(f"  {row['name']}: {row['accuracy']:.2f} (n={row['n']}, chance {row['chance']:.2f}{tolerant}; "
+                     f"estimator on references {row['reference_accuracy']:.2f}, n={row['reference_n']}){flag}")
+    return lines
+
+
+# ============================================================================ the comparison report
+
+
+def _tolerant_name(row: dict[str, Any]) -> str:
+    return f"{row['name']} ±{row['tolerance']:g}"
+
+
+def adherence_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Adherence of a comparison's runs (``{"arm", "seed", "step", "adherence": section}``) as the
+    report's mean and confidence interval over seeds per (arm, step, attribute) (tolerant accuracies
+    as ``"<attribute> ±<tolerance>"``), with per attribute the chance level and the estimators'
+    accuracy on the reference clips (the lowest over runs). None when no run has adherence."""
+    from lodit.eval.report import aggregate
+
+    per_run, attributes = [], {}
+    for run in runs:
+        rows = (run.get("adherence") or {}).get("attributes") or []
+        metrics = []
+        for row in rows:
+            columns = [(row["name"], "accuracy", "chance", "reference_accuracy")]
+            if "accuracy_tolerant" in row:
+                columns.append((_tolerant_name(row), "accuracy_tolerant", "chance_tolerant", "reference_accuracy_tolerant"))
+            for name, accuracy, chance, reference in columns:
+                metrics.append({"name": name, "value": row[accuracy], "n": row["n"], "model": "", "details": {}})
+                seen = attributes.setdefault(name, {"chance": [], "reference_accuracy": [], "reference_n": []})
+                seen["chance"].append(row[chance])
+                seen["reference_accuracy"].append(row[reference])
+                seen["reference_n"].append(row["reference_n"])
+        if metrics:
+            per_run.append({"arm": run["arm"], "seed": run["seed"], "step": run["step"], "metrics": metrics})
+    if not per_run:
+        return None
+    return {"method": METHOD, "trusted_accuracy": TRUSTED_ACCURACY, "summary": aggregate(per_run),
+            "attributes": {name: {"chance": float(np.mean(seen["chance"])),
+                                  "reference_accuracy": min(seen["reference_accuracy"]),
+                                  "reference_n": min(seen["reference_n"]),
+                                  "flagged": min(seen["reference_accuracy"]) < TRUSTED_ACCURACY}
+                           for name, seen in attributes.items()}}
+
+
+def adherence_table(results: dict[str, Any]):
+    """The report's adherence table (a :class:`lodit.eval.report.Table`): one row per arm and DiT
+    step, one column per attribute, then the chance level and the estimators' reference accuracy;
+    None when the results have no adherence."""
+    from lodit.eval.report import Table, format_summary
+
+    summary = results.get("adherence")
+    if not summary:
+        return None
+    names = list(summary["attributes"])
+    cells = {(r["arm"], r["step"], r["metric"]): r for r in summary["summary"]}
+    arms = [arm["name"] for arm in results["arms"]]
+    steps = sorted({r["step"] for r in summary["summary"]})
+    rows = [[arm, str(step)] + [format_summary(cells.get((arm, step, name))) for name in names]
+            for arm in arms for step in steps if any((arm, step, name) in cells for name in names)]
+    attributes = summary["attributes"]
+    rows.append(["chance", ""] + [f"{attributes[name]['chance']:.3g}" for name in names])
+    rows.append(["estimator on reference clips", ""]
+                + [f"{attributes[name]['reference_accuracy']:.3g} (n={attributes[name]['reference_n']})"
+                   + (" ⚠" if attributes[name]["flagged"] else "") for name in names])
+    note = ("Share of generated clips whose audio shows the attribute their prompt asked for, estimated by signal "
+            "processing (no CLAP offline); ±k: within k of the asked value. Chance: guessing with the prompts' own "
+            "label frequencies. The last row is the estimators' accuracy on the reference clips of the same captions"
+            f"; ⚠ marks an attribute under {TRUSTED_ACCURACY:.0%} there, whose numbers are less trustworthy.")
+    return Table("Text adherence (caption attributes recovered from the audio)", ["arm", "DiT step"] + names, rows, note)

@@ -22,6 +22,11 @@ that produced it (a metric that can't be computed is still listed, NaN, with the
 - ``rtf`` and ``nfe``: sampling speed, copied from ``samples.json`` (wall seconds per second of
   audio, and network evaluations per solver run).
 
+When reference rows carry the demo dataset's caption labels, ``metrics.json`` also has an
+``adherence`` section (:mod:`lodit.eval.adherence`): per caption attribute (event count, pitch,
+tempo, key, ...) the share of samples whose audio shows what their prompt asked for, its chance
+level, and the estimators' own accuracy on the reference clips. Unlabelled references give none.
+
 :class:`Evaluator` keeps the loaded models, so a comparison that evaluates many sample folders
 loads each model once; :func:`evaluate_samples` is the one-call form.
 """
@@ -40,6 +45,7 @@ from typing import Any
 from lodit.conditioning.tasks import TASKS, task_from_domain
 from lodit.data.manifest import read_manifest
 from lodit.errors import LoditError
+from lodit.eval.adherence import adherence_section, format_adherence
 from lodit.eval.asr import describe_asr_model, normalize_text
 from lodit.eval.embedders import NO_CLAP_MODEL, Embedder, EmbedderConfig, build_embedder, set_durations
 from lodit.eval.embedding_cache import EmbeddingCache
@@ -81,6 +87,8 @@ class ReferenceClip:
     segment: tuple[float, float | None]  # (offset, duration) seconds inside the file
     domain: str
     transcript: str
+    caption: str = ""
+    labels: Any = None  # the row's labels (adherence reads the demo dataset's caption attributes there)
 
 
 # ============================================================================ reading the inputs
@@ -117,7 +125,8 @@ def read_reference(manifest: str | os.PathLike) -> list[ReferenceClip]:
     if len(data) == 0:
         raise LoditError(f"{manifest}: the reference manifest has no rows")
     return [ReferenceClip(path=data.audio_path(row), segment=(row.offset, row.duration), domain=row.domain or "",
-                          transcript=row.transcript or "") for row in data.rows]
+                          transcript=row.transcript or "", caption=row.caption or "", labels=row.labels)
+            for row in data.rows]
 
 
 # ============================================================================ the evaluator
@@ -191,13 +200,17 @@ class Evaluator:
         metrics += _guarded("wer", lambda: [self.wer_metric(tts)])
         metrics += _guarded("speaker_similarity", lambda: [self.similarity_metric(tts, reference)])
         metrics += speed_metrics(index, len(samples))
-        return {
+        result = {
             "format": METRICS_FORMAT,
             "samples": str(Path(samples_dir)),
             "reference": str(reference_manifest),
             "settings": index.get("settings", {}),
             "metrics": [m.to_dict() for m in metrics],
         }
+        adherence = adherence_section([(s.path, s.prompt) for s in samples], reference)
+        if adherence is not None:
+            result["adherence"] = adherence
+        return result
 
     def fad_metrics(self, samples: list[GeneratedSample], reference: list[ReferenceClip], name: str) -> list[MetricResult]:
         """FAD over all samples, and per task when there are several."""
@@ -370,5 +383,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(out, result)
     for metric in result["metrics"]:
         print(format_metric(metric))
+    for line in format_adherence(result["adherence"]) if "adherence" in result else []:
+        print(line)
     print(f"wrote {out}")
     return 0

@@ -15,7 +15,8 @@ and one or more training seeds. :class:`ExperimentRunner` runs, per arm,
    writes a checkpoint there) for ``sample``: the evaluation prompts generated from that checkpoint
    (EMA weights) by ``lodit sample``, each with the task of its reference clip's domain (music
    prompts as TTM, ...), and ``score``: those samples scored by
-   :class:`~lodit.eval.evaluate.Evaluator`; training then continues. Samples and scores are
+   :class:`~lodit.eval.evaluate.Evaluator` (with text adherence when the evaluation clips carry the
+   demo dataset's labels); training then continues. Samples and scores are
    separate stages, so changing only the metric models re-scores the kept samples;
 
 and finally the report (:mod:`lodit.eval.report`).
@@ -512,7 +513,8 @@ class ExperimentRunner:
                 self._stage(f"sample/{where}", samples_dir, sample_spec,
                             partial(self.sample, state, checkpoint))
             score_spec = {"samples": spec_hash(sample_spec), "reference": data_spec["eval"],
-                          "metrics": to_dict(self.config.evaluation.metric_config())}
+                          "metrics": to_dict(self.config.evaluation.metric_config()),
+                          "adherence": 1}  # scores made before the adherence section existed are redone
             self._stage(f"score/{where}", step_dir / "scores", score_spec,
                         partial(self.score, arm, samples_dir))
         if not finished:  # every evaluation step, the last being dit_steps, has been reached

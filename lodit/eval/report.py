@@ -5,7 +5,8 @@ arm, seed and DiT step; reconstruction and latent statistics per arm; the sample
 JSON-able dict; :func:`aggregate` turns per-seed numbers into mean and confidence interval per
 (arm, step, metric); :func:`write_report` writes into the report folder:
 
-- ``results.json``: all of it (every number with its model and N);
+- ``results.json``: all of it (every number with its model and N; ``adherence``: the caption
+  attributes recovered from the generated audio, per arm, step and attribute, with chance levels);
 - ``convergence_fad.png``, ``convergence_clap_score.png``, ``convergence_wer.png``: the metric
   against DiT steps, one line per arm (band: the confidence interval), and ``latent_spectrum.png``
   (cumulative variance against the number of principal components, per arm);
@@ -33,6 +34,7 @@ import numpy as np
 
 from lodit.config import to_dict
 from lodit.errors import LoditError
+from lodit.eval.adherence import adherence_summary, adherence_table
 
 RESULTS_FORMAT = "lodit-compare-results"
 CI_LEVEL = 0.95
@@ -126,6 +128,8 @@ def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
                 runs.append({"arm": arm.name, "seed": seed, "step": step, "metrics": scores["metrics"],
                              "settings": scores.get("settings", {}),
                              "samples": str((step_dir / "samples").relative_to(out))})
+                if "adherence" in scores:  # per-attribute scores; the per-sample items stay in metrics.json
+                    runs[-1]["adherence"] = {k: v for k, v in scores["adherence"].items() if k != "items"}
         final_samples = layout.step_dir(arm.name, config.seeds[0], config.eval_steps[-1]) / "samples"
         index = _read_json(final_samples / "samples.json")
         references = _read_json(final_samples / "references.json")
@@ -138,9 +142,13 @@ def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
                      "tokenizer": reconstruction["tokenizer"], "reconstruction": reconstruction["metrics"],
                      "reconstruction_clips": reconstruction["clips"], "latent_statistics": latent,
                      "examples": examples})
-    return {"format": RESULTS_FORMAT, "experiment": config.name, "config": to_dict(config),
-            "ci": f"two-sided Student-t {int(CI_LEVEL * 100)}% interval over seeds", "arms": arms,
-            "runs": runs, "summary": aggregate(runs)}
+    results = {"format": RESULTS_FORMAT, "experiment": config.name, "config": to_dict(config),
+               "ci": f"two-sided Student-t {int(CI_LEVEL * 100)}% interval over seeds", "arms": arms,
+               "runs": runs, "summary": aggregate(runs)}
+    adherence = adherence_summary(runs)
+    if adherence is not None:
+        results["adherence"] = adherence
+    return results
 
 
 # ============================================================================ formatting
@@ -441,6 +449,8 @@ def render_markdown(builder: ReportBuilder, plots: list[Path], examples: list[di
 
     section(builder.final_table())
     section(builder.models_table())
+    if (adherence := adherence_table(builder.results)) is not None:
+        section(adherence)
     parts.append("## Convergence")
     for metric, plot in zip(CONVERGENCE_METRICS, plots):
         parts.append(f"![{label(metric)} against DiT steps]({plot.name})")
@@ -491,6 +501,8 @@ def render_html(builder: ReportBuilder, plots: list[Path], examples: list[dict[s
 
     section(builder.final_table())
     section(builder.models_table())
+    if (adherence := adherence_table(builder.results)) is not None:
+        section(adherence)
     body.append("<h2>Convergence</h2>")
     for metric, plot in zip(CONVERGENCE_METRICS, plots):
         image(plot, f"{label(metric)} against DiT steps")
