@@ -258,6 +258,109 @@ def test_guard_raises_after_max_bad_steps(tmp_path):
     assert guard.state_dict() == {"consecutive": {"d": 2}, "skipped": {"d": 3}}
 
 
+class NanFromTask(GanLikeTask):
+    """Finite losses until ``start``, then NaN for good (a run that diverges at a known step)."""
+
+    def __init__(self, start: int):
+        super().__init__()
+        self.start = start
+
+    def loss(self, phase, batch, step):
+        loss, logs = super().loss(phase, batch, step)
+        return (loss * float("nan") if step >= self.start else loss), logs
+
+
+def test_no_checkpoint_inside_skipped_steps_and_divergence_names_the_last_good_one(tmp_path):
+    trainer = make_trainer(tmp_path, task=NanFromTask(start=3), max_bad_steps=4, checkpoint_every=1,
+                           keep_checkpoints=10, gradient_accumulation_steps=1)
+    with pytest.raises(LoditError) as diverged:
+        trainer.fit()
+    good = tmp_path / "checkpoints" / "step-00000003"
+    # steps 0-2 were good (checkpoints 1-3); steps 3-6 were skipped: none of them was saved
+    assert [checkpoint_module.checkpoint_step(p) for p in list_checkpoints(tmp_path)] == [1, 2, 3]
+    message = str(diverged.value)
+    assert "not finite for 4 consecutive steps" in message
+    assert f"the last good checkpoint is {good} (step 3" in message and "run the same command again" in message
+    assert "\n" not in message
+
+
+def test_ctrl_c_saves_the_current_step_and_the_run_resumes_exactly(tmp_path):
+    import os
+    import signal
+
+    class CtrlCAt(GanLikeTask):
+        def loss(self, phase, batch, step):
+            if step == 4 and phase == "model" and not getattr(self, "sent", False):
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C would, mid-step
+            return super().loss(phase, batch, step)
+
+    straight = make_trainer(tmp_path / "a", checkpoint_every=100)
+    straight.fit()
+    torch.manual_seed(0)  # the same initial weights as make_trainer's own task
+    stopped = make_trainer(tmp_path / "b", task=CtrlCAt(), checkpoint_every=100)
+    with pytest.raises(KeyboardInterrupt) as info:
+        stopped.fit()
+    saved = tmp_path / "b/checkpoints/step-00000005"  # the step in flight finished, then was saved
+    assert str(info.value) == f"checkpoint of step 5 saved in {saved}; run the same command again to continue"
+    assert latest_checkpoint(tmp_path / "b") == saved
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the trainer's handler is gone
+    resumed = make_trainer(tmp_path / "b", seed_model=5)
+    resumed.fit()
+    for name in ("model", "discriminator"):
+        a, b = straight.modules[name].state_dict(), resumed.modules[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_second_ctrl_c_exits_at_once(tmp_path):
+    import os
+    import signal
+
+    class TwoCtrlC(GanLikeTask):
+        def loss(self, phase, batch, step):
+            if step == 1 and phase == "model":
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)  # the second one raises here, inside the step
+            return super().loss(phase, batch, step)
+
+    trainer = make_trainer(tmp_path, task=TwoCtrlC(), checkpoint_every=100)
+    with pytest.raises(KeyboardInterrupt) as info:
+        trainer.fit()
+    assert str(info.value) == ""  # not the "saved" message: nothing was waited for
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    straight = make_trainer(tmp_path / "a")
+    straight.fit()
+    first = make_trainer(tmp_path / "b", checkpoint_every=2, keep_checkpoints=3)
+    first.fit(stop_at=6)
+    newest = tmp_path / "b/checkpoints/step-00000006"
+    (newest / "model.safetensors").write_bytes(b"\0" * 10)  # truncated by a failing disk
+    resumed = make_trainer(tmp_path / "b", seed_model=3)
+    resumed.fit()
+    err = capsys.readouterr().err
+    assert "step-00000006" in err and "moved it to damaged-step-00000006" in err
+    assert "resuming from" in err and "step-00000004 (step 4)" in err
+    assert (tmp_path / "b/checkpoints/damaged-step-00000006").is_dir()
+    a, b = straight.modules["model"].state_dict(), resumed.modules["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # when no checkpoint loads, the newest one's own error is the one reported
+    for folder in list_checkpoints(tmp_path / "b"):
+        (folder / "optimizer.pt").write_bytes(b"not a zip")
+    with pytest.raises(LoditError, match="step-00000008/optimizer.pt: unreadable"):
+        make_trainer(tmp_path / "b").fit()
+
+
+def test_unwritable_run_folder_is_refused_before_training(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LoditError, match="exists and is a file, not a folder"):
+        make_trainer(tmp_path / "file")
+    with pytest.raises(LoditError, match="is a file, so no folder can be made under it"):
+        make_trainer(tmp_path / "file" / "run")
+
+
 def test_bf16_on_cpu_then_full_precision_in_one_process(tmp_path):
     bf16 = make_trainer(tmp_path / "bf16", max_steps=2, mixed_precision="bf16", gradient_accumulation_steps=1)
     assert bf16.accelerator.mixed_precision == "bf16" and bf16.fit().step == 2

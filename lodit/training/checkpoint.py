@@ -269,7 +269,10 @@ def read_optimizer_state(folder: str | os.PathLike) -> dict[str, Any]:
         raise LoditError(f"{path}: missing; the checkpoint is incomplete, resume from another one")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # not a refused object: bytes that are no pickle at all
+            raise LoditError(f"{path}: unreadable (not a torch file); the checkpoint is damaged, resume from "
+                             "an earlier one") from None
         # torch's own text here recommends turning the safety off; lodit never loads code from a file.
         raise LoditError(f"{path}: holds Python objects other than tensors and numbers, which lodit refuses "
                          "to load (they could run code); resume from a checkpoint lodit wrote, or start a new "
