@@ -30,6 +30,7 @@ from lodit.eval.probes import (
     token_histograms,
 )
 from lodit.eval.reconstruction import (
+    level_ratio,
     multiscale_mel_distance,
     pesq_score,
     reconstruction_metrics,
@@ -363,10 +364,29 @@ def test_reconstruction_metrics_and_optional_quality_packages(monkeypatch):
     monkeypatch.setitem(sys.modules, "pesq", None)  # as if not installed
     monkeypatch.setitem(sys.modules, "pystoi", None)
     results = reconstruction_metrics([ref], [rec], 16000)
-    assert [r.name for r in results] == ["mel_distance", "stft_distance", "si_sdr", "pesq", "stoi"]
-    assert all(r.available and math.isfinite(r.value) for r in results[:3])
-    assert math.isnan(results[3].value) and "pip install pesq" in results[3].details["unavailable"]
-    assert math.isnan(results[4].value) and "pip install pystoi" in results[4].details["unavailable"]
+    names = ["mel_distance", "mel_distance_80db", "level_ratio", "stft_distance", "si_sdr", "pesq", "stoi"]
+    assert [r.name for r in results] == names
+    assert all(r.available and math.isfinite(r.value) for r in results[:5])
+    assert math.isnan(results[5].value) and "pip install pesq" in results[5].details["unavailable"]
+    assert math.isnan(results[6].value) and "pip install pystoi" in results[6].details["unavailable"]
+
+
+def test_level_ratio_is_the_median_rms_ratio_in_db():
+    ref = _tone(1.0)
+    clips = [ref, ref, ref]
+    recs = [0.5 * ref, ref, 0.01 * ref]  # -6.02, 0, -40 dB: the median ignores the one collapsed clip
+    result = level_ratio(clips, recs)
+    assert result.value == pytest.approx(-6.0206, abs=1e-3)
+    assert result.details["per_clip"] == pytest.approx([-6.0206, 0.0, -40.0], abs=1e-3)
+
+
+def test_floor_robust_mel_distance_ignores_faint_noise_in_silence():
+    ref = torch.cat([_tone(0.5), torch.zeros(8000)])  # a tone, then digital silence
+    faint = ref + 1e-5 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(4))
+    plain = multiscale_mel_distance([ref], [faint], 16000).value
+    robust = multiscale_mel_distance([ref], [faint], 16000, dynamic_range_db=80.0)
+    assert robust.name == "mel_distance_80db"
+    assert robust.value < 0.01 < plain
 
 
 def test_pesq_and_stoi_when_installed():

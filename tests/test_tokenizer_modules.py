@@ -246,6 +246,79 @@ def test_reconstruction_losses_zero_when_equal_positive_otherwise():
         assert loss(other, target).item() > 0.1
 
 
+def test_relative_floor_makes_faint_noise_over_silence_cost_nothing():
+    # A click track: one loud click in digital silence. With the absolute floor, the true clicks plus
+    # noise 90 dB below the peak score worse than a near-silent output; with an 80 dB range they don't.
+    target = torch.zeros(1, 1, SR)
+    target[..., SR // 2 : SR // 2 + 40] = 0.8
+    faint = target + 10 ** (-90 / 20) * 0.8 * torch.randn_like(target)
+    silent = 1e-4 * target
+    resolutions = [(512, 128, 40), (1024, 256, 64)]
+    absolute = MultiResolutionMelLoss(SR, resolutions)
+    relative = MultiResolutionMelLoss(SR, resolutions, dynamic_range_db=80.0)
+    assert absolute(faint, target) > absolute(silent, target)  # the trap: silence is cheaper
+    assert relative(faint, target).item() == pytest.approx(0.0, abs=1e-3)
+    assert relative(silent, target) > 0.1  # 80 dB down is still heard as wrong
+    stft = MultiResolutionSTFTLoss([(512, 128)], dynamic_range_db=80.0)
+    assert stft(faint, target) < stft(silent, target)
+
+
+def test_relative_floor_is_per_example_and_loud_content_is_unchanged():
+    loud = chord()
+    quiet = 1e-3 * chord()
+    mel = MultiResolutionMelLoss(SR, [(512, 128, 40)], dynamic_range_db=200.0)  # floor below every bin: plain L1
+    plain = MultiResolutionMelLoss(SR, [(512, 128, 40)])
+    batch = torch.cat([loud, quiet])  # (2, 1, S): the quiet example keeps its own floor
+    other = torch.cat([chord(freqs=(440.0,)), 1e-3 * chord(freqs=(440.0,))])
+    assert mel(other, batch).item() == pytest.approx(plain(other, batch).item(), rel=1e-4)
+    with pytest.raises(ValueError, match="dynamic_range_db"):
+        TokenizerLossConfig(dynamic_range_db=0.0)
+
+
+def test_phase_loss_zero_for_the_target_and_blind_to_level_but_not_to_phase():
+    from lodit.latent_tokenizer.losses import PhaseCoherenceLoss
+
+    target = chord()
+    loss = PhaseCoherenceLoss([(512, 128)], group_delay=1.0, inst_frequency=1.0, absolute=1.0)
+    assert loss(target, target).item() == pytest.approx(0.0, abs=1e-3)
+    assert loss(0.25 * target, target).item() == pytest.approx(0.0, abs=1e-3)  # phase only: level is free
+    shifted = torch.roll(target, 37, dims=-1)  # same magnitudes, other phases
+    assert loss(shifted, target).item() > 0.1
+    noise = 0.3 * torch.randn_like(target)
+    values = [loss(target + scale * noise, target).item() for scale in (1.0, 0.3, 0.1)]
+    assert values[0] > values[1] > values[2]
+    fake = torch.zeros_like(target, requires_grad=True)  # exactly silent output: finite loss and gradients
+    loss(fake, target).backward()
+    assert torch.isfinite(fake.grad).all()
+
+
+def test_phase_loss_joins_the_total_with_its_weight():
+    cfg = TokenizerLossConfig(mel=0.0, stft=0.0, phase=3.0, phase_absolute=0.0, phase_resolutions=[(512, 128)])
+    loss = TokenizerLoss(cfg, SR, {})
+    real, fake = chord(), torch.roll(chord(), 37, dims=-1)
+    total, terms = loss.generator_loss(real, fake)
+    assert set(terms) == {"phase"}
+    assert total.item() == pytest.approx(3.0 * terms["phase"].item(), rel=1e-6)
+
+
+def test_centred_head_phase_puts_each_frame_under_its_window():
+    from lodit.latent_tokenizer.decoder import ISTFTHead
+
+    n_fft, hop = 256, 64
+    outputs = {}
+    for centred in (False, True):
+        head = ISTFTHead(1, n_fft, hop, 1000.0)
+        with torch.no_grad():
+            head.proj.weight.zero_()
+            head.proj.bias.zero_()  # flat unit magnitudes, zero phases
+        if centred:
+            head.centre_frames()
+        frame = torch.fft.irfft(torch.polar(torch.ones(n_fft // 2 + 1), head.proj.bias[n_fft // 2 + 1 :].detach()))
+        outputs[centred] = (frame.abs().argmax().item(), head(torch.zeros(1, 12, 1)).pow(2).mean().item())
+    assert outputs[False][0] == 0 and outputs[True][0] == n_fft // 2  # the impulse moves to the window's centre
+    assert outputs[True][1] > 10 * outputs[False][1]  # and the synthesis window no longer silences it
+
+
 def test_stft_loss_decreases_as_signal_approaches_target():
     target = chord()
     noise = 0.3 * torch.randn_like(target)

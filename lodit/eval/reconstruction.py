@@ -4,6 +4,7 @@
   (natural log, floor 1e-5), at the tokenizer loss's default mel resolutions — the same quantity
   tokenizer training minimises (:class:`~lodit.latent_tokenizer.losses.MultiResolutionMelLoss`),
   so training curves and evaluation numbers are comparable.
+- :func:`level_ratio`: median RMS ratio reconstruction / reference in dB (is it as loud?).
 - :func:`stft_distance`: multi-resolution spectral convergence + log-magnitude L1
   (:class:`~lodit.latent_tokenizer.losses.MultiResolutionSTFTLoss`, default resolutions).
 - :func:`si_sdr`: scale-invariant signal-to-distortion ratio in dB (Le Roux et al., "SDR –
@@ -29,11 +30,13 @@ from lodit.data.audio import resample
 from lodit.errors import LoditError
 from lodit.eval.results import MetricResult
 from lodit.latent_tokenizer.losses import MultiResolutionMelLoss, MultiResolutionSTFTLoss, TokenizerLossConfig
-from lodit.latent_tokenizer.reconstruct import si_sdr_db  # one SI-SDR for the CLI round trip and the metrics
+# one SI-SDR and one level ratio for the CLI round trip and the metrics
+from lodit.latent_tokenizer.reconstruct import level_db, si_sdr_db
 
 Clips = torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray]
 
-PESQ_RATE = 16000  # wide-band PESQ is defined at 16 kHz (8 kHz is narrow-band only)
+PESQ_RATE = 16000
+FLOOR_ROBUST_RANGE_DB = 80.0  # the floor-robust mel distance ignores what lies 80 dB below a clip's peak  # wide-band PESQ is defined at 16 kHz (8 kHz is narrow-band only)
 
 
 def _clip_list(wavs: Clips, what: str) -> list[torch.Tensor]:
@@ -81,15 +84,33 @@ def _per_clip(
     return MetricResult(name, float(np.mean(values)), len(values), "", {"per_clip": values, **details})
 
 
-def multiscale_mel_distance(ref_wavs: Clips, rec_wavs: Clips, sample_rate: int) -> MetricResult:
-    """Mean multi-resolution log-mel L1 between each reference and its reconstruction."""
+def multiscale_mel_distance(
+    ref_wavs: Clips, rec_wavs: Clips, sample_rate: int, *, dynamic_range_db: float | None = None
+) -> MetricResult:
+    """Mean multi-resolution log-mel L1 between each reference and its reconstruction.
+
+    With ``dynamic_range_db`` the log floor is each reference's peak minus that many dB
+    (``mel_distance_<N>db``): differences in bins far below the peak, e.g. faint noise over digital
+    silence, no longer dominate, so the number follows what a listener hears."""
     resolutions = TokenizerLossConfig().mel_resolutions
-    loss = MultiResolutionMelLoss(sample_rate, resolutions)
+    loss = MultiResolutionMelLoss(sample_rate, resolutions, dynamic_range_db)
+    name = "mel_distance" if dynamic_range_db is None else f"mel_distance_{dynamic_range_db:g}db"
     with torch.no_grad():
         return _per_clip(
-            "mel_distance", _pairs(ref_wavs, rec_wavs), lambda ref, rec: float(loss(rec[None, None], ref[None, None])),
-            resolutions=[list(r) for r in resolutions], sample_rate=sample_rate,
+            name, _pairs(ref_wavs, rec_wavs), lambda ref, rec: float(loss(rec[None, None], ref[None, None])),
+            resolutions=[list(r) for r in resolutions], sample_rate=sample_rate, dynamic_range_db=dynamic_range_db,
         )
+
+
+def level_ratio(ref_wavs: Clips, rec_wavs: Clips) -> MetricResult:
+    """Median over clip pairs of ``20 log10(RMS(reconstruction) / RMS(reference))`` in dB.
+
+    0 dB is the same level, -6 dB half the amplitude. The median, because one near-silent
+    reference would dominate a mean of ratios."""
+    result = _per_clip("level_ratio", _pairs(ref_wavs, rec_wavs), level_db, statistic="median")
+    result.value = float(np.median(result.details["per_clip"]))
+    result.details["unit"] = "dB"
+    return result
 
 
 def stft_distance(ref_wavs: Clips, rec_wavs: Clips) -> MetricResult:
@@ -139,10 +160,12 @@ def stoi_score(ref_wavs: Clips, rec_wavs: Clips, sample_rate: int, *, extended: 
 
 
 def reconstruction_metrics(ref_wavs: Clips, rec_wavs: Clips, sample_rate: int) -> list[MetricResult]:
-    """Mel distance, STFT distance, SI-SDR, PESQ and STOI of every pair (PESQ/STOI NaN with a
-    reason when their packages are missing)."""
+    """Mel distance (absolute and floor-robust), level ratio, STFT distance, SI-SDR, PESQ and STOI
+    of every pair (PESQ/STOI NaN with a reason when their packages are missing)."""
     return [
         multiscale_mel_distance(ref_wavs, rec_wavs, sample_rate),
+        multiscale_mel_distance(ref_wavs, rec_wavs, sample_rate, dynamic_range_db=FLOOR_ROBUST_RANGE_DB),
+        level_ratio(ref_wavs, rec_wavs),
         stft_distance(ref_wavs, rec_wavs),
         si_sdr(ref_wavs, rec_wavs),
         pesq_score(ref_wavs, rec_wavs, sample_rate),

@@ -46,6 +46,7 @@ class DecoderConfig:
     # peaks at magnitude ~n_fft/4 (320 at n_fft 1280, Hann), so the clamp must sit above that: at 100
     # a steady full-scale tone came out at 0.42 amplitude (tests/test_tokenizer_modules.py).
     max_magnitude: float = 1000.0
+    centred_phase: bool = True  # initial head phases put each frame's energy under its window (ISTFTHead.centre_frames)
 
     def __post_init__(self):
         if self.kernel % 2 == 0:
@@ -149,6 +150,19 @@ class ISTFTHead(nn.Module):
         self.proj = nn.Linear(dim, n_fft + 2)  # n_fft // 2 + 1 log-magnitudes, then as many phases
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
+    def centre_frames(self) -> None:
+        """Start every frame's phase at ``pi * k`` (bin ``k``), a delay of ``n_fft / 2`` samples.
+
+        With near-zero phases the inverse FFT of each frame puts its energy at sample 0, the frame's
+        edge, where the synthesis window is ~0: the first reconstructions come out at a fraction of
+        the input level and training spends its first steps moving energy to the centre. With the
+        half-frame delay each frame starts centred under the window. Only an initial value (the
+        phase bias): the head's maths and existing checkpoints are unchanged."""
+        bins = self.n_fft // 2 + 1
+        with torch.no_grad():
+            phase_bias = self.proj.bias[bins:]
+            phase_bias.copy_(math.pi * torch.arange(bins, dtype=phase_bias.dtype))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frames = x.shape[1]
         log_mag, phase = self.proj(x).transpose(1, 2).float().chunk(2, dim=1)  # (B, n_fft//2+1, F) each
@@ -185,6 +199,8 @@ class VocosDecoder(nn.Module):
         self.norm_out = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.head = ISTFTHead(cfg.dim, cfg.n_fft, cfg.hop_length, cfg.max_magnitude)
         init_weights(self)
+        if cfg.centred_phase:
+            self.head.centre_frames()
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         x = latent.transpose(1, 2)  # (B, D, T)

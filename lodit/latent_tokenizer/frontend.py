@@ -91,6 +91,10 @@ class LogMel(nn.Module):
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.mel(wav).clamp(min=self.floor))
+
+    def mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """The linear mel spectrogram ``(B, n_mels, frames)``, before the log and its floor."""
         # Always float32, even under autocast: log of a bf16 mel would lose the quiet bins.
         with torch.autocast(wav.device.type, enabled=False):
             spec = torch.stft(
@@ -104,5 +108,4 @@ class LogMel(nn.Module):
             ).abs()  # (B, F, frames)
             if self.power != 1.0:
                 spec = spec.pow(self.power)
-            mel = torch.matmul(self.filters.float(), spec)  # (B, n_mels, frames)
-            return torch.log(mel.clamp(min=self.floor))
+            return torch.matmul(self.filters.float(), spec)  # (B, n_mels, frames)

@@ -5,12 +5,28 @@ Owns:
 * :class:`MultiResolutionMelLoss` — mean over resolutions of L1 between log-mel spectrograms;
 * :class:`MultiResolutionSTFTLoss` — mean over resolutions of spectral convergence
   ``||  |Y| - |X|  ||_F / ||Y||_F`` plus L1 between log magnitudes;
+* :class:`PhaseCoherenceLoss` — how far the reconstruction's STFT phase differences along
+  frequency (group delay) and along time (instantaneous frequency), and optionally the phase
+  itself, are from the target's (APNet's three phase terms, as a smooth ``1 - cos`` of the
+  wrapped error), weighted by the target's magnitude;
 * :func:`hinge_discriminator_loss`, :func:`hinge_generator_loss`, :func:`feature_matching_loss` —
   each **averaged over sub-discriminators**, so a loss weight means the same whatever
   discriminators are configured;
 * :class:`TokenizerLossConfig` and :class:`TokenizerLoss`, which weight everything into the
   generator total (defaults are LoSATok's: 45·mel + 1·adversarial + 1·feature matching, KL weight
   from the bottleneck config) and switch the adversarial terms on at ``adversarial_start_step``.
+
+Log floors. Both spectral losses take ``log(max(S, floor))``. With an absolute floor (1e-5) far
+below the signal, a clip with digital silence (the built-in clicks and beeps: most bins sit at the
+floor) makes a near-silent reconstruction cheaper than the true signal plus faint noise, so
+training learns to be quiet. ``dynamic_range_db`` instead floors each example at its target's
+peak minus that many dB, the same floor for target and reconstruction: what lies below the
+floor is inaudible next to the peak and costs nothing either way.
+
+Phase. Magnitude losses say nothing about phase, yet overlapping ISTFT frames with incoherent
+phases cancel, which makes reconstructions quiet and rough. The phase terms teach coherence
+directly: group delay and instantaneous frequency are differences, so they are learnable from a
+mel-only encoder, while the absolute phase of a stationary tone is not (its weight defaults to 0).
 
 Conventions: ``real`` is the target audio, ``fake`` the reconstruction, both ``(B, 1, S)``.
 Logits and features come from :class:`~lodit.latent_tokenizer.discriminators.Discriminators`:
@@ -28,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lodit.errors import LoditError
-from lodit.latent_tokenizer.frontend import LogMel, stft_magnitude
+from lodit.latent_tokenizer.frontend import LogMel, stft, stft_magnitude
 
 if TYPE_CHECKING:
     from lodit.latent_tokenizer.tokenizer import TokenizerConfig
@@ -41,6 +57,15 @@ class TokenizerLossConfig:
     adversarial: float = 1.0  # hinge generator loss
     feature_matching: float = 1.0
     adversarial_start_step: int = 0  # GAN terms (and discriminator updates) from this step on
+    # Floor of the log spectra in the mel and STFT losses: the target's peak minus this many dB, per
+    # example (see the module docstring); null = the absolute floor 1e-5 only.
+    dynamic_range_db: float | None = 80.0
+    # Phase coherence (PhaseCoherenceLoss): weight, then each term's share.
+    phase: float = 0.0
+    phase_group_delay: float = 1.0
+    phase_inst_frequency: float = 1.0
+    phase_absolute: float = 0.0
+    phase_resolutions: list[tuple[int, int]] = field(default_factory=lambda: [(1024, 256)])
     # weights of named losses the model reports (TokenizerOutput.losses) besides the bottleneck's
     # "kl", whose weight is tokenizer.bottleneck.kl_weight; e.g. {"semantic_high": 45.0}
     model_losses: dict[str, float] = field(default_factory=dict)
@@ -58,29 +83,48 @@ class TokenizerLossConfig:
             raise ValueError("loss.mel_resolutions is empty but loss.mel is non-zero")
         if not self.stft_resolutions and self.stft:
             raise ValueError("loss.stft_resolutions is empty but loss.stft is non-zero")
+        if not self.phase_resolutions and self.phase:
+            raise ValueError("loss.phase_resolutions is empty but loss.phase is non-zero")
+        if self.dynamic_range_db is not None and self.dynamic_range_db <= 0:
+            raise ValueError(f"loss.dynamic_range_db must be positive (or null), got {self.dynamic_range_db}")
+
+
+ABSOLUTE_FLOOR = 1e-5
+
+
+def floored_logs(fake: torch.Tensor, real: torch.Tensor, dynamic_range_db: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log(max(S, floor))`` of two magnitude spectrograms ``(B, F, frames)`` with one floor per
+    example: ``1e-5``, raised to the target's peak minus ``dynamic_range_db`` dB when given."""
+    floor = real.new_full((real.shape[0], 1, 1), ABSOLUTE_FLOOR)
+    if dynamic_range_db is not None:
+        peak = real.detach().amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+        floor = torch.maximum(floor, peak * 10.0 ** (-dynamic_range_db / 20.0))
+    return torch.maximum(fake, floor).log(), torch.maximum(real, floor).log()
 
 
 class MultiResolutionMelLoss(nn.Module):
-    """Mean over ``resolutions`` of ``mean |log_mel(fake) - log_mel(real)|``."""
+    """Mean over ``resolutions`` of ``mean |log_mel(fake) - log_mel(real)|`` (magnitude mels; log
+    floor: 1e-5, or the target's peak minus ``dynamic_range_db`` dB per example)."""
 
-    def __init__(self, sample_rate: int, resolutions: Sequence[tuple[int, int, int]], floor: float = 1e-5):
+    def __init__(
+        self, sample_rate: int, resolutions: Sequence[tuple[int, int, int]], dynamic_range_db: float | None = None
+    ):
         super().__init__()
-        self.mels = nn.ModuleList(
-            LogMel(sample_rate, n_fft, hop, n_mels, floor=floor) for n_fft, hop, n_mels in resolutions
-        )
+        self.mels = nn.ModuleList(LogMel(sample_rate, n_fft, hop, n_mels) for n_fft, hop, n_mels in resolutions)
+        self.dynamic_range_db = dynamic_range_db
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        losses = [F.l1_loss(mel(fake), mel(real)) for mel in self.mels]
+        losses = [F.l1_loss(*floored_logs(mel.mel(fake), mel.mel(real), self.dynamic_range_db)) for mel in self.mels]
         return torch.stack(losses).mean()
 
 
 class MultiResolutionSTFTLoss(nn.Module):
-    """Mean over ``resolutions`` of spectral convergence + log-magnitude L1 (floor ``1e-5``)."""
+    """Mean over ``resolutions`` of spectral convergence + log-magnitude L1 (floors as the mel loss)."""
 
-    def __init__(self, resolutions: Sequence[tuple[int, int]], floor: float = 1e-5):
+    def __init__(self, resolutions: Sequence[tuple[int, int]], dynamic_range_db: float | None = None):
         super().__init__()
         self.resolutions = [tuple(r) for r in resolutions]
-        self.floor = floor
+        self.dynamic_range_db = dynamic_range_db
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         losses = []
@@ -88,11 +132,71 @@ class MultiResolutionSTFTLoss(nn.Module):
             fake_mag = stft_magnitude(fake, n_fft, hop)  # (B, F, frames)
             real_mag = stft_magnitude(real, n_fft, hop)
             convergence = torch.linalg.vector_norm(real_mag - fake_mag) / torch.linalg.vector_norm(real_mag).clamp(
-                min=self.floor
+                min=ABSOLUTE_FLOOR
             )
-            log_magnitude = F.l1_loss(fake_mag.clamp(min=self.floor).log(), real_mag.clamp(min=self.floor).log())
+            log_magnitude = F.l1_loss(*floored_logs(fake_mag, real_mag, self.dynamic_range_db))
             losses.append(convergence + log_magnitude)
         return torch.stack(losses).mean()
+
+
+class PhaseCoherenceLoss(nn.Module):
+    """Phase errors of ``fake`` against ``real`` at each STFT resolution, weighted by ``|real|``.
+
+    For unit phasors ``u = X / |X|`` of both STFTs, each term is ``1 - cos(error)`` of a wrapped
+    phase error (0 when equal, 2 when opposite; smooth, and defined where a bin is silent):
+
+    * group delay: the phase step between neighbouring frequency bins, ``u[k+1] conj(u[k])``;
+    * instantaneous frequency: the phase advance between neighbouring frames, ``u[n+1] conj(u[n])``;
+    * absolute: the phase itself.
+
+    Each error is averaged with weights ``|real|`` (the geometric mean of the two bins for the
+    differences), so inaudible bins, whose target phase is noise, teach nothing.
+    """
+
+    def __init__(self, resolutions: Sequence[tuple[int, int]], group_delay: float = 1.0,
+                 inst_frequency: float = 1.0, absolute: float = 0.0):
+        super().__init__()
+        self.resolutions = [tuple(r) for r in resolutions]
+        self.weights = {"group_delay": group_delay, "inst_frequency": inst_frequency, "absolute": absolute}
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        losses = []
+        for n_fft, hop in self.resolutions:
+            fake_spec, real_spec = stft(fake, n_fft, hop), stft(real, n_fft, hop)  # (B, F, N) complex
+            fake_unit = fake_spec / (fake_spec.abs() + ABSOLUTE_FLOOR)
+            real_mag = real_spec.abs()
+            real_unit = real_spec / (real_mag + ABSOLUTE_FLOOR)
+            total = fake.new_zeros(())
+            if self.weights["absolute"]:
+                total = total + self.weights["absolute"] * _weighted_phase_error(fake_unit, real_unit, real_mag)
+            if self.weights["group_delay"]:
+                total = total + self.weights["group_delay"] * _weighted_phase_error(
+                    _phase_step(fake_unit, dim=1), _phase_step(real_unit, dim=1), _pair_weight(real_mag, dim=1))
+            if self.weights["inst_frequency"]:
+                total = total + self.weights["inst_frequency"] * _weighted_phase_error(
+                    _phase_step(fake_unit, dim=2), _phase_step(real_unit, dim=2), _pair_weight(real_mag, dim=2))
+            losses.append(total)
+        return torch.stack(losses).mean()
+
+
+def _phase_step(unit: torch.Tensor, dim: int) -> torch.Tensor:
+    """``u[i+1] conj(u[i])`` along ``dim``: the phase difference of neighbours as a phasor."""
+    ahead = unit.narrow(dim, 1, unit.shape[dim] - 1)
+    behind = unit.narrow(dim, 0, unit.shape[dim] - 1)
+    return ahead * behind.conj()
+
+
+def _pair_weight(magnitude: torch.Tensor, dim: int) -> torch.Tensor:
+    """Geometric mean of the magnitudes of neighbours along ``dim``."""
+    ahead = magnitude.narrow(dim, 1, magnitude.shape[dim] - 1)
+    behind = magnitude.narrow(dim, 0, magnitude.shape[dim] - 1)
+    return (ahead * behind).sqrt()
+
+
+def _weighted_phase_error(fake: torch.Tensor, real: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``sum w (1 - cos(angle(fake) - angle(real))) / sum w`` for phasors ``fake`` and ``real``."""
+    cosine = (fake * real.conj()).real  # |fake|, |real| <= 1, so this is cos of the error scaled down where silent
+    return (weight * (1.0 - cosine)).sum() / weight.sum().clamp(min=ABSOLUTE_FLOOR)
 
 
 def hinge_discriminator_loss(real_logits: Sequence[torch.Tensor], fake_logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -138,8 +242,11 @@ class TokenizerLoss(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model_loss_weights = dict(model_loss_weights)
-        self.mel = MultiResolutionMelLoss(sample_rate, cfg.mel_resolutions) if cfg.mel else None
-        self.stft = MultiResolutionSTFTLoss(cfg.stft_resolutions) if cfg.stft else None
+        floor = cfg.dynamic_range_db
+        self.mel = MultiResolutionMelLoss(sample_rate, cfg.mel_resolutions, floor) if cfg.mel else None
+        self.stft = MultiResolutionSTFTLoss(cfg.stft_resolutions, floor) if cfg.stft else None
+        self.phase = PhaseCoherenceLoss(cfg.phase_resolutions, cfg.phase_group_delay, cfg.phase_inst_frequency,
+                                        cfg.phase_absolute) if cfg.phase else None
 
     @classmethod
     def from_configs(cls, cfg: TokenizerLossConfig, tokenizer_cfg: TokenizerConfig) -> TokenizerLoss:
@@ -172,6 +279,9 @@ class TokenizerLoss(nn.Module):
         if self.stft is not None:
             terms["stft"] = self.stft(fake, real)
             total = total + self.cfg.stft * terms["stft"]
+        if self.phase is not None:
+            terms["phase"] = self.phase(fake, real)
+            total = total + self.cfg.phase * terms["phase"]
         for name, value in (model_losses or {}).items():
             if name not in self.model_loss_weights:
                 raise LoditError(f"the model reports a loss {name!r} with no weight; set loss.model_losses.{name}")

@@ -2,11 +2,13 @@
 
 Reads the input at the tokenizer's sample rate (channels mixed to mono), encodes it with
 :meth:`Tokenizer.encode` (the deterministic path, as ``lodit encode`` does), decodes it, writes
-the reconstruction at that rate and prints two distances of the round trip:
+the reconstruction at that rate and prints how close the round trip came:
 
 - the multi-resolution log-mel L1 distance at the default resolutions of
   :class:`~lodit.latent_tokenizer.losses.TokenizerLossConfig` (the quantity tokenizer training
   minimises and ``lodit.eval`` reports as ``mel_distance``; lower is better, 0 is identical);
+- the level ratio, ``20 log10(RMS(reconstruction) / RMS(input))`` in dB (0 dB = as loud; a
+  reconstruction can match the mel distance of a quieter one while sounding much fainter);
 - SI-SDR in dB (scale-invariant signal-to-distortion ratio: both signals zero-mean, the
   reference scaled by ``a = <est, ref> / ||ref||^2``, ``10 log10(||a ref||^2 / ||est - a ref||^2)``;
   higher is better). It is phase-sensitive, so a GAN vocoder that sounds right can still score low.
@@ -39,12 +41,13 @@ class RoundTrip:
     frames: int  # latent frames the clip was coded into
     latent_dim: int
     mel_distance: float
+    level_db: float  # RMS of the reconstruction over RMS of the input, in dB
     si_sdr: float  # dB
 
     def line(self) -> str:
         seconds = self.recon.shape[-1] / self.sample_rate
         return (f"{seconds:.2f} s at {self.sample_rate} Hz -> {self.frames} x {self.latent_dim} latents; "
-                f"mel distance {self.mel_distance:.4f}, SI-SDR {self.si_sdr:.2f} dB")
+                f"mel distance {self.mel_distance:.4f}, level {self.level_db:+.1f} dB, SI-SDR {self.si_sdr:.2f} dB")
 
 
 def si_sdr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
@@ -64,6 +67,13 @@ def mel_distance(reference: torch.Tensor, estimate: torch.Tensor, sample_rate: i
         return float(loss(estimate.reshape(1, 1, -1), reference.reshape(1, 1, -1)))
 
 
+def level_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    """``20 log10(RMS(estimate) / RMS(reference))``: 0 dB is the same level, -6 dB half the amplitude."""
+    ref_rms = reference.double().pow(2).mean().sqrt().clamp(min=_EPS)
+    est_rms = estimate.double().pow(2).mean().sqrt().clamp(min=_EPS)
+    return float(20.0 * torch.log10(est_rms / ref_rms))
+
+
 def round_trip(tokenizer: Tokenizer, wav: torch.Tensor) -> RoundTrip:
     """Encode and decode mono ``wav`` ``(1, S)`` (at the tokenizer's rate) and measure the result."""
     latents = tokenizer.encode(wav)  # (1, T, D)
@@ -74,6 +84,7 @@ def round_trip(tokenizer: Tokenizer, wav: torch.Tensor) -> RoundTrip:
         frames=latents.shape[1],
         latent_dim=latents.shape[2],
         mel_distance=mel_distance(wav, recon, tokenizer.sample_rate),
+        level_db=level_db(wav, recon),
         si_sdr=si_sdr_db(wav, recon),
     )
 
