@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("lodit.eval.evaluate", "score generated audio against a reference set (FAD, CLAP, WER, SIM)"),
     "compare": ("lodit.eval.compare", "run a latent-dimension comparison experiment and write its report"),
     "demo": ("lodit.demo", "the whole pipeline on the built-in offline dataset, end to end"),
+    "app": ("lodit.app.command", "listen in a browser: generate, round-trip through a tokenizer, compare arms"),
 }
 # Commands whose --out (or positional output) is a file; every other --out is a folder.
 OUTPUT_FILES = {"prepare": "out", "evaluate": "out", "reconstruct": "output"}
