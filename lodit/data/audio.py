@@ -62,7 +62,7 @@ def load_audio(
     if bad:
         # Float files can hold NaN/inf; one such sample makes every loss and latent non-finite.
         raise LoditError(f"{path}: {bad} of {data.size} samples are NaN or infinite (a corrupt or badly "
-                         "exported float file); re-export the clip or leave it out")
+                         "exported float file); re-export the clip")
     wav = np.ascontiguousarray(data.T)  # (channels, samples)
     wav = apply_channel_policy(wav, channels)
     if sample_rate is not None and sample_rate != native_rate:

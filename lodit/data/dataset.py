@@ -160,6 +160,7 @@ class ClipLoader:
         self.crop_multiple = int(crop_multiple)
         self.on_error: OnError = "fail"
         self.source = ""  # the manifest, named in errors
+        self._left_out: set[str] = set()
 
     def clip_samples(self, record: ClipRecord) -> int:
         """Length of the whole clip in samples at ``sample_rate`` (reads the file header if no duration)."""
@@ -180,8 +181,10 @@ class ClipLoader:
         except LoditError as exc:
             where = f"{self.source} line {record.line}: " if record.line else ""
             if self.on_error == "fail":
-                raise LoditError(f"{where}{exc}; fix or remove the clip, or {SKIP_HINT}") from None
-            log.warning("%sleft out of training: %s", where, exc)
+                raise LoditError(f"{where}{exc} (or leave such clips out: {SKIP_HINT})") from None
+            if record.key not in self._left_out:  # once per clip, not once per epoch
+                self._left_out.add(record.key)
+                log.warning("%sleft out of training: %s", where, exc)
             return self._item(record, index, torch.zeros(1, 0), 0)
 
     def _load(self, record: ClipRecord, index: int, epoch: int, clip_samples: int | None) -> dict:
