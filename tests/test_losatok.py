@@ -196,8 +196,23 @@ def test_semantic_loss_mode_routes_gradients_and_frozen_parts_get_none(whisper_d
 
 
 def test_high_level_rejects_low_only_mode():
-    with pytest.raises(ValueError, match="high_only"):
-        SemanticBranchConfig(latent_level="high", semantic_loss_mode="low_only")
+    for level in ("high", "fused_high"):
+        with pytest.raises(ValueError, match="high_only"):
+            SemanticBranchConfig(latent_level=level, d_high=1280, semantic_loss_mode="low_only")
+
+
+def test_fused_high_latent_is_the_acoustic_embedding_plus_the_teachers_features(whisper_dir, sembo_dir, wav):
+    tok = _build(whisper_dir, sembo_dir, level="fused_high", d_high=TEACHER_DIM, bottleneck="identity")
+    out = tok(wav)
+    frames = math.ceil(wav.shape[-1] / HOP)
+    assert out.latent.shape == (wav.shape[0], frames, TEACHER_DIM)
+    torch.testing.assert_close(out.latent, out.aux["z_a_high"] + out.aux["z_s_high"])
+    assert set(out.losses) == {"semantic_high"}  # L_H only, and no KL term with the identity bottleneck
+    assert tok.encoder.teacher_proj is None and tok.encoder.sembo is None
+    (F.l1_loss(out.recon, wav) + out.losses["semantic_high"]).backward()
+    assert tok.encoder.patch_embed.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="d_high=32"):
+        SemanticBranchConfig(latent_level="fused_high", d_high=24, teacher_dim=32)
 
 
 # ---------------------------------------------------------------------------- encode / load

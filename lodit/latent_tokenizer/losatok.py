@@ -10,6 +10,7 @@ sizes in brackets are LoSATok's)::
     wav --frozen teacher--> z_s_high (B, T, teacher_dim) --frozen SemBo.compress--> z_s_low (B, T, low_dim)
     latent_level low:  encoder output u = z_a_low + z_s_low   (the tokenizer's bottleneck follows: vae / noise_norm)
     latent_level high: encoder output z_a_high                (the unified embedding; no SemBo)
+    latent_level fused_high: encoder output z_a_high + z_s_high (DashengTokenizer-like fusion; d_high = teacher_dim)
 
 ``P = tokenizer hop / mel_hop`` mel frames per latent frame (640 / 160 = 4 at 25 Hz).
 
@@ -214,6 +215,8 @@ class LoSATokEncoder(nn.Module):
             losses["semantic_high"] = F.mse_loss(head.float(), z_s_high.float())
         if self.level == "high":
             return EncoderOutput(latent=z_a_high, aux=aux, losses=losses)
+        if self.level == "fused_high":
+            return EncoderOutput(latent=z_a_high + z_s_high, aux=aux, losses=losses)
 
         if self._sembo_problem is not None:
             raise LoditError(self._sembo_problem)

@@ -19,7 +19,7 @@ from typing import Literal
 
 from lodit.latent_tokenizer.semantic import SemanticEncoderConfig
 
-LatentLevel = Literal["low", "high"]
+LatentLevel = Literal["low", "high", "fused_high"]
 SemanticLossMode = Literal["both", "high_only", "low_only"]
 
 
@@ -34,7 +34,10 @@ class SemanticBranchConfig:
     ``latent_level``: ``low`` is LoSATok (the encoder hands ``z_a_low + z_s_low``, ``low_dim``
     wide, to the bottleneck); ``high`` is the DashengTokenizer-like counterpart (it hands
     ``z_a_high``, ``d_high`` wide: the unified acoustic-semantic embedding, supervised by
-    ``L_H`` only, no SemBo).
+    ``L_H`` only, no SemBo); ``fused_high`` builds the latent as DashengTokenizer does, the
+    acoustic embedding fused with the teacher's features at the high level, ``z_a_high +
+    z_s_high`` (LoSATok's low-level fusion one level up; needs ``teacher_dim == d_high``; meant
+    for a bottleneck without a KL term, e.g. ``identity``).
 
     ``teacher_dim`` is the teacher's feature width. It is a config value, checked against the
     teacher when the teacher loads, so that a tokenizer can be built (and decode) without
@@ -67,7 +70,12 @@ class SemanticBranchConfig:
         for name in ("d_high", "low_dim", "teacher_dim", "sembo_hidden_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.latent_level == "high" and self.semantic_loss_mode == "low_only":
+        if self.latent_level == "fused_high" and self.teacher_dim != self.d_high:
+            raise ValueError(
+                f"latent_level=fused_high adds the teacher's features to z_a_high, so d_high ({self.d_high}) must "
+                f"equal teacher_dim ({self.teacher_dim}); set d_high={self.teacher_dim}"
+            )
+        if self.latent_level != "low" and self.semantic_loss_mode == "low_only":
             raise ValueError(
                 "semantic_loss_mode=low_only needs the low level, but latent_level is high; use high_only"
             )
