@@ -306,3 +306,38 @@ def test_shipped_experiment_configs_resolve_every_arm(name):
         if arm.tokenizer:
             tok = load_config(TokenizerTrainConfig, arm.tokenizer, arm.overrides)
             assert tok.tokenizer.latent_dim > 0
+
+
+def test_sembo_stage_trains_once_and_feeds_the_losatok_arm(tmp_path, dataset):
+    from conftest import save_tiny_whisper
+
+    whisper = str(save_tiny_whisper(tmp_path / "whisper", 32))
+    teacher = [f"teacher.model={whisper}"]
+    sembo = [*teacher, "sembo.in_dim=32", "sembo.hidden_dim=16", "sembo.low_dim=8", "training.max_steps=2",
+             "training.batch_size=2"]
+    semantic = "tokenizer.encoder.semantic"
+    tokenizer = [f"{semantic}.teacher.model={whisper}", f"{semantic}.teacher_dim=32", f"{semantic}.low_dim=8",
+                 f"{semantic}.sembo_hidden_dim=16", "tokenizer.latent_dim=8", "training.max_steps=2",
+                 "training.batch_size=2"]
+    arm = {"name": "losatok", "tokenizer": str(REPO / "configs" / "tokenizer" / "losatok_tiny.yaml"),
+           "overrides": tokenizer, "sembo": str(REPO / "configs" / "sembo" / "tiny.yaml"), "sembo_overrides": sembo}
+    twin = {**arm, "name": "losatok_twin"}  # the same SemBo config: trained once, shared
+    config = load_experiment(TINY, [f"data.train_manifest={dataset}", "tokenizer_steps=2"])
+    from lodit.config import from_dict
+    from lodit.eval.experiment import ArmConfig
+
+    config.arms = [from_dict(ArmConfig, arm), from_dict(ArmConfig, twin)]
+    runner = experiment_module.ExperimentRunner(config, tmp_path / "out", say=lambda message: None)
+    data_spec = runner.prepare_data()
+    states = [runner.tokenizer(a, data_spec) for a in config.arms]
+    sembo_runs = list((tmp_path / "out" / "sembo").iterdir())
+    assert len(sembo_runs) == 1 and (sembo_runs[0] / "final").is_dir()
+    resolved = runner.tokenizer_config(config.arms[0], sembo_runs[0] / "final")
+    assert resolved.tokenizer.encoder.semantic.sembo == str((sembo_runs[0] / "final").resolve())
+    assert resolved.data.teacher_cache == str((tmp_path / "out" / "teacher_cache").resolve())
+    assert any((tmp_path / "out" / "teacher_cache").iterdir())  # SemBo and both tokenizers share the cache
+    assert all((state.tokenizer_dir / "config.json").is_file() for state in states)
+    actions = [(e["stage"].split("/")[0], e["action"]) for e in read_stage_log(tmp_path / "out")]
+    assert actions.count(("sembo", "ran")) == 1 and actions.count(("sembo", "reused")) == 1
+    with pytest.raises(ConfigError, match="sembo is trained for a tokenizer config"):
+        from_dict(ArmConfig, {"name": "x", "checkpoint": "y", "sembo": "z.yaml"})

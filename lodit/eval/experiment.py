@@ -6,7 +6,9 @@ step budget with evaluation checkpoints, one sampler, one set of evaluation prom
 and one or more training seeds. :class:`ExperimentRunner` runs, per arm,
 
 1. ``data``: the train / evaluation manifests (the given ones, or a seeded per-domain split);
-2. ``tokenizer``: tokenizer training (skipped for an arm that names a ``checkpoint``);
+2. ``sembo`` (arms that name a SemBo config: LoSATok) and ``tokenizer``: SemBo pre-training, then
+   tokenizer training with that SemBo frozen inside (skipped for an arm that names a
+   ``checkpoint``); arms whose encoder has a semantic teacher share one teacher-feature cache;
 3. ``encode``: the training set into a latent cache;
 4. ``reconstruction``: round trips of evaluation clips through the tokenizer, with
    :func:`~lodit.eval.reconstruction.reconstruction_metrics`;
@@ -35,6 +37,7 @@ Output layout::
 
     OUT/experiment.yaml   resolved config           OUT/stages.jsonl   stage log
     OUT/data/             train.jsonl, eval.jsonl   OUT/embeddings/    embedding cache
+    OUT/teacher_cache/    teacher features       OUT/sembo/<spec hash>/  SemBo run (final/)
     OUT/arms/<arm>/tokenizer/        tokenizer run (final/ = the tokenizer)
     OUT/arms/<arm>/cache/            latent cache of the training set
     OUT/arms/<arm>/reconstruction/   metrics.json
@@ -94,6 +97,10 @@ class ArmConfig:
     overrides: list[str] = field(default_factory=list)  # key.sub=value overrides of that config
     checkpoint: str = ""  # an already trained tokenizer folder (its final/ or a checkpoint); nothing is trained
     description: str = ""  # shown in the report
+    # A SemBo training config (YAML) trained first (on the training set, once per distinct config
+    # across arms); its final/ becomes the tokenizer's tokenizer.encoder.semantic.sembo (LoSATok arms).
+    sembo: str = ""
+    sembo_overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if not _ARM_NAME.match(self.name):
@@ -101,6 +108,8 @@ class ArmConfig:
         if bool(self.tokenizer) == bool(self.checkpoint):
             raise ValueError(f"arm {self.name!r} needs exactly one of tokenizer (a config to train) "
                              "or checkpoint (a trained folder)")
+        if self.sembo and not self.tokenizer:
+            raise ValueError(f"arm {self.name!r}: sembo is trained for a tokenizer config; drop it or set tokenizer")
 
 
 @dataclass
@@ -182,7 +191,7 @@ class ExperimentConfig:
 
 # Keys holding file paths; in the YAML they are relative to the YAML's folder.
 _PATH_KEYS = (("dit", "config"), ("data", "train_manifest"), ("data", "eval_manifest"))
-_ARM_PATH_KEYS = ("tokenizer", "checkpoint")
+_ARM_PATH_KEYS = ("tokenizer", "checkpoint", "sembo")
 
 
 def load_experiment(path: str | os.PathLike, overrides: list[str] = ()) -> ExperimentConfig:
@@ -291,6 +300,13 @@ class ExperimentLayout:
     def step_dir(self, arm: str, seed: int, step: int) -> Path:
         return self.seed_dir(arm, seed) / f"step-{step:08d}"
 
+    def sembo_dir(self, key: str) -> Path:
+        return self.out / "sembo" / key
+
+    @property
+    def teacher_cache(self) -> Path:
+        return self.out / "teacher_cache"
+
     @property
     def train_manifest(self) -> Path:
         return self.out / "data" / "train.jsonl"
@@ -370,10 +386,10 @@ class ExperimentRunner:
             raise LoditError(f"data.eval_manifest: {cfg.data.eval_manifest} not found; "
                              "fix the path or leave it empty to split the training set")
         for arm in cfg.arms:
-            source = arm.tokenizer or arm.checkpoint
-            if not Path(source).exists():
-                key = "tokenizer" if arm.tokenizer else "checkpoint"
-                raise LoditError(f"arm {arm.name}: {key} {source} not found; fix arms[{arm.name}].{key}")
+            for key in _ARM_PATH_KEYS:
+                source = getattr(arm, key)
+                if source and not Path(source).exists():
+                    raise LoditError(f"arm {arm.name}: {key} {source} not found; fix arms[{arm.name}].{key}")
 
     # --------------------------------------------------------------------------- data
 
@@ -403,13 +419,38 @@ class ExperimentRunner:
 
     # --------------------------------------------------------------------------- tokenizer
 
-    def tokenizer_config(self, arm: ArmConfig):
+    def tokenizer_config(self, arm: ArmConfig, sembo_dir: Path | None = None):
         from lodit.latent_tokenizer.train import TokenizerTrainConfig
 
         overrides = list(arm.overrides) + [f"data.manifest={self.layout.train_manifest.resolve()}"]
         if self.config.tokenizer_steps:
             overrides.append(f"training.max_steps={self.config.tokenizer_steps}")
-        return load_config(TokenizerTrainConfig, arm.tokenizer, overrides)
+        if sembo_dir is not None:
+            overrides.append(f"tokenizer.encoder.semantic.sembo={sembo_dir.resolve()}")
+        config = load_config(TokenizerTrainConfig, arm.tokenizer, overrides)
+        if config.data.teacher_cache:  # one teacher pass per clip for every arm and the SemBo
+            config = replace(config, data=replace(config.data, teacher_cache=str(self.layout.teacher_cache.resolve())))
+        return config
+
+    def sembo(self, arm: ArmConfig, data_spec: dict[str, str]) -> tuple[Path, Any]:
+        """Train the arm's SemBo (shared by every arm with the same SemBo config); its final/ and spec."""
+        from lodit.latent_tokenizer.sembo_train import SemBoTrainConfig, train_sembo
+
+        overrides = list(arm.sembo_overrides) + [f"data.manifest={self.layout.train_manifest.resolve()}",
+                                                 f"data.feature_cache={self.layout.teacher_cache.resolve()}"]
+        config = load_config(SemBoTrainConfig, arm.sembo, overrides)
+        described = to_dict(config)
+        described["data"]["manifest"] = data_spec["train"]
+        described["data"]["feature_cache"] = ""  # where the features are cached does not change them
+        spec = {"config": described}
+        run_dir = self.layout.sembo_dir(spec_hash(spec))
+
+        def work(folder: Path) -> None:
+            self.say(f"[{arm.name}] training SemBo for {config.training.max_steps} steps")
+            train_sembo(config, folder)
+
+        self._stage(f"sembo/{run_dir.name}", run_dir, spec, work)
+        return run_dir / "final", spec
 
     def tokenizer(self, arm: ArmConfig, data_spec: dict[str, str]) -> ArmState:
         """Train the arm's tokenizer (or take its checkpoint); returns where it is."""
@@ -418,9 +459,13 @@ class ExperimentRunner:
             return ArmState(folder, {"checkpoint": _folder_fingerprint(folder)})
         from lodit.latent_tokenizer.train import train_tokenizer
 
-        config = self.tokenizer_config(arm)
+        sembo_dir, sembo_spec = self.sembo(arm, data_spec) if arm.sembo else (None, None)
+        config = self.tokenizer_config(arm, sembo_dir)
         described = to_dict(config)
         described["data"]["manifest"] = data_spec["train"]
+        described["data"]["teacher_cache"] = bool(described["data"]["teacher_cache"])
+        if sembo_spec is not None:  # the SemBo by what made it, not by its folder
+            described["tokenizer"]["encoder"]["semantic"]["sembo"] = spec_hash(sembo_spec)
         spec = {"config": described}
         run_dir = self.layout.arm_dir(arm.name) / "tokenizer"
 
