@@ -41,7 +41,7 @@ from lodit.dit.train import (
     collate_dit,
     train_dit,
 )
-from lodit.errors import LoditError
+from lodit.errors import ConfigError, LoditError
 from lodit.latent_tokenizer.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def run_command(name: str, argv: list[str], capsys) -> tuple[int, str]:
 
 def test_tts_conditioning_shapes_and_masks(mixed_cache, tiny_t5, encoder, tmp_path):
     config = tiny_config(mixed_cache, tiny_t5, "flow.cond_dropout=0.0", "tts.mask_min_frac=0.3",
-                         "tts.mask_max_frac=0.6")
+                         "tts.mask_max_frac=0.6", "tts.prompt_drop_prob=0.0")
     task, loader = build_training(config, tmp_path, text_encoder=encoder)
     assert task.tasks == ["tta", "ttm", "tts"] and task.dit_config.num_tasks == 3
     assert task.dit_config.frame_cond_dim == config.tts.text_dim + LATENT_DIM and task.dit_config.text_dim == encoder.dim
@@ -239,6 +239,50 @@ def test_condition_dropout_reaches_the_batch_at_its_rate(mixed_cache, tiny_t5, e
     config = tiny_config(mixed_cache, tiny_t5, "flow.cond_dropout=0.0")
     task, _ = build_training(config, tmp_path, text_encoder=encoder)
     assert not task.training_batch(batch, 0).dropped.any()
+
+
+def test_prompt_drop_alone_at_its_rate_with_matching_loss_mask(mixed_cache, tiny_t5, encoder, tmp_path):
+    """tts.prompt_drop_prob removes the audio prompt alone (transcript kept, whole clip generated),
+    independently of the joint condition dropout, each at its own rate."""
+    config = tiny_config(mixed_cache, tiny_t5, "flow.cond_dropout=0.2", "tts.prompt_drop_prob=0.3")
+    task, loader = build_training(config, tmp_path, text_encoder=encoder)
+    speech = [i for i in range(len(loader.dataset)) if loader.dataset.tasks[i] == "tts"]
+    caption = [i for i in range(len(loader.dataset)) if loader.dataset.tasks[i] != "tts"][:1]
+    batch = collate_dit([loader.dataset[i] for i in speech * 10 + caption])  # 20 utterances + 1 caption clip
+    is_speech = torch.tensor([t == "tts" for t in batch["tasks"]])
+    valid, latents = batch["mask"], batch["latents"]
+    front_end = TextFrontEnd("chars")
+    alone, joint = [], []
+    for step in range(100):  # 2000 utterance draws
+        inputs = task.training_batch(batch, step)
+        cond, loss_mask, dropped, prompt_dropped = inputs.cond, inputs.loss_mask, inputs.dropped, inputs.prompt_dropped
+        assert not prompt_dropped[~is_speech].any()  # a caption clip has no prompt to drop
+        for row in is_speech.nonzero().flatten().tolist():
+            shown = cond.cond_audio[row].abs().sum(-1) > 0  # (T,) frames whose clean latents the model sees
+            tokens = front_end.tokens(batch["transcripts"][row])
+            if prompt_dropped[row] or dropped[row]:
+                # no prompt frame at all, and every valid frame is generated and counted in the loss
+                assert not cond.cond_audio[row].any() and torch.equal(loss_mask[row], valid[row])
+            else:  # the prompt is the clip's own latents; the loss counts exactly the other valid frames
+                assert torch.equal(cond.cond_audio[row][shown], latents[row][shown])
+                assert torch.equal(loss_mask[row], valid[row] & ~shown)
+            if dropped[row]:
+                assert (cond.tts_ids[row] == FILLER_ID).all()
+            else:  # the transcript stays, with or without the prompt
+                assert cond.tts_ids[row, : len(tokens)].tolist() == tokens
+        alone.append(prompt_dropped[is_speech])
+        joint.append(dropped[is_speech])
+    alone, joint = torch.stack(alone).flatten(), torch.stack(joint).flatten()
+    # 2000 draws: one standard deviation is 0.010 (p = 0.3), 0.009 (p = 0.2) and 0.005 (both, 0.06)
+    assert abs(alone.float().mean().item() - 0.3) < 0.04
+    assert abs(joint.float().mean().item() - 0.2) < 0.036
+    assert abs((alone & joint).float().mean().item() - 0.3 * 0.2) < 0.02  # drawn independently
+
+    never = tiny_config(mixed_cache, tiny_t5, "flow.cond_dropout=0.0", "tts.prompt_drop_prob=0.0")
+    task, _ = build_training(never, tmp_path, text_encoder=encoder)
+    assert not any(task.training_batch(batch, step).prompt_dropped.any() for step in range(5))
+    with pytest.raises(ConfigError, match="tts.prompt_drop_prob"):
+        tiny_config(mixed_cache, tiny_t5, "tts.prompt_drop_prob=1.5")
 
 
 def test_resolve_dit_config_checks_derived_widths():
@@ -314,6 +358,37 @@ def test_same_seed_same_audio_other_seed_other_audio(mixed_cache, tiny_t5, encod
         generator.generate(["a", "b"], task=["tta", "asr"], **music)
     with pytest.raises(LoditError, match="task has 3 entries for 2 prompts"):
         generator.generate(["a", "b"], task=["tta", "tta", "ttm"], **music)
+
+
+def test_text_only_tts_trains_and_samples_at_the_requested_length(mixed_cache, tiny_t5, encoder, tmp_path, capsys):
+    config = tiny_config(mixed_cache, tiny_t5, "training.max_steps=3", "tts.prompt_drop_prob=0.5",
+                         "training.log_every=1", "tasks=[tts]")
+    result = train_dit(config, tmp_path / "run", text_encoder=encoder)
+    assert result.step == 3 and math.isfinite(result.scalars["model/loss"])
+    assert 0.0 <= result.scalars["model/tts_prompt_dropped"] <= 1.0
+    # A checkpoint written before tts.prompt_drop_prob existed loads: the training-only key defaults.
+    config_file = tmp_path / "run" / "final" / "config.json"
+    saved = json.loads(config_file.read_text())
+    assert saved["tts"].pop("prompt_drop_prob") == 0.5
+    config_file.write_text(json.dumps(saved))
+    generator = Generator.from_pretrained(tmp_path / "run", device="cpu")
+    assert generator.config.tts.prompt_drop_prob == 0.3
+
+    # A transcript and no reference: no prompt frames, the whole length is generated.
+    out = generator.generate([""], transcripts="hello world", seconds=0.8, steps=2, cfg=2.0, seed=1)
+    assert out.settings["tasks"] == ["tts"] and out.waveforms[0].shape == (1, round(0.8 * SAMPLE_RATE))
+    assert out.latents[0].shape == (math.ceil(0.8 * FRAME_RATE), LATENT_DIM) and out.waveforms[0].abs().max() > 0
+    rate = generator.config.tts_frames_per_unit  # without a length: the training data's speaking rate
+    out = generator.generate([""], transcripts="hello world", steps=2, seed=1)
+    frames = round(rate * len("hello world"))
+    assert out.latents[0].shape[0] == frames and out.waveforms[0].shape == (1, frames * HOP)
+
+    code, err = run_command("sample", ["--checkpoint", str(tmp_path / "run"), "--transcript", "the quick fox",
+                                       "--seconds", "0.6", "--steps", "2", "--out", str(tmp_path / "tts")], capsys)
+    assert code == 0, err
+    assert sf.info(tmp_path / "tts" / "0000.wav").frames == round(0.6 * SAMPLE_RATE)
+    entry = json.loads((tmp_path / "tts" / "samples.json").read_text())["samples"][0]
+    assert entry["task"] == "tts" and entry["transcript"] == "the quick fox" and not entry.get("reference_audio")
 
 
 def test_multitask_batch_with_mixed_domains_trains(mixed_cache, tiny_t5, encoder, tmp_path):

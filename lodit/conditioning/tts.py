@@ -5,9 +5,11 @@ available) that is padded with a *filler* token to the number of latent frames o
 a small trained network (:class:`TTSTextEmbedding`: embedding + ConvNeXt-V2 blocks) refines it
 into a time-aligned conditioning ``(B, T, dim)`` that the DiT concatenates to its input frames.
 The DiT learns the alignment itself. Training infills a masked span of the latents given the
-rest as an audio prompt (:class:`PromptInfill`, :func:`random_prompt_mask`); at sampling time the
-reference audio is the prompt, its transcript is prepended to the target text, and the total
-length comes from the user or from the prompt's speaking rate (:func:`estimate_total_frames`).
+rest as an audio prompt (:class:`PromptInfill`, :func:`random_prompt_mask`), and a share of the
+utterances lose the prompt altogether (the DiT trainer's ``tts.prompt_drop_prob``) so text-only
+speech is learned too; at sampling time the reference audio is the prompt, its transcript is
+prepended to the target text, and the total length comes from the user or from the prompt's
+speaking rate (:func:`estimate_total_frames`); without a reference there is no prompt.
 
 Vocabulary (:data:`VOCABULARY`, one table for both kinds, append-only because a trained model's
 embedding rows follow it): id 0 is the filler/padding token, id 1 is ``<unk>`` (any symbol not in
@@ -256,7 +258,8 @@ def random_prompt_mask(
 
     For each utterance a fraction in ``[min_frac, max_frac]`` of its frames (at least one) is a
     contiguous span *to predict*, placed uniformly at random; its other valid frames are the prompt
-    (True). ``max_frac=1`` allows no prompt at all, which trains plain TTS without a reference.
+    (True). ``max_frac=1`` allows no prompt at all, but only where the span rounds up to the whole
+    utterance; text-only TTS is trained by dropping the prompt on purpose (``tts.prompt_drop_prob``).
     """
     if not 0.0 <= min_frac <= max_frac <= 1.0:
         raise LoditError(

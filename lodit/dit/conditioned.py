@@ -18,7 +18,9 @@ One mechanism serves TTA, TTM and TTS:
 
 The unconditional input for classifier-free guidance (:meth:`Conditions.drop`) removes the
 caption, the transcript and the audio prompt *together* and keeps what describes the output's
-shape (frame mask, duration, task), in training (condition dropout) and sampling alike.
+shape (frame mask, duration, task), in training (condition dropout) and sampling alike. Training
+also removes the audio prompt *alone* (``tts.prompt_drop_prob``), which is the input of text-only
+TTS: a transcript and no reference voice.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ class TTSConfig:
     # the rest is the audio prompt (F5-TTS: 0.7..1.0; 1.0 = no prompt, plain TTS).
     mask_min_frac: float = 0.7
     mask_max_frac: float = 1.0
+    # Training: probability that an utterance loses its audio prompt alone (it keeps its transcript
+    # and the whole clip becomes the span to generate), so the model also learns text-only speech
+    # in a voice of its own, what `lodit sample --transcript` without a reference asks for (F5-TTS:
+    # 0.3). Drawn independently of flow.cond_dropout, which drops transcript, prompt and caption together.
+    prompt_drop_prob: float = 0.3
 
     def __post_init__(self) -> None:
         if self.text_dim < 1 or self.convnext_layers < 0:
@@ -57,6 +64,8 @@ class TTSConfig:
         if not 0.0 <= self.mask_min_frac <= self.mask_max_frac <= 1.0:
             raise ValueError(f"tts.mask_min_frac/mask_max_frac must satisfy 0 <= min <= max <= 1, got "
                              f"{self.mask_min_frac} and {self.mask_max_frac}")
+        if not 0.0 <= self.prompt_drop_prob <= 1.0:
+            raise ValueError(f"tts.prompt_drop_prob must be between 0 and 1, got {self.prompt_drop_prob}")
 
 
 def resolve_dit_config(

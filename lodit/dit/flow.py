@@ -146,14 +146,17 @@ def condition_dropout_mask(
     p: float,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    *,
+    key: str = "cond_dropout",
 ) -> torch.Tensor:
     """``(batch,)`` bool, True where the condition is dropped (each independently with prob. ``p``).
 
     Training on dropped conditions teaches the same network the unconditional velocity that
-    classifier-free guidance needs at sampling time.
+    classifier-free guidance needs at sampling time. The same draw drops a TTS audio prompt alone
+    (``tts.prompt_drop_prob``); ``key`` names the setting in the error for a bad ``p``.
     """
     if not 0.0 <= p <= 1.0:
-        raise LoditError(f"cond_dropout must be in [0, 1], got {p}")
+        raise LoditError(f"{key} must be in [0, 1], got {p}")
     u = torch.rand(batch, generator=generator, device=_draw_device(generator))
     return (u < p).to(device)
 

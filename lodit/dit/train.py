@@ -17,11 +17,12 @@ tokenizer identity and folder), so sampling needs no cache.
 
 One step (:meth:`DiTTask.training_batch`): caption states from the encoder (through a disk
 cache), for TTS rows the transcript ids padded with filler to the clip's frames and a random
-contiguous span to generate with the rest as an audio prompt (F5-TTS), condition dropout
+contiguous span to generate with the rest as an audio prompt (F5-TTS), the audio prompt dropped
+alone (``tts.prompt_drop_prob``: text-only TTS, the whole utterance to generate), condition dropout
 (caption, transcript and prompt dropped together), flow-matching noise/time/target, and the
-masked loss over the frames to generate. Its randomness comes from a generator seeded by
-``(training.seed, step, micro-batch, process)``, so a resumed run draws exactly what an
-uninterrupted one would.
+masked loss over the frames to generate (every valid frame the model is not shown). Its
+randomness comes from a generator seeded by ``(training.seed, step, micro-batch, process)``, so a
+resumed run draws exactly what an uninterrupted one would.
 
 Running: ``lodit train-dit --config configs/dit/tta.yaml --cache CACHE --out RUN`` on CPU or one
 GPU; ``accelerate launch -m lodit.cli train-dit ...`` on several GPUs (``training.batch_size``
@@ -62,7 +63,7 @@ from lodit.dit.conditioned import (
     caption_states,
     resolve_dit_config,
 )
-from lodit.dit.flow import FlowMatching, FlowMatchingConfig, flow_matching_loss
+from lodit.dit.flow import FlowMatching, FlowMatchingConfig, condition_dropout_mask, flow_matching_loss
 from lodit.dit.generator import Generator, GeneratorConfig, LatentSpace, check_tokenizer
 from lodit.dit.model import DiTConfig
 from lodit.errors import LoditError
@@ -197,6 +198,7 @@ class DiTBatch(NamedTuple):
     loss_mask: torch.Tensor  # (B, T) frames the loss counts: valid and not audio prompt
     dropped: torch.Tensor  # (B,) bool rows whose conditions were dropped
     truncated: int  # TTS rows whose transcript had more tokens than frames (cut to fit)
+    prompt_dropped: torch.Tensor  # (B,) bool TTS rows that lost their audio prompt alone (tts.prompt_drop_prob)
 
 
 class DiTTask(TrainTask):
@@ -260,6 +262,9 @@ class DiTTask(TrainTask):
                 scalars[f"loss_{task}"] = float(flow_matching_loss(pred[rows], inputs.target[rows], inputs.loss_mask[rows]))
         if self.front_end is not None:
             scalars["tts_truncated"] = float(inputs.truncated)
+            speech = torch.tensor([t == "tts" for t in batch["tasks"]], device=pred.device)
+            if speech.any():
+                scalars["tts_prompt_dropped"] = float(inputs.prompt_dropped[speech].float().mean())
         return loss, scalars
 
     def export_config(self) -> dict:
@@ -324,6 +329,7 @@ class DiTTask(TrainTask):
                           text=text, text_mask=text_mask, task=task)
         loss_mask = valid
         truncated = 0
+        prompt_dropped = torch.zeros(batch_size, dtype=torch.bool, device=device)
         if self.front_end is not None:
             is_tts = torch.tensor([t == "tts" for t in tasks])
             transcripts = [words if t == "tts" else "" for words, t in zip(batch["transcripts"], tasks)]
@@ -331,14 +337,19 @@ class DiTTask(TrainTask):
             ids, _ = self.front_end.batch_to_frames(transcripts, lengths.tolist(), truncate=True)  # (B, T)
             tts = self.config.tts
             prompt = random_prompt_mask(lengths, tts.mask_min_frac, tts.mask_max_frac, generator)  # (B, T)
-            prompt = prompt & is_tts[:, None]
-            infill = PromptInfill.build(x0, prompt.to(device), valid)
-            cond.tts_ids, cond.cond_audio = ids.to(device), infill.cond_audio
-            loss_mask = infill.loss_mask
+            prompt_dropped = condition_dropout_mask(batch_size, tts.prompt_drop_prob, generator, device,
+                                                    key="tts.prompt_drop_prob") & is_tts.to(device)
+            cond.tts_ids = ids.to(device)
         dropped = self.flow.dropout_mask(batch_size, generator, device)
+        if self.front_end is not None:
+            # A row without its prompt (dropped alone, or with every condition) is given no clean
+            # frames, so all its valid frames are to be generated and all count in the loss.
+            shown = prompt.to(device) & is_tts[:, None].to(device) & ~(prompt_dropped | dropped)[:, None]
+            infill = PromptInfill.build(x0, shown, valid)
+            cond.cond_audio, loss_mask = infill.cond_audio, infill.loss_mask
         cond = cond.drop(dropped)
         x_t, t, target = self.flow.training_inputs(x0, valid, generator)
-        return DiTBatch(x_t, t, target, cond, loss_mask, dropped, int(truncated))
+        return DiTBatch(x_t, t, target, cond, loss_mask, dropped, int(truncated), prompt_dropped)
 
     def _preview_tokenizer(self) -> Tokenizer | None:
         if self._tokenizer is None:
