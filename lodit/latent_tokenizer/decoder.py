@@ -47,7 +47,6 @@ class DecoderConfig:
     # a steady full-scale tone came out at 0.42 amplitude (tests/test_tokenizer_modules.py).
     max_magnitude: float = 1000.0
     centred_phase: bool = True  # initial head phases put each frame's energy under its window (ISTFTHead.centre_frames)
-    phase: str = "direct"  # the head's phase: "direct" per frame, or "integrated" over frames (see ISTFTHead)
 
     def __post_init__(self):
         if self.kernel % 2 == 0:
@@ -61,7 +60,6 @@ class DecoderConfig:
 
 
 DECODERS: Registry[type] = Registry("decoder")
-PHASE_MODES = ("direct", "integrated")
 
 
 def build_decoder(cfg: DecoderConfig, tokenizer_cfg: TokenizerConfig) -> nn.Module:
@@ -143,30 +141,14 @@ def init_weights(module: nn.Module) -> None:
 
 
 class ISTFTHead(nn.Module):
-    """``(B, F, dim)`` features -> ``(B, 1, F * hop)`` audio via log-magnitude + phase and ``torch.istft``.
+    """``(B, F, dim)`` features -> ``(B, 1, F * hop)`` audio via log-magnitude + phase and ``torch.istft``."""
 
-    ``phase="direct"`` (Vocos): one phase per bin and frame. ``phase="integrated"``: per bin and
-    frame a phase *advance* (around the bin's centre frequency) and an offset; the phase of frame
-    ``n`` is the running sum of the advances up to ``n`` plus the offset of ``n``. A convolutional
-    decoder maps identical latent frames (a held note) to identical outputs, so with direct phases
-    every frame of a steady tone restarts at the same phase, and overlap-add moves the tone to
-    a neighbouring bin's frequency or cancels it. Integrated, the same constant output is a
-    constant frequency: the tone keeps its pitch and level, and the offset still shapes onsets.
-    """
-
-    def __init__(self, dim: int, n_fft: int, hop_length: int, max_magnitude: float, phase: str = "direct"):
+    def __init__(self, dim: int, n_fft: int, hop_length: int, max_magnitude: float):
         super().__init__()
-        if phase not in PHASE_MODES:
-            raise LoditError(f"decoder.phase must be one of {', '.join(PHASE_MODES)}, got {phase!r}")
-        self.n_fft, self.hop_length, self.phase = n_fft, hop_length, phase
-        self.bins = n_fft // 2 + 1
+        self.n_fft, self.hop_length = n_fft, hop_length
         self.max_log_magnitude = math.log(max_magnitude)
-        # n_fft // 2 + 1 log-magnitudes, then as many phases (direct) or advances and offsets (integrated)
-        self.proj = nn.Linear(dim, self.bins * (2 if phase == "direct" else 3))
+        self.proj = nn.Linear(dim, n_fft + 2)  # n_fft // 2 + 1 log-magnitudes, then as many phases
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        # radians a bin's centre frequency turns per hop: 2 pi k hop / n_fft, wrapped to [0, 2 pi)
-        centre = (2 * math.pi * torch.arange(self.bins, dtype=torch.float64) * hop_length / n_fft) % (2 * math.pi)
-        self.register_buffer("centre_advance", centre[:, None], persistent=False)  # (bins, 1)
 
     def centre_frames(self) -> None:
         """Start every frame's phase at ``pi * k`` (bin ``k``), a delay of ``n_fft / 2`` samples.
@@ -176,19 +158,14 @@ class ISTFTHead(nn.Module):
         the input level and training spends its first steps moving energy to the centre. With the
         half-frame delay each frame starts centred under the window. Only an initial value (the
         phase bias): the head's maths and existing checkpoints are unchanged."""
+        bins = self.n_fft // 2 + 1
         with torch.no_grad():
-            phase_bias = self.proj.bias[-self.bins :]  # the phases (direct) or the offsets (integrated)
-            phase_bias.copy_(math.pi * torch.arange(self.bins, dtype=phase_bias.dtype))
+            phase_bias = self.proj.bias[bins:]
+            phase_bias.copy_(math.pi * torch.arange(bins, dtype=phase_bias.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frames = x.shape[1]
-        if self.phase == "direct":
-            log_mag, phase = self.proj(x).transpose(1, 2).float().chunk(2, dim=1)  # (B, bins, F) each
-        else:
-            log_mag, advance, offset = self.proj(x).transpose(1, 2).float().chunk(3, dim=1)  # (B, bins, F) each
-            # float64 running sum, wrapped: the sum grows with the clip and float32 would lose the fraction
-            turned = torch.cumsum(advance.double() + self.centre_advance, dim=-1).remainder(2 * math.pi)
-            phase = turned.float() + offset
+        log_mag, phase = self.proj(x).transpose(1, 2).float().chunk(2, dim=1)  # (B, n_fft//2+1, F) each
         magnitude = torch.exp(log_mag.clamp(max=self.max_log_magnitude))
         spec = torch.polar(magnitude, phase)
         wav = torch.istft(
@@ -220,7 +197,7 @@ class VocosDecoder(nn.Module):
         self.norm_in = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.backbone = ConvNeXtStack(cfg.dim, cfg.intermediate_dim, cfg.depth, cfg.kernel)
         self.norm_out = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.head = ISTFTHead(cfg.dim, cfg.n_fft, cfg.hop_length, cfg.max_magnitude, cfg.phase)
+        self.head = ISTFTHead(cfg.dim, cfg.n_fft, cfg.hop_length, cfg.max_magnitude)
         init_weights(self)
         if cfg.centred_phase:
             self.head.centre_frames()
