@@ -2,13 +2,16 @@
 
 Generates the demo dataset (:func:`lodit.data.synthetic.make_demo_dataset`: captioned sounds,
 music and espeak-ng speech, deterministic for a seed) and runs the comparison experiment of
-``configs/demo/demo.yaml`` on it with ``lodit compare``'s runner: two tokenizers that differ only
-in latent width are trained, the dataset is encoded with each, a DiT is trained on each latent
-space with sampling and scoring at evaluation steps, and ``OUT/compare/report/`` gets the report.
-Nothing is downloaded: every model is either trained here or ships in a pip package.
+``configs/demo/demo.yaml`` on it with ``lodit compare``'s runner: LoSATok at 128 dims (its SemBo
+trained first), its DashengTokenizer-like high-dimensional counterpart and the noise-normalised
+autoencoder are trained with one recipe, the dataset is encoded with each, a demo-size DiT is
+trained on each latent space with sampling and scoring at evaluation steps, and
+``OUT/compare-<profile>/report/`` gets the report. Nothing is downloaded: every model is either
+trained here or ships in a pip package.
 
-The full run takes about six minutes on a 2-core CPU, ``--quick`` (a smaller dataset and fewer
-steps, :data:`QUICK_OVERRIDES`) about two. Running the command again reuses what is finished.
+:data:`PROFILES` sets the size: ``default`` about 15 minutes on a 2-core CPU, ``quick`` about 3,
+``long`` about an hour with three DiT seeds per arm. Running the command again reuses what is
+finished.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lodit.config import resolve_config_path
@@ -23,11 +27,29 @@ from lodit.data.synthetic import make_demo_dataset
 from lodit.errors import LoditError
 
 DEMO_CONFIG = "configs/demo/demo.yaml"  # resolved against the shipped configs from any folder
-DATASET = {"n_audio": 24, "n_music": 24, "n_speech": 12, "seconds": 2.0}
-QUICK_DATASET = {"n_audio": 10, "n_music": 10, "n_speech": 5, "seconds": 2.0}
-QUICK_OVERRIDES = ["tokenizer_steps=300", "dit_steps=300", "eval_steps=[150,300]", "evaluation.num_prompts=4",
-                   "evaluation.embedder.model=offline:tiny.en", "evaluation.reconstruction_clips=4",
-                   "evaluation.audio_examples=2", "sampling.steps=6"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A demo size: the generated dataset and the experiment overrides on top of demo.yaml."""
+
+    dataset: dict
+    overrides: tuple[str, ...]
+    minutes: int  # what it takes on a 2-core CPU (README, benchmarks/RESULTS.md)
+
+
+PROFILES: dict[str, Profile] = {
+    # A smoke run: fewer clips, steps and prompts, the smaller offline Whisper for FAD.
+    "quick": Profile({"n_audio": 10, "n_music": 10, "n_speech": 8, "seconds": 2.0},
+                     ("tokenizer_steps=250", "dit_steps=200", "eval_steps=[100,200]", "evaluation.num_prompts=6",
+                      "evaluation.embedder.model=offline:tiny.en", "evaluation.reconstruction_clips=4",
+                      "evaluation.audio_examples=2", "sampling.steps=8"), 3),
+    "default": Profile({"n_audio": 24, "n_music": 24, "n_speech": 24, "seconds": 2.0}, (), 15),
+    # The real answer: more data and steps, three DiT seeds per arm (confidence intervals in the report).
+    "long": Profile({"n_audio": 48, "n_music": 48, "n_speech": 48, "seconds": 3.0},
+                    ("tokenizer_steps=3000", "dit_steps=1500", "eval_steps=[300,750,1500]", "seeds=[0,1,2]",
+                     "evaluation.num_prompts=16", "evaluation.reconstruction_clips=16"), 60),
+}
 
 
 def demo_dataset(folder: Path, sizes: dict, seed: int = 0) -> Path:
@@ -42,8 +64,8 @@ def demo_dataset(folder: Path, sizes: dict, seed: int = 0) -> Path:
     return make_demo_dataset(folder, seed=seed, **sizes)
 
 
-def run_demo(out: str | Path, *, quick: bool = False, config: str | Path | None = None, seed: int = 0) -> Path:
-    """Dataset, then the comparison experiment; returns the report folder."""
+def run_demo(out: str | Path, *, profile: str = "default", config: str | Path | None = None, seed: int = 0) -> Path:
+    """Dataset, then the comparison experiment at ``profile``'s size; returns the report folder."""
     from lodit.eval.compare import compare
     from lodit.eval.experiment import load_experiment
 
@@ -52,16 +74,20 @@ def run_demo(out: str | Path, *, quick: bool = False, config: str | Path | None 
     if not config_path.is_file():
         raise LoditError(f"{config_path}: demo experiment config not found; pass --config with an experiment "
                          "YAML (the shipped one is configs/demo/demo.yaml; reinstall lodit if it is missing)")
-    kind = "quick" if quick else "full"
-    manifest = demo_dataset(out / f"dataset-{kind}", QUICK_DATASET if quick else DATASET, seed)
-    overrides = [f"data.train_manifest={manifest.resolve()}"] + (QUICK_OVERRIDES if quick else [])
+    if profile not in PROFILES:
+        raise LoditError(f"unknown demo profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    chosen = PROFILES[profile]
+    manifest = demo_dataset(out / f"dataset-{profile}", chosen.dataset, seed)
+    overrides = [f"data.train_manifest={manifest.resolve()}", *chosen.overrides]
     experiment = load_experiment(config_path, overrides)
-    return compare(experiment, out / f"compare-{kind}")
+    return compare(experiment, out / f"compare-{profile}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--quick", action="store_true", help="smaller data and fewer steps (about 2-3 minutes on a 2-core CPU)")
+    sizes = "; ".join(f"{name}: about {p.minutes} min on a 2-core CPU" for name, p in PROFILES.items())
+    parser.add_argument("--profile", choices=list(PROFILES), default="default", help=f"how big a run ({sizes})")
+    parser.add_argument("--quick", action="store_true", help="the same as --profile quick")
     parser.add_argument("--config", help="experiment config (default: the shipped configs/demo/demo.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
 
@@ -70,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from lodit.eval.report import headline
 
     started = time.monotonic()
-    report = run_demo(args.out, quick=args.quick, config=args.config, seed=args.seed)
+    report = run_demo(args.out, profile="quick" if args.quick else args.profile, config=args.config, seed=args.seed)
     results = json.loads((report / "results.json").read_text(encoding="utf-8"))
     for line in headline(results):
         print(line)
