@@ -103,7 +103,8 @@ def _generate_tab(gr, state: AppState) -> None:
                     cfg_hi = gr.Slider(0.0, 1.0, value=defaults.cfg_interval[1], step=0.05, label="CFG to t")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, label="seed")
-                    batch = gr.Slider(1, generate_mod.MAX_BATCH, value=1, step=1, label="batch")
+                    batch = gr.Slider(1, generate_mod.MAX_BATCH, value=1, step=1, label="batch",
+                                      elem_id="lodit-batch")
             button = gr.Button("Generate", variant="primary", elem_id="lodit-generate")
         with gr.Column(scale=3):
             players, images = [], []
@@ -165,7 +166,7 @@ def _tokenizer_tab(gr, state: AppState) -> None:
         with gr.Column(scale=3):
             original = gr.Audio(label="input (at the tokenizer's rate)", type="filepath", interactive=False)
             original_mel = gr.Image(label="input mel", type="filepath", interactive=False)
-            recon = gr.Audio(label="reconstruction", type="filepath", interactive=False)
+            recon = gr.Audio(label="reconstruction", type="filepath", interactive=False, elem_id="lodit-reconstruction")
             recon_mel = gr.Image(label="reconstruction mel (same colour scale)", type="filepath", interactive=False)
 
     def run(label, audio_):
