@@ -24,6 +24,7 @@ An interrupted encode continues with ``--resume``; an existing cache is replaced
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from lodit.data.audio import load_audio
-from lodit.data.latent_cache import LatentCacheWriter
+from lodit.data.latent_cache import LatentCache, LatentCacheWriter
 from lodit.data.manifest import (
     SKIP_HINT,
     KeyTracker,
@@ -121,6 +122,10 @@ def encode_manifest(
     tokenizer = Tokenizer.from_pretrained(folder, map_location=resolve_device(device))
     producer = {**tokenizer.identity(), "checkpoint": str(folder)}
     report = ManifestReport(str(manifest))
+    if resume and not overwrite and (Path(out) / "meta.json").is_file():
+        done = LatentCache(out)  # a killed encode may have finished its cache just before it died
+        if done.producer == json.loads(json.dumps(producer)) and done.meta.get("dtype") == dtype:
+            return EncodeSummary(Path(out), 0, len(done), int(done.meta["num_frames"]), 0.0, report)
     writer = LatentCacheWriter(out, producer=producer, dtype=dtype, overwrite=overwrite, resume=resume)
     resumed = writer.num_clips
     try:
