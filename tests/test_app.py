@@ -393,8 +393,9 @@ def _free_port() -> int:
 
 
 def test_page_generates_playable_audio_in_headless_chromium(state, generator):
-    """Open the app in Debian's Chromium, write a prompt, press Generate: a player with a playable wav
-    appears, the console stays clean and every request stays on this machine."""
+    """Open the app in Debian's Chromium, press Generate without a prompt (a one-line message), write a
+    prompt, press Generate: a player with a playable wav appears, the console shows no error and
+    every request stays on this machine."""
     pytest.importorskip("gradio")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -421,7 +422,11 @@ def test_page_generates_playable_audio_in_headless_chromium(state, generator):
         driver.set_script_timeout(120)
         driver.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(driver, 300)  # generous: a loaded 2-core machine starves the page and the server
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#lodit-prompt textarea"))[0].send_keys("a high beep")
+        prompt = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#lodit-prompt textarea"))[0]
+        driver.find_element(By.CSS_SELECTOR, "#lodit-generate").click()  # no prompt yet: a one-line message
+        toast = wait.until(lambda d: d.find_elements(By.XPATH, "//*[contains(text(), 'the prompt is empty')]"))[0]
+        assert "Traceback" not in toast.text and "\n" not in toast.text.strip()
+        prompt.send_keys("a high beep")
         driver.find_element(By.CSS_SELECTOR, "#lodit-generate").click()
         link = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#lodit-sample-0 a[download]"))[0]
         assert driver.find_elements(By.CSS_SELECTOR, "#lodit-sample-0 audio")
