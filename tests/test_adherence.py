@@ -241,6 +241,11 @@ def test_accuracy_chance_and_tolerance_on_hand_examples():
     assert A.matches("tempo_bpm", 110, 120, tolerant=True) and not A.matches("tempo_bpm", 110, 120)
     assert not A.matches("tempo_bpm", 60, 120, tolerant=True)
     assert A.chance_level("gender", ["male", "female"]) == 0.5 and math.isnan(A.chance_level("gender", []))
+    # guessing with a population's frequencies: C is drawn half the time, A a quarter
+    assert A.chance_level("key", ["A", "C"], ["A", "C", "C", "D"]) == pytest.approx((0.25 + 0.5) / 2)
+    assert A.majority_level(["A", "C", "D"], ["A", "C", "C"]) == pytest.approx(1 / 3)
+    rows = A.attribute_scores([{"mode": "minor"}], [{"mode": "minor"}], [{"mode": "major"}] * 3 + [{"mode": "minor"}])
+    assert rows[0]["chance"] == 0.25 and rows[0]["majority"] == 0.0
     with pytest.raises(ValueError):
         A.attribute_scores(expected, estimated[:2])
 

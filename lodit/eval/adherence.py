@@ -48,9 +48,10 @@ the way the training data did, not a general music-analysis quality. Measured es
 reference clips is printed by ``scripts/adherence_check.py``; an attribute under
 :data:`TRUSTED_ACCURACY` on the reference clips of an evaluation is flagged in its report.
 
-Chance level per attribute: the expected accuracy of guessing with the label frequencies of the
-evaluated prompts, ``Σ_v p_v²`` (the tolerant version counts pairs within the tolerance);
-``majority`` is the accuracy of always guessing the most common label.
+Chance level per attribute: the expected accuracy on the evaluated prompts of a generator that
+ignores the prompt and draws the attribute with the label frequencies of the labelled reference
+clips (``Σ_v p_v²`` when prompts and references share their frequencies; the tolerant version
+counts values within the tolerance); ``majority`` always gives the references' most common value.
 """
 
 from __future__ import annotations
@@ -203,14 +204,17 @@ def event_segments(wav: np.ndarray, sample_rate: int, *, threshold_db: float = -
 
 def onset_times(wav: np.ndarray, sample_rate: int, *, max_hz: float | None = None, hop_seconds: float = 0.01,
                 min_gap: float = 0.07, relative_height: float = 0.1) -> np.ndarray:
-    """Onsets (seconds) as peaks of the positive log-spectral flux (below ``max_hz`` when given):
-    peaks above ``relative_height`` of the largest, at least ``min_gap`` apart."""
+    """Onsets (seconds) as peaks of the positive spectral flux of the compressed magnitude above a
+    noise floor (below ``max_hz`` when given): peaks above ``relative_height`` of the largest, at
+    least ``min_gap`` apart."""
     hop = max(int(hop_seconds * sample_rate), 1)
     power, freqs = power_spectrogram(wav, sample_rate, 1024, hop)
     if max_hz is not None:
         power = power[:, freqs < max_hz]
     magnitude = np.sqrt(power)
-    level = np.log1p(1000.0 * magnitude / max(float(magnitude.max()), 1e-12))  # compressed, scale-free
+    # less three times each frame's median (a flat noise floor), so a noise bed does not bury note onsets
+    magnitude = np.maximum(magnitude - 3.0 * np.median(magnitude, axis=1, keepdims=True), 0.0)
+    level = np.log1p(3.0 * magnitude / max(float(magnitude.max()), 1e-12))  # mildly compressed, scale-free
     flux = np.concatenate([[0.0], np.maximum(np.diff(level, axis=0), 0.0).sum(axis=1)])  # (T,)
     if flux.max() <= 0:
         return np.zeros(0)
@@ -247,21 +251,24 @@ def peak_frequencies(power: np.ndarray, freqs: np.ndarray) -> np.ndarray:
 
 
 def estimate_event(wav: np.ndarray, sample_rate: int) -> str:
-    """The kind of sound event: tonal (most energy at the spectral peak) and lasting -> ``sweep``,
-    tonal and intermittent -> ``beep``; noisy and lasting -> ``rain`` (centroid above 1.5 kHz) or
-    ``wind``; noisy and intermittent -> ``clicks`` (events under 50 ms) or ``noise_burst``."""
+    """The kind of sound event. Tonal (median share of the energy within ±3 bins of the spectral
+    peak at least 0.6 over the frames within 10 dB of the loudest) and covering most of the clip at
+    that level -> ``sweep``, tonal otherwise -> ``beep``; noisy and covering most of the clip within
+    20 dB of the loudest frame -> ``rain`` (centroid above 1.5 kHz) or ``wind``; noisy otherwise
+    -> ``clicks`` (events under 50 ms) or ``noise_burst``. Levels are relative to the loudest frame,
+    so a noise bed well below the events does not make intermittent sounds look continuous."""
     power, freqs = power_spectrogram(wav, sample_rate, 512, sample_rate // 100)
-    active = active_frames(power)
-    loud = power[active]  # (A, F)
-    peak = np.argmax(loud, axis=1)
+    loud = active_frames(power, -10.0)
+    frames = power[loud]  # (L, F)
+    peak = np.argmax(frames, axis=1)
     offsets = np.arange(-3, 4)
-    around = np.take_along_axis(loud, np.clip(peak[:, None] + offsets, 0, loud.shape[1] - 1), axis=1)  # (A, 7)
-    tonality = float(np.median(around.sum(axis=1) / np.maximum(loud.sum(axis=1), 1e-30)))
-    lasting = float(active.mean()) >= 0.75
+    around = np.take_along_axis(frames, np.clip(peak[:, None] + offsets, 0, frames.shape[1] - 1), axis=1)  # (L, 7)
+    tonality = float(np.median(around.sum(axis=1) / np.maximum(frames.sum(axis=1), 1e-30)))
     if tonality >= 0.6:
-        return "sweep" if lasting else "beep"
-    if lasting:
-        return "rain" if spectral_centroid(loud, freqs) >= 1500.0 else "wind"
+        return "sweep" if float(loud.mean()) >= 0.75 else "beep"
+    present = active_frames(power, -20.0)
+    if float(present.mean()) >= 0.75:
+        return "rain" if spectral_centroid(power[present], freqs) >= 1500.0 else "wind"
     lengths = [end - start for start, end in event_segments(wav, sample_rate)]
     return "clicks" if lengths and float(np.median(lengths)) < 0.05 else "noise_burst"
 
@@ -588,23 +595,32 @@ def matches(name: str, estimate: Any, label: Any, *, tolerant: bool = False) -> 
     return estimate == label
 
 
-def chance_level(name: str, labels: Sequence[Any], *, tolerant: bool = False) -> float:
-    """Expected accuracy of guessing with the labels' own frequencies: the share of (i, j) label
-    pairs that match (``Σ_v p_v²`` for exact matching)."""
-    if not labels:
+def chance_level(name: str, labels: Sequence[Any], population: Sequence[Any] | None = None, *,
+                 tolerant: bool = False) -> float:
+    """Expected accuracy on ``labels`` of a guesser that ignores the prompt and draws values with
+    the frequencies of ``population`` (default: ``labels`` themselves, giving ``Σ_v p_v²``)."""
+    population = list(labels if population is None else population)
+    if not labels or not population:
         return math.nan
-    values = list(labels)
-    return sum(matches(name, a, b, tolerant=tolerant) for a in values for b in values) / len(values) ** 2
+    return sum(matches(name, guess, label, tolerant=tolerant) for label in labels for guess in population) / (
+        len(labels) * len(population))
 
 
-def majority_level(labels: Sequence[Any]) -> float:
-    """Accuracy of always guessing the most common label."""
-    return Counter(labels).most_common(1)[0][1] / len(labels) if labels else math.nan
+def majority_level(labels: Sequence[Any], population: Sequence[Any] | None = None) -> float:
+    """Accuracy on ``labels`` of always guessing the most common value of ``population`` (default ``labels``)."""
+    population = list(labels if population is None else population)
+    if not labels or not population:
+        return math.nan
+    common = Counter(population).most_common(1)[0][0]
+    return sum(label == common for label in labels) / len(labels)
 
 
-def attribute_scores(expected: Sequence[dict[str, Any]], estimated: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def attribute_scores(expected: Sequence[dict[str, Any]], estimated: Sequence[dict[str, Any]],
+                     population: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Per attribute (in :data:`ATTRIBUTES` order): ``n``, ``accuracy``, ``chance``, ``majority``,
-    ``no_estimate`` and, for ordinal ones, ``tolerance``, ``accuracy_tolerant`` and ``chance_tolerant``."""
+    ``no_estimate`` and, for ordinal ones, ``tolerance``, ``accuracy_tolerant`` and ``chance_tolerant``.
+    Chance and majority guess with the label frequencies of ``population`` (attribute dicts; default
+    ``expected``), see :func:`chance_level`."""
     if len(expected) != len(estimated):
         raise ValueError(f"{len(expected)} label sets but {len(estimated)} estimate sets")
     scores = []
@@ -613,14 +629,15 @@ def attribute_scores(expected: Sequence[dict[str, Any]], estimated: Sequence[dic
         if not pairs:
             continue
         labels = [label for label, _ in pairs]
+        known = [want[name] for want in (expected if population is None else population) if name in want] or labels
         row = {"name": name, "kind": "ordinal" if attribute.ordinal else "categorical", "n": len(pairs),
                "accuracy": float(np.mean([matches(name, got, label) for label, got in pairs])),
-               "chance": chance_level(name, labels), "majority": majority_level(labels),
+               "chance": chance_level(name, labels, known), "majority": majority_level(labels, known),
                "no_estimate": sum(got is None for _, got in pairs)}
         if attribute.ordinal:
             row["tolerance"] = attribute.tolerance
             row["accuracy_tolerant"] = float(np.mean([matches(name, got, label, tolerant=True) for label, got in pairs]))
-            row["chance_tolerant"] = chance_level(name, labels, tolerant=True)
+            row["chance_tolerant"] = chance_level(name, labels, known, tolerant=True)
         scores.append(row)
     return scores
 
@@ -632,9 +649,11 @@ def read_clip(path: str | os.PathLike, offset: float = 0.0, duration: float | No
     return load_audio(path, SAMPLE_RATE, offset=offset, duration=duration)[0].numpy().astype(np.float64)
 
 
-def reference_scores(manifests: Sequence[str | os.PathLike]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def reference_scores(manifests: Sequence[str | os.PathLike], degrade: Callable[[np.ndarray], np.ndarray] | None = None,
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The estimators' accuracy on the labelled rows of ``manifests`` (see :func:`attribute_scores`),
-    and per clip its expected and estimated attributes."""
+    and per clip its expected and estimated attributes. ``degrade`` (samples -> samples) is applied
+    to every clip first, to see how the estimators hold up on less clean audio."""
     from lodit.data.manifest import read_manifest
 
     items = []
@@ -645,6 +664,7 @@ def reference_scores(manifests: Sequence[str | os.PathLike]) -> tuple[list[dict[
             if wanted:
                 path = data.audio_path(row)
                 wav = read_clip(path, row.offset, row.duration)
+                wav = wav if degrade is None else degrade(wav)
                 items.append({"clip": str(path), "expected": wanted,
                               "estimated": estimate_attributes(wav, SAMPLE_RATE, list(wanted))})
     return attribute_scores([i["expected"] for i in items], [i["estimated"] for i in items]), items
@@ -675,10 +695,12 @@ def adherence_section(samples: Sequence[tuple[str | os.PathLike, str]], referenc
     """
     wanted_by_caption: dict[str, dict[str, Any]] = {}
     clips_by_caption: dict[str, list[Any]] = {}
+    population = []  # every labelled reference clip's attributes: the label frequencies chance guesses with
     for clip in references:
         wanted = prompt_attributes(clip.labels)
         if not wanted or not clip.caption:
             continue
+        population.append(wanted)
         key = _caption_key(clip.caption)
         if key in wanted_by_caption:  # keep only what every clip of the caption agrees on
             wanted = {k: v for k, v in wanted_by_caption[key].items() if wanted.get(k) == v}
@@ -701,7 +723,7 @@ def adherence_section(samples: Sequence[tuple[str | os.PathLike, str]], referenc
     reference = {row["name"]: row for row in attribute_scores(
         [wanted for _, wanted in checked],
         [estimate_attributes(read_clip(clip.path, *clip.segment), SAMPLE_RATE, list(wanted)) for clip, wanted in checked])}
-    for row in attribute_scores(expected, estimated):
+    for row in attribute_scores(expected, estimated, population):
         trust = reference[row["name"]]
         row["reference_n"], row["reference_accuracy"] = trust["n"], trust["accuracy"]
         if "accuracy_tolerant" in trust:
@@ -788,8 +810,9 @@ def adherence_table(results: dict[str, Any]):
     rows.append(["estimator on reference clips", ""]
                 + [f"{attributes[name]['reference_accuracy']:.3g} (n={attributes[name]['reference_n']})"
                    + (" ⚠" if attributes[name]["flagged"] else "") for name in names])
-    note = ("Share of generated clips whose audio shows the attribute their prompt asked for, estimated by signal "
-            "processing (no CLAP offline); ±k: within k of the asked value. Chance: guessing with the prompts' own "
-            "label frequencies. The last row is the estimators' accuracy on the reference clips of the same captions"
+    note = ("Share of generated clips whose audio shows the attribute their prompt asked for (mean over seeds, "
+            "± the half-width of the interval over seeds with several), estimated by signal "
+            "processing (no CLAP offline); ±k: within k of the asked value. Chance: a generator that ignores the "
+            "prompt and draws each attribute with the reference clips' label frequencies. The last row is the estimators' accuracy on the reference clips of the same captions"
             f"; ⚠ marks an attribute under {TRUSTED_ACCURACY:.0%} there, whose numbers are less trustworthy.")
     return Table("Text adherence (caption attributes recovered from the audio)", ["arm", "DiT step"] + names, rows, note)
