@@ -346,6 +346,12 @@ def test_blind_ab_records_verdicts_and_tallies(compare_dir, tmp_path):
     assert records[0]["prompt_text"] == listing.prompts[trial.prompt].text
     with pytest.raises(LoditError, match="choose one of A, B, same"):
         listening.record_preference(listing, trial, "C")
+    (study / "listening" / "preferences.json").unlink()
+    (study / "listening").rmdir()
+    (study / "listening").write_text("a file where the folder should be")
+    with pytest.raises(LoditError, match="cannot write the verdict") as info:
+        listening.record_preference(listing, trial, "B")
+    one_line(info)
     with pytest.raises(LoditError, match="step 3 is not an evaluation step"):
         listening.new_trial(listing, rng, step=3)
 

@@ -226,7 +226,11 @@ def record_preference(listing: CompareListing, trial: Trial, choice: str, *, lis
     winner = {"A": trial.arm_a, "B": trial.arm_b, "same": None}[choice]
     records.append({**asdict(trial), "prompt_text": listing.prompts[trial.prompt].text, "choice": choice,
                     "preferred_arm": winner, "listener": listener, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    write_json(path, records)
+    try:
+        write_json(path, records)
+    except OSError as exc:  # a read-only comparison folder (e.g. a shared copy)
+        raise LoditError(f"{path}: cannot write the verdict ({exc.strerror or exc}); copy the comparison folder "
+                         f"somewhere writable and open that") from None
     return tally(records)
 
 
