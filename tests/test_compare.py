@@ -11,10 +11,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from lodit.cli import main
 from lodit.config import ConfigError
-from lodit.data.manifest import ManifestRow, read_manifest
+from lodit.data.audio import load_audio, save_audio
+from lodit.data.espeak import espeak_available
+from lodit.data.manifest import ManifestRow, read_manifest, write_manifest
 from lodit.data.synthetic import make_demo_dataset
 from lodit.errors import LoditError
 from lodit.eval import experiment as experiment_module
@@ -29,7 +32,15 @@ REPORT_FILES = ("results.json", "report.md", "report.html", "convergence_fad.png
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("data"), n_audio=5, n_music=3, n_speech=0, seconds=1.0)
+    """Sounds, music and (with espeak-ng) two utterances. The utterances are labelled with one
+    speaker, so the held-out one has a reference voice (the other, in the training set)."""
+    manifest = make_demo_dataset(tmp_path_factory.mktemp("data"), n_audio=5, n_music=3, n_speech=2, seconds=1.0)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    for row in rows:
+        if row.get("domain") == "speech":
+            row["speaker"] = "speaker-a"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return manifest
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +116,8 @@ def test_results_hold_every_number_with_model_and_n(experiment):
             assert isinstance(metric["n"], int) and "model" in metric
             assert metric["value"] is not None or metric["details"]["unavailable"]
         fad = next(m for m in run["metrics"] if m["name"] == "fad")
-        assert fad["value"] > 0 and fad["n"] == 3 and fad["details"]["n_ref"] == 3
+        held_out = 4 if espeak_available() else 3  # 2 sounds, 1 music clip (and 1 utterance) held out
+        assert fad["value"] > 0 and fad["n"] == 3 and fad["details"]["n_ref"] == held_out
         assert "lodit tokenizer" in fad["model"]
         clap = next(m for m in run["metrics"] if m["name"] == "clap_score")
         assert "no CLAP model" in clap["details"]["unavailable"]
@@ -120,11 +132,52 @@ def test_results_hold_every_number_with_model_and_n(experiment):
     samples_dir = ExperimentLayout(experiment["out"]).step_dir("dim_16", 0, 2) / "samples"
     samples = json.loads((samples_dir / "samples.json").read_text())
     references = json.loads((samples_dir / "references.json").read_text())
-    assert [s["task"] for s in samples["samples"]] == [{"audio": "tta", "music": "ttm"}[r["domain"]] for r in references]
-    assert {s["task"] for s in samples["samples"]} == {"tta", "ttm"}
+    tasks = {"audio": "tta", "music": "ttm", "speech": "tts"}
+    assert [s["task"] for s in samples["samples"]] == [tasks[r["domain"]] for r in references]
+    assert {s["task"] for s in samples["samples"]} == ({"tta", "ttm", "tts"} if espeak_available() else {"tta", "ttm"})
     summary = {(r["arm"], r["step"], r["metric"]): r for r in results["summary"]}
     row = summary[("dim_64", 4, "fad")]
     assert row["n_seeds"] == 1 and row["ci_low"] is None and row["mean"] == pytest.approx(row["values"][0])
+
+
+def test_tts_is_scored_with_and_without_a_reference_voice(experiment, dataset):
+    if not espeak_available():
+        pytest.skip("the speech clips need espeak-ng (pip install espeakng-loader)")
+    out = experiment["out"]
+    results = json.loads((out / "report" / "results.json").read_text())
+    variants = results["tts_variants"]
+    assert (variants["without_reference"]["wer"], variants["with_reference"]["wer"]) == ("wer", "wer_with_reference")
+    assert "no reference voice" in variants["without_reference"]["description"]
+    for run in results["runs"]:
+        metrics = {m["name"]: m for m in run["metrics"]}
+        for variant, spec in variants.items():
+            wer, similarity = metrics[spec["wer"]], metrics[spec["speaker_similarity"]]
+            assert wer["details"]["tts_prompt"] == similarity["details"]["tts_prompt"] == variant
+            assert wer["n"] == 1  # the one held-out utterance
+            # the tiny models' speech may be silence, which has no speaker embedding: then the reason is given
+            assert similarity["n"] == 1 or "silent" in similarity["details"]["unavailable"]
+        assert metrics["wer_with_reference"]["value"] >= 0 and "tiny.en" in metrics["wer_with_reference"]["model"]
+        assert metrics["wer_with_reference"]["details"]["skipped"] == 0
+
+    # The held-out utterance again, with the other clip of its speaker (in the training set) as the voice.
+    rows = read_manifest(dataset)
+    train_speech = next(r for r in read_manifest(out / "data" / "train.jsonl").rows if r.domain == "speech")
+    held_out = next(r for r in read_manifest(out / "data" / "eval.jsonl").rows if r.domain == "speech")
+    voiced = ExperimentLayout(out).step_dir("dim_16", 0, 4) / "samples_with_reference"
+    (entry,) = json.loads((voiced / "samples.json").read_text())["samples"]
+    assert (entry["task"], entry["transcript"]) == ("tts", held_out.transcript)
+    assert entry["reference_transcript"] == train_speech.transcript != held_out.transcript
+    voice = json.loads((voiced / "voices.json").read_text())["references"][0]["voice"]
+    assert voice["set"] == "training" and voice["transcript"] == train_speech.transcript
+    source = next(r for r in rows.rows if r.transcript == train_speech.transcript)
+    torch.testing.assert_close(load_audio(entry["reference_audio"]), load_audio(rows.audio_path(source)), atol=1e-4, rtol=0)
+    plain = json.loads((voiced.parent / "samples" / "samples.json").read_text())["samples"]
+    assert [s["reference_audio"] for s in plain if s["task"] == "tts"] == [""]  # the text-only variant
+
+    markdown = (out / "report" / "report.md").read_text()
+    assert "## TTS with and without a reference voice (DiT step 4)" in markdown
+    assert "WER (%, with reference)" in markdown and "WER (%, text only)" in markdown
+    assert "With reference: transcript plus a reference voice" in markdown
 
 
 def test_report_is_self_contained_and_names_models(experiment):
@@ -245,6 +298,38 @@ def test_experiment_config_paths_and_errors(tmp_path):
         load_experiment(bad)
     with pytest.raises(LoditError, match="data.train_manifest"):
         experiment_module.ExperimentRunner(load_experiment(TINY), tmp_path / "out")
+
+
+def test_reference_voice_is_another_sentence_of_the_same_speaker(tmp_path):
+    """Evaluation set first, then training set; never the same sentence; the voice's own segment."""
+    rate = 16000
+    tone = torch.sin(torch.arange(rate) / rate * 2 * math.pi * 220)[None]  # (1, S): 1 s
+    for name in ("e0", "e1", "e2", "e3", "e4", "t0", "t1"):
+        save_audio(tmp_path / f"{name}.wav", tone * (0.1 + 0.1 * len(name) * ord(name[1]) / 60), rate)
+    speech = {"domain": "speech", "caption": "a voice"}
+    write_manifest(tmp_path / "eval.jsonl", [
+        ManifestRow(audio="e0.wav", speaker="A", transcript="Hello there.", **speech),
+        ManifestRow(audio="e1.wav", speaker="A", transcript="hello there", **speech),  # the same sentence
+        ManifestRow(audio="e2.wav", speaker="B", transcript="Good morning.", **speech),
+        ManifestRow(audio="e3.wav", speaker="C", transcript="See you.", **speech),  # C has no other clip
+        ManifestRow(audio="e4.wav", speaker="B", transcript="Another line.", offset=0.25, duration=0.5, **speech),
+        ManifestRow(audio="e0.wav", caption="a beep", domain="audio"),
+    ])
+    write_manifest(tmp_path / "train.jsonl", [
+        ManifestRow(audio="t0.wav", speaker="A", transcript="The quick fox.", **speech),
+        ManifestRow(audio="t1.wav", speaker="B", transcript="Not chosen.", **speech),
+    ])
+    requests, references, skipped = experiment_module.reference_voice_prompts(
+        tmp_path / "eval.jsonl", tmp_path / "train.jsonl", ["tta", "tts"], 10, tmp_path / "voices")
+    assert [(r["transcript"], r["reference_transcript"]) for r in requests] == [
+        ("Hello there.", "The quick fox."), ("hello there", "The quick fox."),
+        ("Good morning.", "Another line."), ("Another line.", "Good morning.")]
+    assert [r["voice"]["set"] for r in references] == ["training", "training", "evaluation", "evaluation"]
+    assert all(r["task"] == "tts" and r["prompt"] == "a voice" for r in requests)
+    assert skipped == [{"audio": str((tmp_path / "e3.wav").resolve()), "transcript": "See you.", "speaker": "C"}]
+    voice = load_audio(requests[2]["reference_audio"])  # e4's segment only, 0.25 s to 0.75 s
+    torch.testing.assert_close(voice, load_audio(tmp_path / "e4.wav", offset=0.25, duration=0.5), atol=1e-4, rtol=0)
+    assert voice.shape == (1, rate // 2)
 
 
 def test_split_keeps_every_domain_in_both_parts():

@@ -19,7 +19,11 @@ and one or more training seeds. :class:`ExperimentRunner` runs, per arm,
    prompts as TTM, ...), and ``score``: those samples scored by
    :class:`~lodit.eval.evaluate.Evaluator` (with text adherence when the evaluation clips carry the
    demo dataset's labels); training then continues. Samples and scores are
-   separate stages, so changing only the metric models re-scores the kept samples;
+   separate stages, so changing only the metric models re-scores the kept samples. TTS prompts
+   are generated from the transcript alone in ``sample`` and again, in ``sample_with_reference``,
+   with another clip of the same speaker and its transcript as the reference voice; ``score``
+   reports the two apart (:data:`TTS_VARIANTS`: ``wer`` / ``speaker_similarity`` without,
+   ``wer_with_reference`` / ``speaker_similarity_with_reference`` with a reference);
 
 and finally the report (:mod:`lodit.eval.report`).
 
@@ -44,6 +48,7 @@ Output layout::
     OUT/arms/<arm>/latent_stats/     stats.json
     OUT/arms/<arm>/seed-<s>/dit/     DiT run (checkpoints/step-*)
     OUT/arms/<arm>/seed-<s>/step-<k>/samples/  prompts.jsonl, references.json, wavs + samples.json
+    OUT/arms/<arm>/seed-<s>/step-<k>/samples_with_reference/  the TTS prompts with a voice: voices/ + voices.json
     OUT/arms/<arm>/seed-<s>/step-<k>/scores/   metrics.json
     OUT/report/           results.json, report.md, report.html, *.png, audio/
 """
@@ -74,14 +79,31 @@ from lodit.config import (
     save_config,
     to_dict,
 )
-from lodit.data.audio import audio_info, load_audio
+from lodit.data.audio import audio_info, load_audio, save_audio
 from lodit.data.manifest import ManifestRow, portable_audio_path, read_manifest, write_manifest
 from lodit.errors import LoditError
 from lodit.eval.evaluate import EvaluationConfig, Evaluator, write_json
+from lodit.eval.results import MetricResult
 
 STAGE_FILE = "stage.json"
 STAGE_LOG = "stages.jsonl"
 CONFIG_COPY = "experiment.yaml"
+VOICES_FILE = "voices.json"  # the reference voices of the TTS samples made with one
+# TTS is evaluated twice, as F5-TTS can be used: with a reference voice and from the transcript
+# alone. Metric names of each variant in the scores and results, and what they measure.
+TTS_VARIANTS = {
+    "without_reference": {
+        "wer": "wer", "speaker_similarity": "speaker_similarity",
+        "description": "transcript only, no reference voice (the model chooses the voice); speaker SIM "
+                       "against the held-out clip of the same sentence",
+    },
+    "with_reference": {
+        "wer": "wer_with_reference", "speaker_similarity": "speaker_similarity_with_reference",
+        "description": "transcript plus a reference voice: another clip of the held-out clip's speaker (from "
+                       "the evaluation set, else the training set) and its transcript; speaker SIM against "
+                       "that reference clip",
+    },
+}
 _ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -551,19 +573,32 @@ class ExperimentRunner:
                            "seconds": self.config.evaluation.seconds, "prompts_from": data_spec["eval"],
                            "prompt_task": "reference domain"}  # samples made before prompts had tasks are redone
             samples_dir = step_dir / "samples"
-            if self.book.is_done(samples_dir, sample_spec):
-                self.book.log(f"sample/{where}", "reused")
-            else:
-                checkpoint = self._checkpoint_at(config, run_dir, step)
-                self._stage(f"sample/{where}", samples_dir, sample_spec,
-                            partial(self.sample, state, checkpoint))
+            at_step = partial(self._checkpoint_at, config, run_dir, step)
+            self._sample_stage(f"sample/{where}", samples_dir, sample_spec, partial(self.sample, state), at_step)
             score_spec = {"samples": spec_hash(sample_spec), "reference": data_spec["eval"],
                           "metrics": to_dict(self.config.evaluation.metric_config()),
                           "adherence": 1}  # scores made before the adherence section existed are redone
+            voice_dir = None
+            if _has_tts(samples_dir):  # the same TTS prompts again, each with a reference voice
+                voice_dir = step_dir / "samples_with_reference"
+                voice_spec = {**sample_spec, "variant": "tts with a reference voice", "voices_from": data_spec["train"]}
+                self._sample_stage(f"sample_with_reference/{where}", voice_dir, voice_spec,
+                                   partial(self.sample_with_reference, state), at_step)
+                score_spec["with_reference"] = spec_hash(voice_spec)
             self._stage(f"score/{where}", step_dir / "scores", score_spec,
-                        partial(self.score, arm, samples_dir))
+                        partial(self.score, arm, samples_dir, voice_dir=voice_dir))
         if not finished:  # every evaluation step, the last being dit_steps, has been reached
             self.book.finish(name, run_dir, spec, time.monotonic() - started)
+
+    def _sample_stage(self, name: str, folder: Path, spec: Any, sampler: Callable[[Path, Path], None],
+                      checkpoint: Callable[[], Path]) -> None:
+        """A sampling stage: reused when done, else ``sampler(checkpoint, folder)`` on the DiT
+        checkpoint of its step (trained up to it only then)."""
+        if self.book.is_done(folder, spec):
+            self.book.log(name, "reused")
+            return
+        at_step = checkpoint()
+        self._stage(name, folder, spec, partial(sampler, at_step))
 
     def _checkpoint_at(self, config, run_dir: Path, step: int) -> Path:
         """The DiT checkpoint at ``step``, training up to it (from the newest checkpoint) if needed."""
@@ -603,11 +638,57 @@ class ExperimentRunner:
         write_json(folder / "references.json", references)
         run_sampler(checkpoint, prompts_file, folder, self.config.sampling, state.tokenizer_dir)
 
-    def score(self, arm: ArmConfig, samples_dir: Path, folder: Path) -> None:
+    def sample_with_reference(self, state: ArmState, checkpoint: Path, folder: Path) -> None:
+        """The evaluation's TTS prompts, each with another clip of its speaker and that clip's
+        transcript as the reference voice, through ``lodit sample``; ``voices.json`` lists the
+        voices used and the prompts left out (no other clip of their speaker)."""
+        from lodit.dit.generator import read_generator_config
+
+        tasks = read_generator_config(checkpoint).tasks
+        requests, references, skipped = reference_voice_prompts(
+            self.layout.eval_manifest, self.layout.train_manifest, tasks, self.config.evaluation.num_prompts,
+            folder / "voices")
+        write_json(folder / VOICES_FILE, {"requests": len(requests), "references": references, "skipped": skipped})
+        if requests:
+            prompts_file = folder / "prompts.jsonl"
+            _write_jsonl(prompts_file, requests)
+            run_sampler(checkpoint, prompts_file, folder, self.config.sampling, state.tokenizer_dir)
+
+    def score(self, arm: ArmConfig, samples_dir: Path, folder: Path, voice_dir: Path | None = None) -> None:
         metrics = self.evaluator.evaluate(samples_dir, self.layout.eval_manifest)
+        if voice_dir is not None:
+            plain = TTS_VARIANTS["without_reference"]
+            for metric in metrics["metrics"]:
+                if metric["name"] in (plain["wer"], plain["speaker_similarity"]):
+                    metric["details"]["tts_prompt"] = "without_reference"
+            metrics["metrics"] += [m.to_dict() for m in self.with_reference_metrics(voice_dir)]
         write_json(folder / "metrics.json", metrics)
         headline = ", ".join(_short(m) for m in metrics["metrics"] if m["name"] in ("fad", "clap_score", "wer"))
         self.say(f"[{arm.name}] {samples_dir.parent.name}: {headline}")
+
+    def with_reference_metrics(self, voice_dir: Path) -> list[MetricResult]:
+        """WER and speaker similarity of the samples made with a reference voice (SIM against that voice)."""
+        from lodit.eval.evaluate import read_samples
+
+        names = TTS_VARIANTS["with_reference"]
+        voices = json.loads((voice_dir / VOICES_FILE).read_text(encoding="utf-8"))
+        skipped = len(voices["skipped"])
+        if not voices["requests"]:
+            reason = "no TTS prompt has another clip of its speaker (manifest 'speaker') to use as the reference voice"
+            return [MetricResult.unavailable(names[key], reason, tts_prompt="with_reference", skipped=skipped)
+                    for key in ("wer", "speaker_similarity")]
+        _, samples = read_samples(voice_dir)
+        results = []
+        for key, compute in (("wer", lambda: self.evaluator.wer_metric(samples)),
+                             ("speaker_similarity", lambda: self.evaluator.similarity_metric(samples, []))):
+            try:
+                result = compute()
+            except LoditError as exc:  # as in `lodit evaluate`: one bad sample set must not stop the comparison
+                result = MetricResult.unavailable(key, f"could not be computed: {exc}")
+            result.name = names[key]
+            result.details.update(tts_prompt="with_reference", skipped=skipped)
+            results.append(result)
+        return results
 
 
 # ============================================================================ building blocks
@@ -650,22 +731,8 @@ def evaluation_prompts(manifest: Path, tasks: list[str], count: int,
     """The first ``count`` evaluation clips whose task the DiT was trained on, taken round-robin over
     tasks, as ``lodit sample`` requests (each with its clip's task, so a multi-task DiT generates
     music prompts as TTM), with the reference clip of each."""
-    from lodit.conditioning.tasks import task_from_domain
-
     data = read_manifest(manifest)
-    default_task = next((t for t in tasks if t != "tts"), tasks[0])
-    queues: dict[str, list[ManifestRow]] = {task: [] for task in tasks}
-    for row in data.rows:
-        task = task_from_domain(row.domain) if row.domain else default_task
-        if task == "tts" and not row.transcript:
-            continue
-        if task in queues:
-            queues[task].append(row)
-    chosen: list[tuple[str, ManifestRow]] = []
-    while len(chosen) < count and any(queues.values()):
-        for task in tasks:
-            if queues[task] and len(chosen) < count:
-                chosen.append((task, queues[task].pop(0)))
+    chosen = _chosen_rows(data.rows, tasks, count)
     if not chosen:
         raise LoditError(f"{manifest}: no evaluation clip for the DiT's tasks ({', '.join(tasks)}); check the domains")
     requests, references = [], []
@@ -679,6 +746,75 @@ def evaluation_prompts(manifest: Path, tasks: list[str], count: int,
         references.append({"audio": str(path.resolve()), "offset": row.offset, "duration": row.duration,
                            "caption": row.caption or "", "transcript": row.transcript or "", "domain": row.domain or ""})
     return requests, references
+
+
+def _chosen_rows(rows: list[ManifestRow], tasks: list[str], count: int) -> list[tuple[str, ManifestRow]]:
+    """The first ``count`` rows whose task is in ``tasks``, round-robin over tasks, with their task
+    (speech rows need a transcript)."""
+    from lodit.conditioning.tasks import task_from_domain
+
+    default_task = next((t for t in tasks if t != "tts"), tasks[0])
+    queues: dict[str, list[ManifestRow]] = {task: [] for task in tasks}
+    for row in rows:
+        task = task_from_domain(row.domain) if row.domain else default_task
+        if task == "tts" and not row.transcript:
+            continue
+        if task in queues:
+            queues[task].append(row)
+    chosen: list[tuple[str, ManifestRow]] = []
+    while len(chosen) < count and any(queues.values()):
+        for task in tasks:
+            if queues[task] and len(chosen) < count:
+                chosen.append((task, queues[task].pop(0)))
+    return chosen
+
+
+def reference_voice_prompts(eval_manifest: Path, train_manifest: Path, tasks: list[str], count: int,
+                            voices_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The TTS prompts of :func:`evaluation_prompts` again, each with a reference voice.
+
+    The voice of a prompt is another clip of its speaker (manifest ``speaker``) that says another
+    sentence: the first in the evaluation set, else the first in the training set. Its segment is
+    written to ``voices_dir`` (the reference must be exactly what its transcript says). Returns the
+    ``lodit sample`` requests, per request its target clip and voice clip, and the prompts left out
+    for want of such a clip.
+    """
+    from lodit.eval.asr import normalize_text
+
+    data, train = read_manifest(eval_manifest), read_manifest(train_manifest)
+    candidates = [(data, row) for row in data.rows] + [(train, row) for row in train.rows]
+    requests, references, skipped = [], [], []
+    for task, row in _chosen_rows(data.rows, tasks, count):
+        if task != "tts":
+            continue
+        target = data.audio_path(row).resolve()
+        voice = next(((source, other) for source, other in candidates
+                      if row.speaker and other.speaker == row.speaker and other.domain == row.domain
+                      and other.transcript and normalize_text(other.transcript) != normalize_text(row.transcript)
+                      and (source.audio_path(other).resolve(), other.offset) != (target, row.offset)), None)
+        if voice is None:
+            skipped.append({"audio": str(target), "transcript": row.transcript, "speaker": row.speaker or ""})
+            continue
+        source, other = voice
+        path = source.audio_path(other)
+        rate = audio_info(path)[0]
+        voice_file = voices_dir / f"{len(requests):04d}.wav"
+        voices_dir.mkdir(parents=True, exist_ok=True)
+        save_audio(voice_file, load_audio(path, offset=other.offset, duration=other.duration), rate)
+        requests.append({"prompt": row.caption or "", "transcript": row.transcript, "task": "tts",
+                         "reference_audio": str(voice_file.resolve()), "reference_transcript": other.transcript})
+        references.append({"audio": str(target), "offset": row.offset, "duration": row.duration,
+                           "transcript": row.transcript, "speaker": row.speaker,
+                           "voice": {"audio": str(path.resolve()), "offset": other.offset, "duration": other.duration,
+                                     "transcript": other.transcript,
+                                     "set": "evaluation" if source is data else "training"}})
+    return requests, references, skipped
+
+
+def _has_tts(samples_dir: Path) -> bool:
+    """Whether a ``lodit sample`` folder holds TTS samples."""
+    index = json.loads((samples_dir / "samples.json").read_text(encoding="utf-8"))
+    return any(entry.get("task") == "tts" for entry in index["samples"])
 
 
 def _file_seconds(path: Path, offset: float) -> float:

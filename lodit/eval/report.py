@@ -6,7 +6,9 @@ JSON-able dict; :func:`aggregate` turns per-seed numbers into mean and confidenc
 (arm, step, metric); :func:`write_report` writes into the report folder:
 
 - ``results.json``: all of it (every number with its model and N; ``adherence``: the caption
-  attributes recovered from the generated audio, per arm, step and attribute, with chance levels);
+  attributes recovered from the generated audio, per arm, step and attribute, with chance levels;
+  ``tts_variants``: which metrics are TTS from the transcript alone and which with a reference
+  voice, and what each measures);
 - ``convergence_fad.png``, ``convergence_clap_score.png``, ``convergence_wer.png``: the metric
   against DiT steps, one line per arm (band: the confidence interval), and ``latent_spectrum.png``
   (cumulative variance against the number of principal components, per arm);
@@ -40,10 +42,17 @@ RESULTS_FORMAT = "lodit-compare-results"
 CI_LEVEL = 0.95
 CONVERGENCE_METRICS = ("fad", "clap_score", "wer")
 # Direction of each metric in the tables (lower or higher is better); others are shown without one.
-LOWER_IS_BETTER = {"fad", "fad_tta", "fad_ttm", "fad_tts", "fad_inf", "wer", "rtf", "mel_distance", "stft_distance"}
-HIGHER_IS_BETTER = {"clap_score", "speaker_similarity", "si_sdr", "pesq", "stoi", "estoi"}
+LOWER_IS_BETTER = {"fad", "fad_tta", "fad_ttm", "fad_tts", "fad_inf", "wer", "wer_with_reference", "rtf",
+                   "mel_distance", "stft_distance"}
+HIGHER_IS_BETTER = {"clap_score", "speaker_similarity", "speaker_similarity_with_reference", "si_sdr", "pesq", "stoi",
+                    "estoi"}
+PERCENT_METRICS = {"wer", "wer_with_reference"}  # stored as fractions, shown in %
+# The compare runner's plain TTS samples have no reference voice; those with one have their own
+# metrics (lodit.eval.experiment.TTS_VARIANTS).
 LABELS = {"fad": "FAD", "fad_tta": "FAD (TTA)", "fad_ttm": "FAD (TTM)", "fad_tts": "FAD (TTS)",
-          "clap_score": "CLAP score", "wer": "WER (%)", "speaker_similarity": "speaker SIM", "rtf": "RTF",
+          "clap_score": "CLAP score", "wer": "WER (%, text only)", "speaker_similarity": "speaker SIM (text only)",
+          "wer_with_reference": "WER (%, with reference)",
+          "speaker_similarity_with_reference": "speaker SIM (with reference)", "rtf": "RTF",
           "nfe": "NFE", "mel_distance": "mel distance", "stft_distance": "STFT distance", "si_sdr": "SI-SDR (dB)",
           "pesq": "PESQ", "stoi": "STOI"}
 SPEED_METRICS = ("rtf", "nfe")
@@ -111,7 +120,7 @@ def _read_json(path: Path) -> Any:
 
 def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
     """Everything the experiment in ``out_dir`` produced, as one dict (paths relative to ``out_dir``)."""
-    from lodit.eval.experiment import ExperimentLayout
+    from lodit.eval.experiment import TTS_VARIANTS, ExperimentLayout
 
     out = Path(out_dir)
     layout = ExperimentLayout(out)
@@ -148,6 +157,8 @@ def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
     adherence = adherence_summary(runs)
     if adherence is not None:
         results["adherence"] = adherence
+    if any(m["name"] == TTS_VARIANTS["with_reference"]["wer"] for run in runs for m in run["metrics"]):
+        results["tts_variants"] = TTS_VARIANTS  # which metric is TTS with, which without a reference voice
     return results
 
 
@@ -155,7 +166,7 @@ def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
 
 
 def _scale(metric: str, value: float) -> float:
-    return value * 100.0 if metric == "wer" else value  # WER is stored as a fraction, shown in %
+    return value * 100.0 if metric in PERCENT_METRICS else value
 
 
 def format_summary(row: dict[str, Any] | None) -> str:
@@ -225,7 +236,8 @@ class ReportBuilder:
     def metric_names(self) -> list[str]:
         """Generation metrics present, in a fixed order (FAD first, speed last)."""
         present = {r["metric"] for r in self.results["summary"]}
-        order = ["fad", "fad_tta", "fad_ttm", "fad_tts", "clap_score", "wer", "speaker_similarity"]
+        order = ["fad", "fad_tta", "fad_ttm", "fad_tts", "clap_score", "wer", "speaker_similarity", "wer_with_reference",
+                 "speaker_similarity_with_reference"]
         return [m for m in order if m in present] + sorted(present - set(order) - set(SPEED_METRICS))
 
     def interval_note(self) -> str:
@@ -396,6 +408,20 @@ class ReportBuilder:
         return prompts
 
 
+def tts_variants_table(builder: ReportBuilder) -> Table | None:
+    """TTS with and without a reference voice side by side (last step); None when no TTS sample had one."""
+    variants = builder.results.get("tts_variants")
+    if not variants:
+        return None
+    metrics = [spec[key] for spec in variants.values() for key in ("wer", "speaker_similarity")]
+    rows = [[arm] + [format_summary(builder.summary.get((arm, builder.final_step, m))) for m in metrics]
+            for arm in builder.arms]
+    note = " ".join(f"{variant.replace('_', ' ').capitalize()}: {spec['description']}."
+                    for variant, spec in variants.items())
+    return Table(f"TTS with and without a reference voice (DiT step {builder.final_step})",
+                 ["arm"] + [label(m) for m in metrics], rows, f"{note} {builder.interval_note()}")
+
+
 def write_report(results: dict[str, Any], folder: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
     """Write ``results.json``, the PNG plots, ``audio/``, ``report.md`` and ``report.html`` into ``folder``.
 
@@ -448,6 +474,8 @@ def render_markdown(builder: ReportBuilder, plots: list[Path], examples: list[di
         parts.append(f"{level} {table.title}\n\n{table.markdown()}")
 
     section(builder.final_table())
+    if (tts := tts_variants_table(builder)) is not None:
+        section(tts)
     section(builder.models_table())
     if (adherence := adherence_table(builder.results)) is not None:
         section(adherence)
@@ -500,6 +528,8 @@ def render_html(builder: ReportBuilder, plots: list[Path], examples: list[dict[s
         body.append(f'<p><img src="{_data_uri(path, "image/png")}" alt="{e(alt)}"></p>')
 
     section(builder.final_table())
+    if (tts := tts_variants_table(builder)) is not None:
+        section(tts)
     section(builder.models_table())
     if (adherence := adherence_table(builder.results)) is not None:
         section(adherence)
@@ -538,7 +568,8 @@ def headline(results: dict[str, Any]) -> list[str]:
     lines = [f"{results['experiment']}: step {final}, {len(results['config']['seeds'])} seed(s)"]
     for arm in results["arms"]:
         parts = [f"{label(m)} {format_summary(summary[(arm['name'], final, m)])}"
-                 for m in ("fad", "clap_score", "wer", "speaker_similarity") if (arm["name"], final, m) in summary
+                 for m in ("fad", "clap_score", "wer", "speaker_similarity", "wer_with_reference",
+                           "speaker_similarity_with_reference") if (arm["name"], final, m) in summary
                  and summary[(arm["name"], final, m)]["mean"] is not None]
         recon = {m["name"]: m for m in arm["reconstruction"]}
         rank = next(m for m in arm["latent_statistics"]["metrics"] if m["name"] == "effective_rank")
