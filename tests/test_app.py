@@ -428,12 +428,14 @@ def test_page_generates_playable_audio_in_headless_chromium(state, generator):
         driver.set_script_timeout(120)
         driver.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(driver, 300)  # generous: a loaded 2-core machine starves the page and the server
+        # The page mounts its widgets progressively (slowly on a loaded machine): wait for each one used.
         prompt = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#lodit-prompt textarea"))[0]
-        driver.find_element(By.CSS_SELECTOR, "#lodit-generate").click()  # no prompt yet: a one-line message
+        generate = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "button#lodit-generate"))[0]
+        generate.click()  # no prompt yet: a one-line message
         toast = wait.until(lambda d: d.find_elements(By.XPATH, "//*[contains(text(), 'the prompt is empty')]"))[0]
         assert "Traceback" not in toast.text and "\n" not in toast.text.strip()
         prompt.send_keys("a high beep")
-        driver.find_element(By.CSS_SELECTOR, "#lodit-generate").click()
+        generate.click()
         link = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#lodit-sample-0 a[download]"))[0]
         assert driver.find_elements(By.CSS_SELECTOR, "#lodit-sample-0 audio")
         source = link.get_attribute("href")
