@@ -44,8 +44,11 @@ wind's gust rate (not in the caption).
 
 Estimators assume the demo dataset's generating process (e.g. a melody starts on its tonic,
 tempos come from the caption's list): they measure whether generated audio follows the prompt in
-the way the training data did, not a general music-analysis quality. Measured estimator accuracy on
-reference clips is printed by ``scripts/adherence_check.py``; an attribute under
+the way the training data did, not a general music-analysis quality. ``scripts/adherence_check.py``
+measures them on the demo clips: with 72 clips per domain and seeds 0 and 1 (4-s clips) every
+attribute is 100 % right except the tempo, 99.3 % (a 60-BPM melody of only half-beat notes reads as
+120 BPM); with white noise added at 20 dB SNR every attribute stays at or above 98.6 %; at 10 dB the
+beep count, pitch and length, the wind strength and the tempo fall to 50-76 %. An attribute under
 :data:`TRUSTED_ACCURACY` on the reference clips of an evaluation is flagged in its report.
 
 Chance level per attribute: the expected accuracy on the evaluated prompts of a generator that
@@ -811,8 +814,9 @@ def adherence_table(results: dict[str, Any]):
                 + [f"{attributes[name]['reference_accuracy']:.3g} (n={attributes[name]['reference_n']})"
                    + (" ⚠" if attributes[name]["flagged"] else "") for name in names])
     note = ("Share of generated clips whose audio shows the attribute their prompt asked for (mean over seeds, "
-            "± the half-width of the interval over seeds with several), estimated by signal "
-            "processing (no CLAP offline); ±k: within k of the asked value. Chance: a generator that ignores the "
-            "prompt and draws each attribute with the reference clips' label frequencies. The last row is the estimators' accuracy on the reference clips of the same captions"
-            f"; ⚠ marks an attribute under {TRUSTED_ACCURACY:.0%} there, whose numbers are less trustworthy.")
+            "± the half-width of the interval over seeds with several), estimated by signal processing (no CLAP "
+            "offline); ±k: within k of the asked value. Chance: a generator that ignores the prompt and draws each "
+            "attribute with the reference clips' label frequencies. The last row is the estimators' accuracy on the "
+            f"reference clips of the same captions; ⚠ marks an attribute under {TRUSTED_ACCURACY:.0%} there, whose "
+            "numbers are less trustworthy.")
     return Table("Text adherence (caption attributes recovered from the audio)", ["arm", "DiT step"] + names, rows, note)
