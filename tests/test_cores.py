@@ -59,3 +59,20 @@ def test_workers_are_chosen_for_the_device():
     assert choose_workers(AUTO_WORKERS, cores=2, on_gpu=True) == 1
     assert choose_workers(AUTO_WORKERS, cores=64, on_gpu=True) == 8
     assert choose_workers(3, cores=2) == 3  # an explicit count is kept
+
+
+def test_loading_the_asr_model_keeps_the_chosen_threads():
+    # CTranslate2 resets the process-wide OpenMP thread count when it loads, which torch shares.
+    pytest.importorskip("faster_whisper", reason="faster-whisper is optional (lodit[offline])")
+    from lodit.eval.asr import WERScorer
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        try:
+            WERScorer("offline:tiny.en")
+        except LoditError as exc:  # the offline bundle is not installed
+            pytest.skip(str(exc))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)

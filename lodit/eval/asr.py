@@ -124,7 +124,10 @@ class WERScorer:
         self.language, self.beam_size = language, beam_size
         source = self._resolve(model)
         try:
-            self.model = WhisperModel(source, device=device, compute_type=compute_type)
+            # CTranslate2 sets the process's OpenMP thread count when it loads (all cores by default),
+            # which torch shares: pass torch's count so lodit's choice (lodit.cores) stands.
+            self.model = WhisperModel(source, device=device, compute_type=compute_type,
+                                      cpu_threads=torch.get_num_threads())
         except Exception as exc:  # ctranslate2/huggingface_hub raise many types for a bad model reference
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise LoditError(
