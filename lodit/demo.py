@@ -47,7 +47,7 @@ PROFILES: dict[str, Profile] = {
     "default": Profile({"n_audio": 24, "n_music": 24, "n_speech": 24, "seconds": 2.0}, (), 15),
     # The real answer: more data and steps, three DiT seeds per arm (confidence intervals in the report).
     "long": Profile({"n_audio": 48, "n_music": 48, "n_speech": 48, "seconds": 3.0},
-                    ("tokenizer_steps=3000", "dit_steps=1500", "eval_steps=[300,750,1500]", "seeds=[0,1,2]",
+                    ("tokenizer_steps=2000", "dit_steps=1000", "eval_steps=[250,500,1000]", "seeds=[0,1,2]",
                      "evaluation.num_prompts=16", "evaluation.reconstruction_clips=16"), 60),
 }
 
