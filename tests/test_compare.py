@@ -426,3 +426,12 @@ def test_sembo_stage_trains_once_and_feeds_the_losatok_arm(tmp_path, dataset):
     assert actions.count(("sembo", "ran")) == 1 and actions.count(("sembo", "reused")) == 1
     with pytest.raises(ConfigError, match="sembo is trained for a tokenizer config"):
         from_dict(ArmConfig, {"name": "x", "checkpoint": "y", "sembo": "z.yaml"})
+
+
+def test_reconstruction_clips_are_spread_over_domains():
+    from lodit.eval.experiment import spread_over_domains
+
+    rows = [ManifestRow(audio=f"{d}{i}.wav", domain=d) for d in ("audio", "music", "speech") for i in range(4)]
+    chosen = spread_over_domains(rows, 5)
+    assert [r.audio for r in chosen] == ["audio0.wav", "music0.wav", "speech0.wav", "audio1.wav", "music1.wav"]
+    assert spread_over_domains(rows, 0) == rows and spread_over_domains(rows, 50) == rows

@@ -29,6 +29,7 @@ from lodit.eval.probes import (
     silhouette_score,
     token_histograms,
 )
+import lodit.eval.reconstruction as reconstruction_module
 from lodit.eval.reconstruction import (
     level_ratio,
     multiscale_mel_distance,
@@ -369,6 +370,26 @@ def test_reconstruction_metrics_and_optional_quality_packages(monkeypatch):
     assert all(r.available and math.isfinite(r.value) for r in results[:5])
     assert math.isnan(results[5].value) and "pip install pesq" in results[5].details["unavailable"]
     assert math.isnan(results[6].value) and "pip install pystoi" in results[6].details["unavailable"]
+
+
+def test_pesq_and_stoi_score_only_the_speech_clips(monkeypatch):
+    ref = _tone(1.0)
+    rec = ref + 0.01 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(2))
+    seen = []
+
+    def fake_stoi(refs, recs, rate, **kwargs):
+        seen.append(len(refs))
+        return MetricResult("stoi", 0.5, len(refs), "")
+
+    monkeypatch.setattr(reconstruction_module, "stoi_score", fake_stoi)
+    results = {r.name: r for r in reconstruction_metrics([ref, ref, ref], [rec, rec, rec], 16000,
+                                                         speech=[True, False, True])}
+    assert seen == [2] and results["stoi"].details["clips"] == "speech"
+    assert results["mel_distance"].n == 3  # the other metrics see every clip
+    none = {r.name: r for r in reconstruction_metrics([ref], [rec], 16000, speech=[False])}
+    assert math.isnan(none["pesq"].value) and "no speech clips" in none["pesq"].details["unavailable"]
+    with pytest.raises(LoditError, match="speech flags"):
+        reconstruction_metrics([ref], [rec], 16000, speech=[True, False])
 
 
 def test_level_ratio_is_the_median_rms_ratio_in_db():

@@ -866,8 +866,26 @@ def run_sampler(checkpoint: Path, prompts_file: Path, out: Path, sampling: Sampl
     sample_cli.run(parser.parse_args(argv))
 
 
+def spread_over_domains(rows: list[ManifestRow], count: int) -> list[ManifestRow]:
+    """``count`` rows (0 = all) taken in turn from each domain, in manifest order within a domain,
+    so a manifest sorted by domain still gives speech clips to PESQ and STOI."""
+    if not count or count >= len(rows):
+        return list(rows)
+    by_domain: dict[str, list[ManifestRow]] = {}
+    for row in rows:
+        by_domain.setdefault(row.domain or "", []).append(row)
+    queues = list(by_domain.values())
+    chosen: list[ManifestRow] = []
+    while len(chosen) < count:
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
 def reconstruction_report(tokenizer_dir: Path, manifest: Path, count: int) -> dict[str, Any]:
-    """Reconstruction metrics of the first ``count`` clips of ``manifest`` (0 = all) and the tokenizer's description."""
+    """Reconstruction metrics of ``count`` clips of ``manifest`` spread over its domains (0 = all;
+    PESQ and STOI on the speech ones) and the tokenizer's description."""
     import torch
 
     from lodit.eval.reconstruction import reconstruction_metrics
@@ -876,14 +894,15 @@ def reconstruction_report(tokenizer_dir: Path, manifest: Path, count: int) -> di
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir, map_location=device)
     data = read_manifest(manifest)
-    rows = data.rows[:count] if count else data.rows
+    rows = spread_over_domains(data.rows, count)
     refs, recs = [], []
     for row in rows:
         wav = load_audio(data.audio_path(row), tokenizer.sample_rate, offset=row.offset, duration=row.duration)  # (1, S)
         refs.append(wav[0])
         recs.append(tokenizer.reconstruct(wav).float().cpu()[0, 0])
+    speech = [row.domain == "speech" or bool(row.transcript) for row in rows]
     metrics = []
-    for metric in reconstruction_metrics(refs, recs, tokenizer.sample_rate):
+    for metric in reconstruction_metrics(refs, recs, tokenizer.sample_rate, speech=speech):
         metric.model = f"tokenizer {tokenizer.config.name} round trip"
         metrics.append(metric.to_dict())
     return {

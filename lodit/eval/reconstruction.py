@@ -159,15 +159,30 @@ def stoi_score(ref_wavs: Clips, rec_wavs: Clips, sample_rate: int, *, extended: 
     return _per_clip("estoi" if extended else "stoi", _pairs(ref_wavs, rec_wavs), score)
 
 
-def reconstruction_metrics(ref_wavs: Clips, rec_wavs: Clips, sample_rate: int) -> list[MetricResult]:
-    """Mel distance (absolute and floor-robust), level ratio, STFT distance, SI-SDR, PESQ and STOI
-    of every pair (PESQ/STOI NaN with a reason when their packages are missing)."""
+def reconstruction_metrics(
+    ref_wavs: Clips, rec_wavs: Clips, sample_rate: int, *, speech: Sequence[bool] | None = None
+) -> list[MetricResult]:
+    """Mel distance (absolute and floor-robust), level ratio, STFT distance and SI-SDR of every pair,
+    and PESQ and STOI of the speech pairs (``speech`` flags them; every pair when None). PESQ and STOI
+    model speech perception: on beeps or music they measure nothing a listener would agree with.
+    They are NaN with a reason when their packages are missing or no pair is speech."""
+    refs, recs = _clip_list(ref_wavs, "reference audio"), _clip_list(rec_wavs, "reconstructed audio")
+    if speech is not None and len(speech) != len(refs):
+        raise LoditError(f"{len(refs)} clips but {len(speech)} speech flags; flag every clip")
+    chosen = [i for i in range(len(refs)) if speech is None or speech[i]]
+    speech_refs, speech_recs = [refs[i] for i in chosen], [recs[i] for i in chosen]
+    speech_metrics = (
+        [pesq_score(speech_refs, speech_recs, sample_rate), stoi_score(speech_refs, speech_recs, sample_rate)]
+        if chosen else [MetricResult.unavailable(name, "no speech clips among the evaluated clips")
+                        for name in ("pesq", "stoi")]
+    )
+    for metric in speech_metrics:
+        metric.details["clips"] = "speech" if speech is not None else "all"
     return [
-        multiscale_mel_distance(ref_wavs, rec_wavs, sample_rate),
-        multiscale_mel_distance(ref_wavs, rec_wavs, sample_rate, dynamic_range_db=FLOOR_ROBUST_RANGE_DB),
-        level_ratio(ref_wavs, rec_wavs),
-        stft_distance(ref_wavs, rec_wavs),
-        si_sdr(ref_wavs, rec_wavs),
-        pesq_score(ref_wavs, rec_wavs, sample_rate),
-        stoi_score(ref_wavs, rec_wavs, sample_rate),
+        multiscale_mel_distance(refs, recs, sample_rate),
+        multiscale_mel_distance(refs, recs, sample_rate, dynamic_range_db=FLOOR_ROBUST_RANGE_DB),
+        level_ratio(refs, recs),
+        stft_distance(refs, recs),
+        si_sdr(refs, recs),
+        *speech_metrics,
     ]

@@ -43,7 +43,7 @@ CI_LEVEL = 0.95
 CONVERGENCE_METRICS = ("fad", "clap_score", "wer")
 # Direction of each metric in the tables (lower or higher is better); others are shown without one.
 LOWER_IS_BETTER = {"fad", "fad_tta", "fad_ttm", "fad_tts", "fad_inf", "wer", "wer_with_reference", "rtf",
-                   "mel_distance", "stft_distance"}
+                   "mel_distance", "mel_distance_80db", "stft_distance"}
 HIGHER_IS_BETTER = {"clap_score", "speaker_similarity", "speaker_similarity_with_reference", "si_sdr", "pesq", "stoi",
                     "estoi"}
 PERCENT_METRICS = {"wer", "wer_with_reference"}  # stored as fractions, shown in %
@@ -54,9 +54,10 @@ LABELS = {"fad": "FAD", "fad_tta": "FAD (TTA)", "fad_ttm": "FAD (TTM)", "fad_tts
           "wer_with_reference": "WER (%, with reference)",
           "speaker_similarity_with_reference": "speaker SIM (with reference)", "rtf": "RTF",
           "nfe": "NFE", "mel_distance": "mel distance", "stft_distance": "STFT distance", "si_sdr": "SI-SDR (dB)",
-          "pesq": "PESQ", "stoi": "STOI"}
+          "pesq": "PESQ (speech)", "stoi": "STOI (speech)", "mel_distance_80db": "mel distance (80 dB floor)",
+          "level_ratio": "level (dB, 0 = as loud)"}
 SPEED_METRICS = ("rtf", "nfe")
-RECONSTRUCTION_METRICS = ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi")
+RECONSTRUCTION_METRICS = ("mel_distance", "mel_distance_80db", "level_ratio", "stft_distance", "si_sdr", "pesq", "stoi")
 TOPK_SHOWN = (1, 8, 32, 128)
 MARKERS = ("o", "s", "^", "D", "v", "P")
 DASHES = ("-", "--", "-.", ":")
@@ -284,7 +285,8 @@ class ReportBuilder:
             rows.append([arm["name"], tokenizer.get("name", ""), str(tokenizer.get("latent_dim", "")),
                          f"{tokenizer.get('parameters', 0) / 1e6:.2f} M"]
                         + [format_value(by_name.get(m)) for m in RECONSTRUCTION_METRICS] + [str(arm["reconstruction_clips"])])
-        note = "Round trips (encode, decode) of evaluation clips."
+        note = ("Round trips (encode, decode) of evaluation clips taken in turn from each domain; PESQ and STOI "
+                "on the speech ones only. Level: median RMS of the reconstruction over the input, in dB.")
         if reasons:
             note += f" Unavailable: {'; '.join(sorted(reasons))}."
         return Table("Reconstruction per tokenizer (evaluation set)",
