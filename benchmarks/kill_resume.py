@@ -144,6 +144,8 @@ def main() -> int:
     parser.add_argument("--kills-per-command", type=int, default=6)
     parser.add_argument("--clips", type=int, default=12)
     parser.add_argument("--min-delay", type=float, default=1.5, help="earliest kill, seconds (imports take ~1-2 s)")
+    parser.add_argument("--max-delay", type=float, default=0.0,
+                        help="latest kill, seconds (default: 0.6 x the reference's wall time)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     work = Path(args.work).resolve()
@@ -172,7 +174,7 @@ def main() -> int:
         while kills < args.kills_per_command:
             out = work / f"{names[command]}-killed-{runs}"
             started = time.monotonic()
-            high = max(args.min_delay + 0.5, wall if wall == wall else 10.0)
+            high = args.max_delay or max(args.min_delay + 0.5, 0.6 * wall if wall == wall else 10.0)
             taken = killed_run(base[command](out), log, rng, args.min_delay, high)
             equal, detail = same_outputs(command, ref, out)
             all_equal &= equal
