@@ -478,9 +478,14 @@ def test_from_pretrained_errors(tmp_path):
 def test_identity_tracks_config():
     a, b = Tokenizer(tiny_config(16)), Tokenizer(tiny_config(32))
     ident = a.identity()
-    assert set(ident) == {"name", "config_hash", "latent_dim", "frame_rate", "sample_rate"}
+    assert set(ident) == {"name", "config_hash", "latent_dim", "frame_rate", "sample_rate", "weights_hash"}
     assert ident["latent_dim"] == 16 and ident["frame_rate"] == 25.0 and ident["sample_rate"] == SR
     assert ident["config_hash"] != b.identity()["config_hash"]
+    torch.manual_seed(123)
+    twin = Tokenizer(tiny_config(16))  # same config, other weights: same config hash, other identity
+    assert twin.identity()["config_hash"] == ident["config_hash"]
+    assert twin.identity()["weights_hash"] != ident["weights_hash"]
+    assert a.identity()["weights_hash"] == ident["weights_hash"]  # a content hash: stable for the same weights
 
 
 # ----------------------------------------------------------------------------- learning
