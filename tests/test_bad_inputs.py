@@ -265,6 +265,10 @@ CASES = [
                                                     str(w.configs), "--out", f"{w.root}/s1"], "is a folder"),
     # --- other commands' outputs
     ("make-dataset: --out is a file", lambda w: ["make-dataset", "--out", w.afile], "exists and is a file"),
+    ("make-dataset: a billion clips", lambda w: ["make-dataset", "--out", f"{w.root}/m3", "--counts",
+                                                 "audio=1000000000"], "at most 100000"),
+    ("make-dataset: clips of an hour", lambda w: ["make-dataset", "--out", f"{w.root}/m3", "--seconds", "3600"],
+     "1-60 seconds"),
     ("prepare: --out is a folder", lambda w: ["prepare", "folder", str(w.root / "audio"), "--out", str(w.configs)],
      "is a folder; give the name of a file"),
     ("prepare: --out under a file", lambda w: ["prepare", "folder", str(w.root / "audio"), "--out",

@@ -409,6 +409,8 @@ def make_speech_clip(rng: np.random.Generator, index: int, seconds: float, sampl
 
 # =========================================================================== the dataset
 
+# A bound on what a typo can ask for (a count of 10**9 would fill the disk over days).
+MAX_CLIPS = 100_000
 CLIP_MAKERS = {"audio": make_sound_clip, "music": make_music_clip, "speech": make_speech_clip}
 
 
@@ -437,6 +439,9 @@ def make_demo_dataset(
     for domain, count in counts.items():
         if count < 0:
             raise LoditError(f"the number of {domain} clips must be >= 0, got {count}")
+    if sum(counts.values()) > MAX_CLIPS:
+        raise LoditError(f"{sum(counts.values())} clips asked for; the demo dataset makes at most {MAX_CLIPS} "
+                         "(a teaching set: bring real data through `lodit prepare` for more)")
     if not 1.0 <= seconds <= 60.0:
         raise LoditError(f"clip length must be 1-60 seconds, got {seconds}")
     if sample_rate < 8000:
