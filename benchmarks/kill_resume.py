@@ -91,11 +91,13 @@ def run_to_end(argv: list[str], log: Path, timeout: float = 1800) -> float:
     return time.monotonic() - started
 
 
-def killed_run(argv: list[str], log: Path, rng: random.Random, low: float, high: float) -> int:
-    """Run ``argv`` until an invocation finishes by itself, SIGKILLing each one after a random delay."""
+def killed_run(argv: list[str], log: Path, rng: random.Random, low: float, high: float, max_kills: int) -> int:
+    """Run ``argv`` until an invocation finishes by itself, SIGKILLing each one after a random delay;
+    after ``max_kills`` kills the next invocation runs to its end (an invocation that only has its
+    start-up and exit left, e.g. a finished encode, might otherwise never outlast the delays)."""
     kills = 0
     while True:
-        delay = rng.uniform(low, high)
+        delay = rng.uniform(low, high) if kills < max_kills else None
         with open(log, "ab") as handle:
             proc = subprocess.Popen(argv, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
             try:
@@ -175,7 +177,7 @@ def main() -> int:
             out = work / f"{names[command]}-killed-{runs}"
             started = time.monotonic()
             high = args.max_delay or max(args.min_delay + 0.5, 0.6 * wall if wall == wall else 10.0)
-            taken = killed_run(base[command](out), log, rng, args.min_delay, high)
+            taken = killed_run(base[command](out), log, rng, args.min_delay, high, args.kills_per_command - kills)
             equal, detail = same_outputs(command, ref, out)
             all_equal &= equal
             kills += taken
