@@ -35,17 +35,18 @@ class Profile:
 
     dataset: dict
     overrides: tuple[str, ...]
-    minutes: int  # what it takes on a 2-core CPU (README, benchmarks/RESULTS.md)
+    minutes: int  # on 2 idle cores: quick 2.2 and default 13.3 measured (benchmarks/RESULTS.md); long estimated
 
 
 PROFILES: dict[str, Profile] = {
     # A smoke run: fewer clips, steps and prompts, the smaller offline Whisper for FAD.
-    "quick": Profile({"n_audio": 10, "n_music": 10, "n_speech": 8, "seconds": 2.0},
-                     ("tokenizer_steps=250", "dit_steps=200", "eval_steps=[100,200]", "evaluation.num_prompts=6",
+    "quick": Profile({"n_audio": 8, "n_music": 8, "n_speech": 6, "seconds": 2.0},
+                     ("tokenizer_steps=100", "dit_steps=100", "eval_steps=[50,100]", "evaluation.num_prompts=6",
                       "evaluation.embedder.model=offline:tiny.en", "evaluation.reconstruction_clips=4",
                       "evaluation.audio_examples=2", "sampling.steps=8"), 3),
     "default": Profile({"n_audio": 24, "n_music": 24, "n_speech": 24, "seconds": 2.0}, (), 15),
-    # The real answer: more data and steps, three DiT seeds per arm (confidence intervals in the report).
+    # The real answer: more data and steps, three DiT seeds per arm (confidence intervals in the report);
+    # its hour is estimated from the default profile's per-step costs, not measured.
     "long": Profile({"n_audio": 48, "n_music": 48, "n_speech": 48, "seconds": 3.0},
                     ("tokenizer_steps=2000", "dit_steps=1000", "eval_steps=[250,500,1000]", "seeds=[0,1,2]",
                      "evaluation.num_prompts=16", "evaluation.reconstruction_clips=16"), 60),
