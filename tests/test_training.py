@@ -632,18 +632,13 @@ def test_progress_prints_lines_when_not_a_terminal():
 def test_time_budget_stops_with_checkpoint_and_final_then_continues(tmp_path, monkeypatch):
     import lodit.training.loop as loop_module
 
-    clock = {"now": 1000.0}
-
-    def tick():  # every call to the clock is one "minute": the budget of 3 minutes ends after a few steps
-        clock["now"] += 60.0
-        return clock["now"]
-
-    monkeypatch.setattr(loop_module.time, "monotonic", tick)
     trainer = make_trainer(tmp_path / "run", max_minutes=3.0, checkpoint_every=100, max_steps=50)
+    # Every finished step takes one "minute": the 3-minute budget is spent by step 3 exactly.
+    monkeypatch.setattr(loop_module.time, "monotonic", lambda: 60.0 * trainer.step)
     result = trainer.fit()
-    assert result.out_of_time
-    assert 1 <= result.step < 50
-    assert result.checkpoint is not None and result.checkpoint.name == f"step-{result.step:08d}"
+    monkeypatch.undo()
+    assert result.out_of_time and result.step == 3
+    assert result.checkpoint is not None and result.checkpoint.name == "step-00000003"
     assert result.final is not None and (result.final / "config.json").is_file()
     # the same command again trains further: resumed from the budget's checkpoint, not from scratch
     again = make_trainer(tmp_path / "run", max_minutes=0.0, checkpoint_every=100, max_steps=50).fit()
