@@ -15,7 +15,6 @@ folder and returns the tally per arm (wins, losses, ties).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -28,7 +27,7 @@ import numpy as np
 from lodit.data.audio import load_audio
 from lodit.errors import LoditError
 from lodit.eval.evaluate import write_json
-from lodit.eval.report import RECONSTRUCTION_METRICS, RESULTS_FORMAT, format_value, label
+from lodit.eval.report import RECONSTRUCTION_METRICS, RESULTS_FORMAT, format_value, label, read_compare_json
 
 RESULTS = Path("report") / "results.json"
 PREFERENCES = Path("listening") / "preferences.json"
@@ -77,19 +76,10 @@ def experiment_folder(path: str | os.PathLike) -> Path:
     raise LoditError(f"{folder}: no {RESULTS} here; pass a folder that `lodit compare` finished (it writes the report last)")
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LoditError(f"{path}: missing; the comparison folder is incomplete (run `lodit compare` again)") from None
-    except json.JSONDecodeError as exc:
-        raise LoditError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
 def open_compare(path: str | os.PathLike) -> CompareListing:
     """List a comparison folder (see the module docstring)."""
     folder = experiment_folder(path)
-    results = _read_json(folder / RESULTS)
+    results = read_compare_json(folder / RESULTS)
     if not isinstance(results, dict) or results.get("format") != RESULTS_FORMAT:
         raise LoditError(f"{folder / RESULTS}: not a lodit compare results file")
     arms = [arm["name"] for arm in results["arms"]]
@@ -99,9 +89,9 @@ def open_compare(path: str | os.PathLike) -> CompareListing:
     for run in results["runs"]:
         arm, seed, step = run["arm"], int(run["seed"]), int(run["step"])
         samples_dir = folder / run["samples"]
-        index = _read_json(samples_dir / "samples.json")["samples"]
+        index = read_compare_json(samples_dir / "samples.json")["samples"]
         if not prompts:
-            references = _read_json(samples_dir / "references.json")
+            references = read_compare_json(samples_dir / "references.json")
             for i, (entry, reference) in enumerate(zip(index, references)):
                 caption, transcript = entry.get("prompt", ""), entry.get("transcript", "")
                 prompts.append(ComparePrompt(i, caption or transcript, caption, transcript, entry.get("task", ""),
@@ -238,7 +228,7 @@ def read_preferences(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         return []
-    records = _read_json(path)
+    records = read_compare_json(path)
     if not isinstance(records, list):
         raise LoditError(f"{path}: expected a list of preference records; move the file away to start a new one")
     return records

@@ -112,11 +112,14 @@ def aggregate(runs: Sequence[dict[str, Any]], level: float = CI_LEVEL) -> list[d
 # ============================================================================ collecting
 
 
-def _read_json(path: Path) -> Any:
+def read_compare_json(path: Path) -> Any:
+    """A JSON file of a ``lodit compare`` folder; a missing or broken one is a one-line error."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LoditError(f"{path}: missing; run `lodit compare` again to produce it") from None
+    except json.JSONDecodeError as exc:
+        raise LoditError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
 def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
@@ -128,21 +131,21 @@ def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
     arms, runs = [], []
     for arm in config.arms:
         arm_dir = layout.arm_dir(arm.name)
-        reconstruction = _read_json(arm_dir / "reconstruction" / "metrics.json")
-        latent = _read_json(arm_dir / "latent_stats" / "stats.json")
+        reconstruction = read_compare_json(arm_dir / "reconstruction" / "metrics.json")
+        latent = read_compare_json(arm_dir / "latent_stats" / "stats.json")
         examples = []
         for seed in config.seeds:
             for step in config.eval_steps:
                 step_dir = layout.step_dir(arm.name, seed, step)
-                scores = _read_json(step_dir / "scores" / "metrics.json")
+                scores = read_compare_json(step_dir / "scores" / "metrics.json")
                 runs.append({"arm": arm.name, "seed": seed, "step": step, "metrics": scores["metrics"],
                              "settings": scores.get("settings", {}),
                              "samples": str((step_dir / "samples").relative_to(out))})
                 if "adherence" in scores:  # per-attribute scores; the per-sample items stay in metrics.json
                     runs[-1]["adherence"] = {k: v for k, v in scores["adherence"].items() if k != "items"}
         final_samples = layout.step_dir(arm.name, config.seeds[0], config.eval_steps[-1]) / "samples"
-        index = _read_json(final_samples / "samples.json")
-        references = _read_json(final_samples / "references.json")
+        index = read_compare_json(final_samples / "samples.json")
+        references = read_compare_json(final_samples / "references.json")
         for entry, reference in list(zip(index["samples"], references))[: config.evaluation.audio_examples]:
             examples.append({"file": str((final_samples / entry["file"]).relative_to(out)),
                              "prompt": entry.get("prompt", ""), "transcript": entry.get("transcript", ""),
