@@ -14,6 +14,12 @@ probe signals, and prints one row per checkpoint:
 - ``tone``: a steady 440 Hz tone at -9 dBFS: pitch error (cents) and level (dB);
 - ``melody``: eight harmonic notes: the share whose pitch comes back within 50 cents, and level (dB).
 
+``--tone-grid`` also sends steady tones at quarter steps of the latent frame rate through each run's
+final tokenizer and prints the pitch that comes back. A decoder that is a fixed function of its
+latent frames turns the identical frames of a steady tone into audio that repeats every latent
+frame, whose partials can only sit at multiples of the frame rate (25 Hz here): the grid shows
+whether a tokenizer has that limit (benchmarks/RESULTS.md, "Steady tones").
+
 ``--json`` also writes every number. Usage (the measurement in benchmarks/RESULTS.md)::
 
     lodit make-dataset --out train --counts audio=48,music=48,speech=48 --seed 0
@@ -138,6 +144,26 @@ def evaluate(tokenizer: Tokenizer, clips: list[torch.Tensor], speech: list[int],
     return numbers
 
 
+def tone_grid(tokenizer: Tokenizer, base_hz: float = 400.0, steps: int = 9) -> list[dict[str, float]]:
+    """Steady -9 dBFS tones from ``base_hz`` up in quarter steps of the latent frame rate: for each,
+    the level that comes back (dB), the strongest output frequency and how far it sits from the
+    nearest multiple of the frame rate (in multiples of the rate; 0 = on the grid)."""
+    rate, frame_rate = tokenizer.sample_rate, tokenizer.latent_rate
+    rows = []
+    for i in range(steps):
+        freq = base_hz + i * frame_rate / 4
+        tone = 0.35 * np.sin(2 * np.pi * freq * np.arange(2 * rate) / rate).astype(np.float32)
+        wav = torch.from_numpy(tone)[None]  # (1, S)
+        with torch.no_grad():
+            recon = tokenizer.reconstruct(wav)[0, 0, : wav.shape[-1]]
+        middle = slice(rate // 2, wav.shape[-1] - rate // 4)  # away from the clip's edges
+        out_hz = peak_hz(recon[middle].numpy(), rate)
+        rows.append({"tone_hz": freq, "level_db": level_db(wav[0, middle], recon[middle]), "output_hz": out_hz,
+                     "cents": 1200 * math.log2(max(out_hz, 1e-3) / freq),
+                     "output_off_grid": abs(out_hz / frame_rate - round(out_hz / frame_rate))})
+    return rows
+
+
 COLUMNS = [("minutes", "{:.1f}"), ("step", "{}"), ("mel_distance", "{:.3f}"), ("mel_distance_80db", "{:.3f}"),
            ("level_db", "{:+.1f}"), ("stoi", "{:.3f}"), ("pesq", "{:.2f}"), ("wer_ratio", "{:.2f}"),
            ("tone_cents", "{:+.0f}"), ("tone_level_db", "{:+.1f}"), ("melody_notes_ok", "{:.2f}"),
@@ -152,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asr", default="offline:base", help="ASR model for the WER ratio ('' to skip)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--every", type=int, default=1, help="evaluate every N-th checkpoint (default all)")
+    parser.add_argument("--tone-grid", action="store_true",
+                        help="also send steady tones at quarter steps of the latent rate through each final tokenizer")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
 
@@ -186,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
             print("| " + " | ".join(cells) + " |", flush=True)
         results.append({"run": str(run), "rows": rows})
         print()
+        if args.tone_grid:
+            grid = tone_grid(tokenizer)
+            results[-1]["tone_grid"] = grid
+            print("| tone Hz | level dB | output Hz | cents | output off the frame-rate grid |\n|---|---|---|---|---|")
+            for row in grid:
+                print(f"| {row['tone_hz']:.2f} | {row['level_db']:+.1f} | {row['output_hz']:.2f} | "
+                      f"{row['cents']:+.0f} | {row['output_off_grid']:.2f} |")
+            print()
     if args.json:
         args.json.write_text(json.dumps({"manifest": str(args.manifest), "clips": len(clips), "seconds": seconds,
                                          "original_wer": original_wer, "asr": args.asr, "runs": results},
