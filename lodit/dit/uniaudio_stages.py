@@ -192,6 +192,9 @@ def train_uniaudio(config: UniAudioTrainConfig, run_dir: str | Path, *, resume: 
                    stop_at: int | None = None) -> StagesResult:
     """Run (or resume) the config's stages in order; ``stop_at`` applies to the stage running now."""
     run_dir = Path(run_dir)
+    if "decoder" in config.stages and not config.decoder.autoencoder:
+        raise LoditError("stage 'decoder' needs decoder.autoencoder (a 25 Hz lodit tokenizer folder whose latents it "
+                         "generates); set decoder.autoencoder=FOLDER or stages=[tokenizer]")
     config = absolute_paths(config)
     results: dict[str, TrainResult] = {}
     for stage in config.stages:

@@ -212,19 +212,25 @@ class UniAudioToken(nn.Module):
         return num_frames(num_samples, self.config.teacher.target_rate)
 
 
-def read_folder_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """``config.json`` of a UniAudio-Token folder as a mapping (LoditError when it is not one)."""
+def read_keyed_config(folder: str | os.PathLike, key: str, what: str, hint: str) -> dict[str, Any]:
+    """``config.json`` of a model folder whose top level must hold ``key`` (LoditError naming
+    ``what`` the folder should be and ``hint``, how to get one, otherwise)."""
     path = Path(folder) / "config.json"
     if not path.is_file():
-        raise LoditError(f"{folder}: not a model folder (no config.json); pass a run's final/ folder")
+        raise LoditError(f"{folder}: not {what} folder (no config.json); {hint}")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise LoditError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict) or CONFIG_KEY not in data:
-        raise LoditError(f"{path}: not a UniAudio-Token folder (no {CONFIG_KEY!r} key); pass the final/ folder "
-                         "of a `lodit train-tokenizer` run with a UniAudio-Token config")
+    if not isinstance(data, dict) or key not in data:
+        raise LoditError(f"{path}: not {what} folder (no {key!r} key); {hint}")
     return data
+
+
+def read_folder_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """``config.json`` of a UniAudio-Token folder as a mapping (LoditError when it is not one)."""
+    return read_keyed_config(folder, CONFIG_KEY, "a UniAudio-Token",
+                             "pass the final/ folder of a `lodit train-tokenizer` run with a UniAudio-Token config")
 
 
 def is_uniaudio_folder(folder: str | os.PathLike) -> bool:

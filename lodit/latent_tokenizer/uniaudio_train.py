@@ -86,9 +86,6 @@ class UniAudioTrainConfig:
     def __post_init__(self) -> None:
         if not self.stages or len(set(self.stages)) != len(self.stages):
             raise ValueError(f"stages must list tokenizer and/or decoder once each, got {self.stages}")
-        if "decoder" in self.stages and not self.decoder.autoencoder:
-            raise ValueError("stage 'decoder' needs decoder.autoencoder (a lodit tokenizer folder whose latents "
-                             "it generates); set it or drop 'decoder' from stages")
 
 
 # ============================================================================ data
