@@ -237,6 +237,11 @@ def test_cli_train_encode_tokens_and_reconstruct(whisper_dir, manifest, tmp_path
     assert cache.producer["codebook_hash"] == model.quantizer.codebook_hash() and cache.producer["codebook_size"] == 16
     ids = cache[0].latents
     assert ids.shape == (25, 1) and torch.equal(ids, ids.round()) and 0 <= ids.min() and ids.max() < 16
+    from lodit.eval.understanding import uniaudio_statistics
+
+    stats = {m.name: m for m in uniaudio_statistics(run / "final", [manifest.parent / "0.wav", manifest.parent / "2.wav"])}
+    assert 0 < stats["sae_gate"].value < 1 and stats["sae_gate"].n == 2
+    assert 0 < stats["codebook_usage"].value <= 1 and 1 <= stats["codebook_perplexity"].value <= 16
     out = tmp_path / "rec.wav"
     assert cli.main(["reconstruct", "--tokenizer", str(run / "final"), str(manifest.parent / "0.wav"), str(out)]) == 0
     assert out.is_file()

@@ -273,3 +273,33 @@ def understanding_table(results: dict[str, Any] | None):
     return Table("Understanding: probes and token-histogram clustering",
                  ["representation", "kind", "model", "probe accuracy", "purity", "silhouette", "recon WER", "recon SIM"],
                  table_rows, note)
+
+
+@torch.no_grad()
+def uniaudio_statistics(folder: str | os.PathLike, audio: list[str | os.PathLike]) -> list[Any]:
+    """``lodit evaluate --uniaudio FOLDER``: the UniAudio-Token's mean SAE gate (``sae_gate``, 0 with
+    the SAE off), codebook usage (fraction of codes used by any clip) and perplexity (``exp`` of the
+    entropy of the pooled code histogram) over ``audio`` files, as metric results."""
+    from lodit.eval.results import MetricResult
+    from lodit.latent_tokenizer.sae import mean_gate
+    from lodit.latent_tokenizer.uniaudio import TokenFrameEncoder
+
+    if not audio:
+        raise LoditError("no audio to run the UniAudio-Token over")
+    model = TokenFrameEncoder(folder)
+    tokenizer = model.model
+    dim = tokenizer.config.teacher_dim
+    gates, counts = [], torch.zeros(tokenizer.codebook_size)
+    for path in audio:
+        wav = load_audio(path, model.sample_rate, channels="mix")
+        features = model.teacher(wav[None])  # (1, T, 2D)
+        _, gamma = tokenizer.sae(features[..., :dim], features[..., dim:])
+        gates.append(float(mean_gate(gamma)))
+        counts += torch.bincount(tokenizer(features).ids.flatten(), minlength=tokenizer.codebook_size).float()
+    probs = counts / counts.sum()
+    perplexity = float(torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum()))
+    name = f"UniAudio-Token {Path(folder).name}"
+    return [MetricResult("sae_gate", float(np.mean(gates)), len(gates), name, {"per_clip": gates}),
+            MetricResult("codebook_usage", float((counts > 0).float().mean()), len(gates), name,
+                         {"codebook_size": tokenizer.codebook_size}),
+            MetricResult("codebook_perplexity", perplexity, len(gates), name, {"codebook_size": tokenizer.codebook_size})]
