@@ -248,3 +248,16 @@ def test_cli_train_encode_tokens_and_reconstruct(whisper_dir, manifest, tmp_path
     # the tokenizer alone (no decoder stage) can't reconstruct: one clear line, exit 2
     assert cli.main(["reconstruct", "--tokenizer", str(run / "tokenizer" / "final"), str(manifest.parent / "0.wav"),
                      str(tmp_path / "x.wav")]) == 2
+
+
+def test_cli_bad_uniaudio_configs_are_one_line_errors(manifest, tmp_path, capsys):
+    base = ["train-tokenizer", "--config", "configs/tokenizer/uniaudio_tiny.yaml", "--manifest", str(manifest),
+            "--out", str(tmp_path / "run")]
+    assert cli.main([*base, "uniaudio.sae.bogus=1"]) == 2
+    err = capsys.readouterr().err
+    assert "uniaudio_tiny.yaml" in err and "bogus" in err and "Traceback" not in err
+    assert cli.main(base) == 2  # the decoder stage without decoder.autoencoder, refused before any work
+    assert "decoder.autoencoder" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "tokenizer").exists()
+    assert cli.main([*base, "uniaudio.sae.shallow_layer=9"]) == 2
+    assert "shallow_layer=9" in capsys.readouterr().err
