@@ -73,3 +73,12 @@ def test_experiment_resolves_understanding_paths_but_not_teacher_names(tmp_path)
     assert config.understanding.manifest == str(tmp_path / "probe.jsonl")
     assert config.understanding.representations[0].model == str(tmp_path / "runs" / "u")
     assert config.understanding.representations[1].model == "offline:tiny.en"
+
+
+def test_shipped_demo_experiment_loads():
+    from lodit.eval.experiment import load_experiment
+
+    config = load_experiment("configs/experiments/uniaudio_f3_demo.yaml")
+    groups = [r.group or r.name for r in config.understanding.representations]
+    assert groups.count("uniaudio_sae") == 2 and groups.count("uniaudio_nosae") == 2
+    assert {r.kind for r in config.understanding.representations} == {"tokens", "features", "teacher"}
