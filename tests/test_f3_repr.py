@@ -114,7 +114,7 @@ def test_cli_train_repr_and_encode_features(tmp_path):
                      "--out", str(tmp_path / "g")]) == 2
 
 
-@pytest.mark.parametrize("path", ["configs/tokenizer/uniaudio_large_v3.yaml", "configs/tokenizer/uniaudio_tiny.yaml"])
+@pytest.mark.parametrize("path", ["configs/uniaudio/large_v3.yaml", "configs/uniaudio/tiny.yaml"])
 def test_uniaudio_configs_build_on_the_meta_device(path):
     config = load_config(UniAudioTrainConfig, path)
     with torch.device("meta"):

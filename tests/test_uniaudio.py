@@ -227,7 +227,7 @@ def test_cli_train_encode_tokens_and_reconstruct(whisper_dir, manifest, tmp_path
              f"decoder.autoencoder={autoencoder}", "training.max_steps=4", "decoder_training.max_steps=3",
              "training.batch_size=2", "decoder_training.batch_size=2"]
     run = tmp_path / "run"
-    assert cli.main(["train-tokenizer", "--config", "configs/tokenizer/uniaudio_tiny.yaml", "--manifest", str(manifest),
+    assert cli.main(["train-tokenizer", "--config", "configs/uniaudio/tiny.yaml", "--manifest", str(manifest),
                      "--out", str(run), *small]) == 0
     model = load_uniaudio(run / "final")
     assert model.config.vocabulary.vocal == {"speaker": ["a", "b"], "gender": ["female", "male"]}
@@ -242,6 +242,8 @@ def test_cli_train_encode_tokens_and_reconstruct(whisper_dir, manifest, tmp_path
     stats = {m.name: m for m in uniaudio_statistics(run / "final", [manifest.parent / "0.wav", manifest.parent / "2.wav"])}
     assert 0 < stats["sae_gate"].value < 1 and stats["sae_gate"].n == 2
     assert 0 < stats["codebook_usage"].value <= 1 and 1 <= stats["codebook_perplexity"].value <= 16
+    assert cli.main(["encode", "--tokenizer", str(run / "final"), "--manifest", str(manifest),
+                     "--out", str(tmp_path / "wrong")]) == 2  # points at --tokens
     out = tmp_path / "rec.wav"
     assert cli.main(["reconstruct", "--tokenizer", str(run / "final"), str(manifest.parent / "0.wav"), str(out)]) == 0
     assert out.is_file()
@@ -251,11 +253,11 @@ def test_cli_train_encode_tokens_and_reconstruct(whisper_dir, manifest, tmp_path
 
 
 def test_cli_bad_uniaudio_configs_are_one_line_errors(manifest, tmp_path, capsys):
-    base = ["train-tokenizer", "--config", "configs/tokenizer/uniaudio_tiny.yaml", "--manifest", str(manifest),
+    base = ["train-tokenizer", "--config", "configs/uniaudio/tiny.yaml", "--manifest", str(manifest),
             "--out", str(tmp_path / "run")]
     assert cli.main([*base, "uniaudio.sae.bogus=1"]) == 2
     err = capsys.readouterr().err
-    assert "uniaudio_tiny.yaml" in err and "bogus" in err and "Traceback" not in err
+    assert "tiny.yaml" in err and "bogus" in err and "Traceback" not in err
     assert cli.main(base) == 2  # the decoder stage without decoder.autoencoder, refused before any work
     assert "decoder.autoencoder" in capsys.readouterr().err
     assert not (tmp_path / "run" / "tokenizer").exists()

@@ -51,7 +51,7 @@ from lodit.data.manifest import (
 )
 from lodit.errors import LoditError
 from lodit.latent_tokenizer.tokenizer import Tokenizer
-from lodit.latent_tokenizer.uniaudio import TokenFrameEncoder
+from lodit.latent_tokenizer.uniaudio import TokenFrameEncoder, is_uniaudio_folder
 
 WINDOW_BATCHES = 8  # rows read ahead (in batches) to find clips of the same length
 MAX_BATCH = 4096  # clips encoded at once; far beyond what any device fits
@@ -125,6 +125,8 @@ def encode_manifest(
 ) -> EncodeSummary:
     """Encode every clip of ``manifest`` with the tokenizer in ``tokenizer_dir`` into the cache ``out``."""
     folder = Path(tokenizer_dir).resolve()
+    if is_uniaudio_folder(folder):
+        raise LoditError(f"{folder}: a UniAudio-Token folder makes discrete tokens, not latents; use --tokens {folder}")
     tokenizer = Tokenizer.from_pretrained(folder, map_location=resolve_device(device))
     producer = {**tokenizer.identity(), "checkpoint": str(folder)}
     return encode_with(tokenizer, producer, manifest, out, batch_size=batch_size, dtype=dtype, overwrite=overwrite,
