@@ -8,6 +8,7 @@ import torch
 
 from lodit.data.audio import save_audio
 from lodit.eval.understanding import (
+    ProbeTask,
     RepresentationSpec,
     UnderstandingConfig,
     run_understanding,
@@ -49,16 +50,22 @@ def test_run_understanding_on_arm_latents_and_the_report_table(tmp_path):
             event = "low" if i % 2 else "high"
             freq = 200 if event == "low" else 3000
             save_audio(tmp_path / f"{i}.wav", torch.from_numpy((0.3 * np.sin(2 * np.pi * (freq + 10 * i) * t)).astype(np.float32))[None], 16000)
-            handle.write(json.dumps({"audio": f"{i}.wav", "labels": {"event": event}}) + "\n")
-    config = UnderstandingConfig(manifest=str(tmp_path / "m.jsonl"), folds=2, codebook_size=4,
+            handle.write(json.dumps({"audio": f"{i}.wav", "labels": {"event": event, "pitch": i % 4}}) + "\n")
+    config = UnderstandingConfig(tasks=[ProbeTask(name="event", manifest=str(tmp_path / "m.jsonl"), label="event"),
+                                        ProbeTask(name="pitch", manifest=str(tmp_path / "m.jsonl"), label="pitch")],
+                                 folds=2, codebook_size=4,
                                  representations=[RepresentationSpec(name="ae_s0", group="ae", kind="latents", model=str(ae)),
                                                   RepresentationSpec(name="ae_s1", group="ae", kind="latents", model=str(ae))])
     results = run_understanding(config, tmp_path / "out", {"tiny": str(ae)})
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["representations"][0]["n_clips"] == 8
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["tasks"][1] == {"name": "pitch", "manifest": str(tmp_path / "m.jsonl"), "label": "pitch",
+                                 "n_clips": 8, "n_classes": 4}
     names = [row["name"] for row in results["representations"]]
     assert names == ["ae_s0", "ae_s1", "arm tiny"]
+    assert results["representations"][0]["scores"]["event"]["n_classes"] == 2
     table = understanding_table(results)
-    assert [row[0] for row in table.rows] == ["ae (×2)", "arm tiny"]
+    assert [row[:2] for row in table.rows] == [["ae (×2)", "event"], ["ae (×2)", "pitch"], ["arm tiny", "event"],
+                                               ["arm tiny", "pitch"]]
     assert "probe accuracy" in table.markdown() and understanding_table(None) is None
 
 
@@ -67,10 +74,10 @@ def test_experiment_resolves_understanding_paths_but_not_teacher_names(tmp_path)
 
     (tmp_path / "exp.yaml").write_text(
         "arms: [{name: a, checkpoint: tok}]\ndit: {config: d.yaml}\n"
-        "understanding:\n  manifest: probe.jsonl\n  representations:\n"
+        "understanding:\n  tasks: [{name: e, manifest: probe.jsonl, label: event}]\n  representations:\n"
         "    - {name: u, kind: tokens, model: runs/u}\n    - {name: w, kind: teacher, model: 'offline:tiny.en'}\n")
     config = load_experiment(tmp_path / "exp.yaml")
-    assert config.understanding.manifest == str(tmp_path / "probe.jsonl")
+    assert config.understanding.tasks[0].manifest == str(tmp_path / "probe.jsonl")
     assert config.understanding.representations[0].model == str(tmp_path / "runs" / "u")
     assert config.understanding.representations[1].model == "offline:tiny.en"
 
@@ -80,5 +87,5 @@ def test_shipped_demo_experiment_loads():
 
     config = load_experiment("configs/experiments/uniaudio_f3_demo.yaml")
     groups = [r.group or r.name for r in config.understanding.representations]
-    assert groups.count("uniaudio_sae") == 2 and groups.count("uniaudio_nosae") == 2
+    assert len(config.understanding.tasks) == 2 and groups.count("uniaudio_sae") == 2 and groups.count("uniaudio_nosae") == 2
     assert {r.kind for r in config.understanding.representations} == {"tokens", "features", "teacher"}

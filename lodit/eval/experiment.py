@@ -244,9 +244,11 @@ def _absolute_understanding_paths(node: Any, base: Path) -> None:
     model is a model name, left as it is)."""
     if not isinstance(node, dict):
         return
-    for key in ("manifest", "speech_manifest"):
-        if isinstance(node.get(key), str) and node[key]:
-            node[key] = _absolute(node[key], base)
+    if isinstance(node.get("speech_manifest"), str) and node["speech_manifest"]:
+        node["speech_manifest"] = _absolute(node["speech_manifest"], base)
+    for task in node.get("tasks") or []:
+        if isinstance(task, dict) and isinstance(task.get("manifest"), str) and task["manifest"]:
+            task["manifest"] = _absolute(task["manifest"], base)
     for spec in node.get("representations") or []:
         if isinstance(spec, dict) and spec.get("kind") != "teacher" and isinstance(spec.get("model"), str) and spec["model"]:
             spec["model"] = _absolute(spec["model"], base)
@@ -561,13 +563,13 @@ class ExperimentRunner:
 
     def understanding(self, states: dict[str, ArmState]) -> None:
         """Probes and clustering of the configured representations and the arms' latents."""
-        from lodit.eval.understanding import run_understanding
+        from lodit.eval.understanding import model_fingerprint, run_understanding
 
         cfg = self.config.understanding
         arms = {name: str(state.tokenizer_dir) for name, state in states.items()}
-        spec = {"config": to_dict(cfg), "manifest": file_digest(cfg.manifest),
+        spec = {"config": to_dict(cfg), "manifests": [file_digest(task.manifest) for task in cfg.tasks],
                 "arms": {name: spec_hash(state.tokenizer_spec) for name, state in states.items()},
-                "models": {r.name: _folder_fingerprint(Path(r.model)) for r in cfg.representations if Path(r.model).is_dir()}}
+                "models": {r.name: model_fingerprint(r.model) for r in cfg.representations}}
         self._stage("understanding", self.out / "understanding", spec,
                     lambda folder: run_understanding(cfg, folder, arms if cfg.include_arms else None))
 

@@ -2,8 +2,9 @@
 ``lodit compare`` report (UniAudio-Token with/without SAE, F3's features, the arms' raw latents
 and the semantic teacher itself, side by side).
 
-For every representation and every clip of a labelled manifest (``label``: a key of each row's
-``labels``, e.g. the built-in dataset's ``event`` or ESC-50's ``category``):
+For every representation and every probing task (a labelled manifest and ``label``, a key of each
+row's ``labels`` or a row field such as ``speaker``: e.g. the built-in dataset's sound ``event`` and
+speech ``voice``, or ESC-50's ``category``), on every clip of the task's manifest:
 
 * **frames**: token ids ``(T,)`` (``kind: tokens``, a UniAudio-Token folder), or frames ``(T, D)``
   of F3 features (``features``, a ``lodit train-repr`` folder), of a lodit tokenizer's latents
@@ -65,11 +66,23 @@ class RepresentationSpec:
 
 
 @dataclass
+class ProbeTask:
+    """One probing task: a labelled manifest and the label to predict / cluster by."""
+
+    name: str = ""
+    manifest: str = ""  # e.g. ESC-50's layout, or the built-in set's sound clips
+    label: str = "event"
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.manifest or not self.label:
+            raise ValueError("understanding.tasks: every task needs a name, a manifest and a label")
+
+
+@dataclass
 class UnderstandingConfig:
     """``understanding:`` in an experiment config (``lodit compare``)."""
 
-    manifest: str = ""  # labelled manifest (e.g. ESC-50's layout, or the built-in set's sound clips)
-    label: str = "event"
+    tasks: list[ProbeTask] = field(default_factory=list)
     representations: list[RepresentationSpec] = field(default_factory=list)
     include_arms: bool = True  # also probe the raw latents of every arm's tokenizer
     folds: int = 5
@@ -81,8 +94,8 @@ class UnderstandingConfig:
     speaker_model: str = "resemblyzer"
 
     def __post_init__(self) -> None:
-        if not self.manifest:
-            raise ValueError("understanding.manifest: set a labelled manifest")
+        if not self.tasks or len({t.name for t in self.tasks}) != len(self.tasks):
+            raise ValueError("understanding.tasks: list at least one probing task (name, manifest, label), names unique")
         if self.folds < 2 or self.codebook_size < 2 or self.speech_clips < 0:
             raise ValueError("understanding.folds and codebook_size must be >= 2, speech_clips >= 0")
 
@@ -121,7 +134,9 @@ def representation_frames(spec: RepresentationSpec, manifest: str | os.PathLike,
             key = f"{path.resolve()}|{row.offset}|{row.duration}|{path.stat().st_mtime_ns}"
             clip = cache.get(key, features) if cache is not None else features()
             ids.append(model.model(clip[None].float()).ids[0])
-        return ids, model.model.codebook_size, f"UniAudio-Token {Path(spec.model).name} ({model.model.codebook_size} codes)"
+        config = model.model.config
+        sae = "SAE" if config.sae.enabled else "no SAE"
+        return ids, model.model.codebook_size, f"{config.name} ({model.model.codebook_size} codes, {sae})"
     if spec.kind == "features":
         from lodit.repr.f3 import FeatureFrameEncoder
 
@@ -200,19 +215,24 @@ def run_understanding(config: UnderstandingConfig, folder: str | os.PathLike,
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    data = read_manifest(config.manifest)
-    labels = [_row_value(row, config.label, config.manifest, line) for row, line in zip(data.rows, data.line_numbers)]
+    labels = {}
+    for task in config.tasks:
+        data = read_manifest(task.manifest)
+        labels[task.name] = [_row_value(row, task.label, task.manifest, line)
+                             for row, line in zip(data.rows, data.line_numbers)]
     specs = list(config.representations)
     if config.include_arms:
         specs += [RepresentationSpec(name=f"arm {name}", kind="latents", model=path, description="raw latents")
                   for name, path in (arm_tokenizers or {}).items()]
     rows = []
     for spec in specs:
-        frames, vocab, model = representation_frames(spec, config.manifest, folder / "encoder_features")
-        scores = understanding_scores(frames, vocab, labels, folds=config.folds, seed=config.seed,
-                                      codebook_size=config.codebook_size, model=model)
-        row = {"name": spec.name, "group": spec.group or spec.name, "kind": spec.kind, "model": model,
-               "description": spec.description, **scores}
+        row = {"name": spec.name, "group": spec.group or spec.name, "kind": spec.kind, "description": spec.description,
+               "scores": {}}
+        for task in config.tasks:
+            frames, vocab, row["model"] = representation_frames(spec, task.manifest, folder / "encoder_features")
+            row["scores"][task.name] = understanding_scores(frames, vocab, labels[task.name], folds=config.folds,
+                                                            seed=config.seed, codebook_size=config.codebook_size,
+                                                            model=row["model"])
         if spec.kind == "tokens" and config.speech_manifest and config.speech_clips:
             from lodit.latent_tokenizer.uniaudio import DECODER_KEY, read_folder_config
 
@@ -223,8 +243,9 @@ def run_understanding(config: UnderstandingConfig, folder: str | os.PathLike,
                                                       asr_model=config.asr_model, speaker_model=config.speaker_model,
                                                       out_dir=audio)
         rows.append(row)
-    results = {"manifest": str(config.manifest), "label": config.label, "folds": config.folds,
-               "codebook_size": config.codebook_size, "representations": rows}
+    results = {"tasks": [{"name": t.name, "manifest": t.manifest, "label": t.label, "n_clips": len(labels[t.name]),
+                          "n_classes": len(set(labels[t.name]))} for t in config.tasks],
+               "folds": config.folds, "codebook_size": config.codebook_size, "representations": rows}
     write_json(folder / "metrics.json", results)
     return results
 
@@ -254,24 +275,26 @@ def understanding_table(results: dict[str, Any] | None):
     for group, members in groups.items():
         first = members[0]
         speech = [m["speech"] for m in members if "speech" in m]
-        table_rows.append([
-            group + (f" (×{len(members)})" if len(members) > 1 else ""), first["kind"], first["model"],
-            _mean_and_values([m["probe_accuracy"] for m in members]),
-            _mean_and_values([m["purity"] for m in members]),
-            _mean_and_values([m["silhouette"] for m in members]),
-            _mean_and_values([s["wer"] for s in speech], 2) if speech else "—",
-            _mean_and_values([s["speaker_similarity"] for s in speech], 2) if speech else "—",
-        ])
-    first = results["representations"][0]
-    note = (f"{first['n_clips']} clips, {first['n_classes']} classes of label {results['label']!r} "
-            f"({Path(results['manifest']).name}). Probe: {results['folds']}-fold logistic regression on each clip's mean "
+        for i, task in enumerate(results["tasks"]):
+            scores = [m["scores"][task["name"]] for m in members]
+            table_rows.append([
+                group + (f" (×{len(members)})" if len(members) > 1 else ""), task["name"], first["model"],
+                _mean_and_values([s["probe_accuracy"] for s in scores]),
+                _mean_and_values([s["purity"] for s in scores]),
+                _mean_and_values([s["silhouette"] for s in scores]),
+                _mean_and_values([s["wer"] for s in speech], 2) if speech and i == 0 else "—",
+                _mean_and_values([s["speaker_similarity"] for s in speech], 2) if speech and i == 0 else "—",
+            ])
+    tasks = "; ".join(f"{t['name']}: {t['n_clips']} clips, {t['n_classes']} classes of {t['label']!r} "
+                      f"({Path(t['manifest']).parent.name}/{Path(t['manifest']).name})" for t in results["tasks"])
+    note = (f"Tasks: {tasks}. Probe: {results['folds']}-fold logistic regression on each clip's mean "
             "frame (tokens: its token histogram). Purity / silhouette: k-means (k = classes) of per-clip token "
             f"histograms; continuous frames are first coded by a {results['codebook_size']}-code k-means codebook. "
             "Several entries of one group (seeds) show their mean, then each value. Reconstruction WER / SIM: "
             "tokens -> decoder -> audio on speech clips (ASR and speaker model in metrics.json, with the WER of the "
             "original clips).")
     return Table("Understanding: probes and token-histogram clustering",
-                 ["representation", "kind", "model", "probe accuracy", "purity", "silhouette", "recon WER", "recon SIM"],
+                 ["representation", "task", "model", "probe accuracy", "purity", "silhouette", "recon WER", "recon SIM"],
                  table_rows, note)
 
 
@@ -303,3 +326,19 @@ def uniaudio_statistics(folder: str | os.PathLike, audio: list[str | os.PathLike
             MetricResult("codebook_usage", float((counts > 0).float().mean()), len(gates), name,
                          {"codebook_size": tokenizer.codebook_size}),
             MetricResult("codebook_perplexity", perplexity, len(gates), name, {"codebook_size": tokenizer.codebook_size})]
+
+
+def model_fingerprint(model: str) -> str:
+    """What changes when a representation's model does: its ``config.json`` and weight files (size,
+    modification time); a model name (a teacher) stands for itself."""
+    import hashlib
+
+    folder = Path(model)
+    if not folder.is_dir():
+        return model
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and (path.name == "config.json" or path.suffix == ".safetensors"):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
