@@ -167,8 +167,11 @@ class TokenizerStage(nn.Module):
         super().__init__()
         self.tokenizer = tokenizer
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor):
-        return self.tokenizer(features, mask)
+    def forward(self, features: torch.Tensor, mask: torch.Tensor, targets: dict):
+        """The tokenizer's output and the SAP losses, in one forward (so data-parallel training syncs every head)."""
+        out = self.tokenizer(features, mask)
+        sap_total, parts = self.tokenizer.sap(out.quantized, mask, targets)
+        return out, sap_total, parts
 
 
 class UniAudioTask(TrainTask):
@@ -185,8 +188,7 @@ class UniAudioTask(TrainTask):
     def loss(self, phase: str, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         features = batch["features"].to(self.device)
         mask = batch["mask"].to(self.device)
-        out = self.trained()(features, mask)  # through the (possibly data-parallel) wrapper
-        sap_total, parts = self.tokenizer.sap(out.quantized, mask, batch["targets"])
+        out, sap_total, parts = self.trained()(features, mask, batch["targets"])  # the (possibly data-parallel) wrapper
         total = self.config.quantizer_loss_scale * out.commitment_loss + sap_total
         scalars = {"commitment": float(out.commitment_loss.detach()), "gate": float(out.gate.detach()),
                    **{f"sap_{k}": float(v.detach()) for k, v in parts.items()}, **out.stats}

@@ -133,6 +133,11 @@ class F3Encoder(nn.Module):
         h = self.blocks(h, mask=causal, src_key_padding_mask=padding, is_causal=True)
         return self.norm(h)
 
+    def forward(self, latents: torch.Tensor, mask: torch.Tensor, text: torch.Tensor | None = None,
+                has_text: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss (:meth:`loss`), as the module's forward so data-parallel training syncs it."""
+        return self.loss(latents, mask, text, has_text)
+
     def loss(self, latents: torch.Tensor, mask: torch.Tensor, text: torch.Tensor | None = None,
              has_text: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """RQ-MTP (+ text) loss of normalised latents ``(B, T, D)``; ``text (B, text_dim)`` with ``has_text (B,)``."""

@@ -122,7 +122,7 @@ class ReprTask(TrainTask):
         latents, mask = batch["latents"].to(self.device), batch["mask"].to(self.device)
         text = batch.get("text_embedding")
         has_text = batch.get("has_text")
-        total, parts = self.model.loss(latents, mask, None if text is None else text.to(self.device),
+        total, parts = self.trained()(latents, mask, None if text is None else text.to(self.device),
                                        None if has_text is None else has_text.to(self.device))
         return total, {name: float(value.detach()) for name, value in parts.items()}
 
