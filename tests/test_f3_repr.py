@@ -133,3 +133,20 @@ def test_f3_large_config_builds_on_the_meta_device():
         model = F3Encoder(config.f3_repr)
     assert sum(p.numel() for p in model.parameters()) > 50_000_000
     assert len(model.heads) == config.f3_repr.horizon
+
+
+def test_text_supervision_only_where_captions_exist():
+    torch.manual_seed(0)
+    model = F3Encoder(F3Config(latent_dim=4, width=16, depth=1, heads=2, horizon=2, codebook_size=8,
+                               text_weight=0.5, text_dim=6))
+    latents, mask = torch.randn(3, 10, 4), torch.ones(3, 10, dtype=torch.bool)
+    text = torch.randn(3, 6)
+    none = torch.zeros(3, dtype=torch.bool)
+    total, parts = model(latents, mask, text, none)
+    assert set(parts) == {"rq_mtp"} and torch.equal(total, parts["rq_mtp"])
+    some = torch.tensor([True, False, True])
+    total, parts = model(latents, mask, text, some)
+    assert torch.allclose(total, parts["rq_mtp"] + 0.5 * parts["text"])
+    changed = text.clone()
+    changed[1] = 100.0  # the clip without a caption: its text embedding plays no part
+    assert torch.allclose(model(latents, mask, changed, some)[1]["text"], parts["text"])
