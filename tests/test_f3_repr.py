@@ -124,7 +124,8 @@ def test_uniaudio_configs_build_on_the_meta_device(path):
         assert model.sae.gate[0].in_features == 2560 and model.sae.gate[2].out_features == 1280
         assert model.sae.adapter[0].in_features == 1280 and model.sae.adapter[2].p == 0.1
         assert config.uniaudio.codebook.decay == 0.95 and config.uniaudio.codebook.commitment == 0.25
-        assert config.uniaudio.layers == (None, 3)
+        assert config.uniaudio.layers == (3, 3)  # blocks 4..32 fine-tuned on the cached output of block 3
+        assert len(model.top.layers) == 29 and model.top.layers[0].fc1.weight.shape == (5120, 1280)
 
 
 def test_f3_large_config_builds_on_the_meta_device():

@@ -224,6 +224,8 @@ def test_cli_train_encode_tokens_and_reconstruct(whisper_dir, manifest, tmp_path
     autoencoder = Tokenizer.from_config(load_yaml("configs/tokenizer/tiny.yaml")["tokenizer"]).save_pretrained(tmp_path / "ae")
     small = [f"uniaudio.teacher.model={whisper_dir}", "uniaudio.teacher_dim=32", "uniaudio.teacher_layers=2",
              "uniaudio.sae.gate_hidden=32", "uniaudio.sae.adapter_hidden=32", "uniaudio.codebook.size=16",
+             "uniaudio.trainable_layers=1", "uniaudio.teacher_heads=2", "uniaudio.teacher_ffn=64",
+             "uniaudio.trainable_lr_scale=0.05",
              f"decoder.autoencoder={autoencoder}", "training.max_steps=4", "decoder_training.max_steps=3",
              "training.batch_size=2", "decoder_training.batch_size=2"]
     run = tmp_path / "run"
@@ -263,3 +265,62 @@ def test_cli_bad_uniaudio_configs_are_one_line_errors(manifest, tmp_path, capsys
     assert not (tmp_path / "run" / "tokenizer").exists()
     assert cli.main([*base, "uniaudio.sae.shallow_layer=9"]) == 2
     assert "shallow_layer=9" in capsys.readouterr().err
+
+
+def test_trainable_top_blocks_start_as_the_pretrained_encoder(whisper_dir):
+    from lodit.latent_tokenizer.sae import SAEConfig
+    from lodit.latent_tokenizer.semantic import SemanticEncoderConfig
+    from lodit.latent_tokenizer.uniaudio import (
+        UniAudioToken,
+        UniAudioTokenConfig,
+        build_teacher,
+    )
+    from lodit.latent_tokenizer.vq import CodebookConfig
+
+    config = UniAudioTokenConfig(teacher=SemanticEncoderConfig(model=str(whisper_dir)), teacher_dim=32, teacher_layers=2,
+                                 trainable_layers=1, teacher_heads=2, teacher_ffn=64,
+                                 codebook=CodebookConfig(size=8), sae=SAEConfig(shallow_layer=1))
+    assert config.layers == (1, 1) and config.teacher_deep_layer == 1
+    teacher = build_teacher(config)
+    model = UniAudioToken(config)
+    model.top.load_from(teacher.encoder)
+    wav = 0.1 * torch.randn(1, 30 * SR, generator=torch.Generator().manual_seed(0))  # one whole Whisper window
+    below, final = teacher.hidden_states(wav, [1, None])
+    assert torch.allclose(model.top(below), final, atol=1e-4)
+    # padding frames are masked: a clip's deep stream does not depend on what pads it
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 30:] = False
+    h = torch.randn(2, 40, 32)
+    other = h.clone()
+    other[1, 30:] = 50.0
+    assert torch.allclose(model.top(h, mask)[1, :30], model.top(other, mask)[1, :30], atol=1e-5)
+    # the top block trains with the rest
+    model.train()
+    out = model(torch.randn(2, 10, 64))
+    (out.quantized.sum() + out.commitment_loss).backward()
+    assert all(p.grad is not None for p in model.top.parameters())
+    with pytest.raises(ValueError, match="sae.shallow_layer <= 0"):
+        UniAudioTokenConfig(teacher_layers=2, trainable_layers=2, teacher_dim=32, teacher_heads=2,
+                            sae=SAEConfig(shallow_layer=1))
+
+
+def test_trainable_lr_scale_slows_the_fine_tuned_blocks_only():
+    from lodit.latent_tokenizer.sae import SAEConfig
+    from lodit.latent_tokenizer.uniaudio import TopBlocks, UniAudioTokenConfig
+
+    def moved(scale: float) -> float:
+        torch.manual_seed(0)
+        config = UniAudioTokenConfig(teacher_dim=16, teacher_layers=2, trainable_layers=1, teacher_heads=2,
+                                     teacher_ffn=32, trainable_lr_scale=scale, sae=SAEConfig(shallow_layer=1))
+        top = TopBlocks(config)
+        reference = TopBlocks(UniAudioTokenConfig(teacher_dim=16, teacher_layers=2, trainable_layers=1, teacher_heads=2,
+                                                  teacher_ffn=32, sae=SAEConfig(shallow_layer=1)))
+        top.load_from(type("Encoder", (), {"layers": [None, reference.layers[0]], "layer_norm": reference.layer_norm})())
+        before = top.layers[0].fc1.weight.detach().clone()
+        assert torch.allclose(before, reference.layers[0].fc1.weight)  # loading sets the effective weight
+        optimizer = torch.optim.Adam(top.parameters(), lr=1e-2)
+        top(torch.randn(2, 5, 16)).pow(2).sum().backward()
+        optimizer.step()
+        return float((top.layers[0].fc1.weight.detach() - before).abs().mean())
+
+    assert moved(0.05) == pytest.approx(0.05 * moved(1.0), rel=0.05)  # Adam eps: not exactly

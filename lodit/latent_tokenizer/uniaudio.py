@@ -13,10 +13,13 @@ Pipeline (:class:`UniAudioToken`)::
 
 What trains and what stays frozen. The reference configuration fine-tunes the Whisper encoder at a
 learning rate 20x below the rest (1e-5 vs 2e-4) and inserts the quantiser inside the encoder
-stack; lodit keeps the encoder **frozen** (its two layers are computed once per clip and cached,
-which is what makes CPU training possible) and trains the SAE, the optional projection and the
-SAP heads by gradient, the codebook by EMA. Pooling happens on the encoder's output frames (the
-reference pools at its input). Both are recorded as deviations in the docs.
+stack. Here the quantiser follows the encoder, and ``trainable_layers`` sets how many top blocks
+(plus the final LayerNorm) are fine-tuned (:class:`TopBlocks`, initialised from the encoder, at
+``trainable_lr_scale`` of the run's learning rate); the blocks below stay frozen, and their output
+(the fine-tuned blocks' input) and the shallow layer are computed once per clip and cached, which
+is what makes CPU training possible (``0``: the whole encoder frozen, the CPU configs' choice). The
+SAE, the optional projection and the SAP heads train by gradient, the codebook by EMA. Pooling
+happens on the frozen part's output frames (the reference pools at the encoder's input).
 
 The frozen encoder is :class:`LayeredWhisperEncoder`, lodit's Whisper semantic encoder returning
 the deep and shallow layers side by side, ``(B, T, 2 * D)`` (deep first), so the existing teacher
@@ -40,6 +43,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrize import is_parametrized, register_parametrization
 
 from lodit.config import config_hash, from_dict
 from lodit.errors import LoditError
@@ -67,6 +71,15 @@ class UniAudioTokenConfig:
     teacher: SemanticEncoderConfig = field(default_factory=SemanticEncoderConfig)
     teacher_dim: int = 384  # the encoder's width (checked when the encoder loads; lets weights build without it)
     teacher_layers: int = 4  # the encoder's block count (to resolve negative layer indices without loading it)
+    # Top encoder blocks fine-tuned with the rest (initialised from the encoder; 0 = the whole encoder
+    # frozen). The blocks below stay frozen and cached, so their output is the deep stream's input.
+    trainable_layers: int = 0
+    teacher_heads: int = 6  # attention heads and MLP width of the encoder's blocks (needed for trainable_layers)
+    teacher_ffn: int = 1536
+    # The fine-tuned blocks' learning rate as a fraction of the run's (the reference trains its encoder
+    # at 1e-5 against 2e-4 for the rest: 0.05). Done by parametrising each weight as lr_scale * w, which
+    # makes Adam's steps on the weight lr_scale times smaller.
+    trainable_lr_scale: float = 1.0
     sae: SAEConfig = field(default_factory=SAEConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     sap: SAPConfig = field(default_factory=SAPConfig)
@@ -84,6 +97,19 @@ class UniAudioTokenConfig:
             index = getattr(self.sae, key)
             if not -self.teacher_layers - 1 <= index <= self.teacher_layers:
                 raise ValueError(f"uniaudio.sae.{key}={index} is outside this {self.teacher_layers}-layer encoder")
+        if not 0 <= self.trainable_layers <= self.teacher_layers:
+            raise ValueError(f"uniaudio.trainable_layers={self.trainable_layers} must be in 0..{self.teacher_layers}")
+        if self.trainable_layers:
+            shallow = resolve_layer(self.sae.shallow_layer, self.teacher_layers)
+            if self.sae.deep_layer != -1 or shallow is None or shallow > self.teacher_layers - self.trainable_layers:
+                raise ValueError(
+                    f"uniaudio.trainable_layers={self.trainable_layers} fine-tunes the top blocks: the deep stream must be "
+                    f"the final output (sae.deep_layer=-1) and the shallow layer one of the frozen blocks "
+                    f"(sae.shallow_layer <= {self.teacher_layers - self.trainable_layers})")
+            if self.teacher_heads < 1 or self.teacher_ffn < 1 or self.teacher_dim % self.teacher_heads:
+                raise ValueError("uniaudio.teacher_heads must divide teacher_dim and teacher_ffn be >= 1")
+        if not 0 < self.trainable_lr_scale <= 1:
+            raise ValueError(f"uniaudio.trainable_lr_scale must be in (0, 1], got {self.trainable_lr_scale}")
 
     @property
     def code_dim(self) -> int:
@@ -92,8 +118,14 @@ class UniAudioTokenConfig:
     @property
     def layers(self) -> tuple[int | None, int | None]:
         """``hidden_states`` indices of the (deep, shallow) streams (None = the final output)."""
-        return (resolve_layer(self.sae.deep_layer, self.teacher_layers),
+        return (resolve_layer(self.teacher_deep_layer, self.teacher_layers),
                 resolve_layer(self.sae.shallow_layer, self.teacher_layers))
+
+    @property
+    def teacher_deep_layer(self) -> int:
+        """The layer the frozen encoder gives for the deep stream: ``sae.deep_layer``, or, with
+        trainable top blocks, the output of the last frozen block (their input)."""
+        return self.teacher_layers - self.trainable_layers if self.trainable_layers else self.sae.deep_layer
 
 
 @dataclass
@@ -140,7 +172,7 @@ class LayeredWhisperEncoder(WhisperSemanticEncoder):
 
 def build_teacher(config: UniAudioTokenConfig) -> LayeredWhisperEncoder:
     """The frozen two-layer encoder of ``config``, checked against ``teacher_dim``/``teacher_layers``."""
-    teacher = LayeredWhisperEncoder(config.teacher, config.sae.deep_layer, config.sae.shallow_layer)
+    teacher = LayeredWhisperEncoder(config.teacher, config.teacher_deep_layer, config.sae.shallow_layer)
     if teacher.stream_dim != config.teacher_dim or teacher.num_layers != config.teacher_layers:
         raise LoditError(
             f"uniaudio.teacher.model={config.teacher.model!r} is {teacher.num_layers} layers x {teacher.stream_dim} "
@@ -148,6 +180,68 @@ def build_teacher(config: UniAudioTokenConfig) -> LayeredWhisperEncoder:
             f"set uniaudio.teacher_layers={teacher.num_layers} uniaudio.teacher_dim={teacher.stream_dim}"
         )
     return teacher
+
+
+class _Scaled(nn.Module):
+    """``weight = scale * stored``: Adam's steps on ``stored`` are the same size whatever its scale,
+    so the weight moves ``scale`` times slower (a per-block learning rate on the shared trainer)."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = float(scale)
+
+    def forward(self, stored: torch.Tensor) -> torch.Tensor:
+        return stored * self.scale
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight / self.scale
+
+
+class TopBlocks(nn.Module):
+    """The encoder's top ``trainable_layers`` blocks and its final LayerNorm, fine-tuned: the
+    output of the last frozen block ``(B, T, D)`` -> the deep stream. :meth:`load_from` copies the
+    pretrained weights in (done once when training starts). Padding frames are masked as keys."""
+
+    def __init__(self, config: UniAudioTokenConfig):
+        super().__init__()
+        from transformers import WhisperConfig
+        from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
+
+        whisper = WhisperConfig(d_model=config.teacher_dim, encoder_attention_heads=config.teacher_heads,
+                                encoder_ffn_dim=config.teacher_ffn, dropout=0.0, attention_dropout=0.0,
+                                activation_dropout=0.0)
+        whisper._attn_implementation = "sdpa"
+        self.first = config.teacher_layers - config.trainable_layers
+        self.layers = nn.ModuleList(WhisperEncoderLayer(whisper) for _ in range(config.trainable_layers))
+        self.layer_norm = nn.LayerNorm(config.teacher_dim)
+        if config.trainable_lr_scale != 1.0:
+            weights = [(module, name) for module in self.modules() for name, _ in module.named_parameters(recurse=False)]
+            for module, name in weights:
+                register_parametrization(module, name, _Scaled(config.trainable_lr_scale))
+
+    @torch.no_grad()
+    def load_from(self, encoder: nn.Module) -> None:
+        """Copy the top blocks and the final norm of a ``transformers`` ``WhisperEncoder``."""
+        sources = [*encoder.layers[self.first :], encoder.layer_norm]
+        for target, source in zip([*self.layers, self.layer_norm], sources):
+            for name, value in source.named_parameters():
+                owner, _, leaf = name.rpartition(".")
+                module = target.get_submodule(owner) if owner else target
+                if is_parametrized(module, leaf):
+                    setattr(module, leaf, value.detach().clone())  # stores value / scale
+                else:
+                    getattr(module, leaf).copy_(value)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        attention = None
+        if mask is not None and not bool(mask.all()):
+            blocked = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
+            blocked = blocked.masked_fill(~mask.bool(), torch.finfo(hidden.dtype).min)
+            attention = blocked[:, None, None, :].expand(-1, 1, hidden.shape[1], -1)  # (B, 1, T, T)
+        for layer in self.layers:
+            hidden = layer(hidden, attention)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return self.layer_norm(hidden)
 
 
 @dataclass
@@ -171,6 +265,7 @@ class UniAudioToken(nn.Module):
         super().__init__()
         self.config = config
         dim = config.teacher_dim
+        self.top = TopBlocks(config) if config.trainable_layers else None
         self.sae = SAE.from_config(config.sae, dim)
         self.project = nn.Linear(dim, config.code_dim) if config.code_dim != dim else nn.Identity()
         self.quantizer = EMAVectorQuantizer.from_config(config.codebook, config.code_dim)
@@ -187,6 +282,8 @@ class UniAudioToken(nn.Module):
             raise LoditError(f"UniAudio-Token expects (B, T, {2 * dim}) two-layer features, got {tuple(features.shape)}; "
                              "were they cached from another encoder?")
         deep, shallow = features[..., :dim], features[..., dim:]
+        if self.top is not None:
+            deep = self.top(deep, mask)
         fused, gamma = self.sae(deep, shallow)
         fused = self.project(fused)
         vq = self.quantizer(fused, mask)

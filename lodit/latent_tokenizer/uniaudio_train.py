@@ -40,7 +40,7 @@ from lodit.data.manifest import ManifestRow, read_manifest
 from lodit.errors import LoditError
 from lodit.latent_tokenizer.feature_cache import FeatureCache
 from lodit.latent_tokenizer.sap import build_vocabulary, collate_targets, sap_targets
-from lodit.latent_tokenizer.semantic import SAMPLE_RATE
+from lodit.latent_tokenizer.semantic import SAMPLE_RATE, load_whisper_encoder
 from lodit.latent_tokenizer.teacher_features import fill_teacher_cache
 from lodit.latent_tokenizer.uniaudio import (
     CONFIG_KEY,
@@ -204,6 +204,8 @@ def train_tokenizer_stage(config: UniAudioTrainConfig, run_dir: str | Path, *, r
     config, dataset = prepare_tokenizer_data(config, run_dir)
     seed_everything(config.training.seed)
     task = UniAudioTask(config)
+    if task.tokenizer.top is not None:  # fine-tuned top blocks start from the pretrained encoder
+        task.tokenizer.top.load_from(load_whisper_encoder(config.uniaudio.teacher.model))
     loader = ResumableLoader.from_config(dataset, collate_clips, config.training)
     trainer = Trainer(config.training, run_dir, task, loader, resolved_config=config, resume=resume)
     return trainer.fit(stop_at=stop_at)
