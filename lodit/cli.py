@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-tokenizer": ("lodit.latent_tokenizer.train", "train a latent tokenizer (autoencoder or LoSATok)"),
     "reconstruct": ("lodit.latent_tokenizer.reconstruct", "encode and decode one audio file with a tokenizer"),
     "encode": ("lodit.latent_tokenizer.encode", "encode a manifest into a latent cache"),
+    "train-repr": ("lodit.repr.train", "train F3's representation encoder (RQ-MTP) on a latent cache"),
     "train-dit": ("lodit.dit.train", "train a flow-matching DiT on a latent cache"),
     "sample": ("lodit.dit.sample_cli", "generate audio from text prompts with a trained DiT"),
     "evaluate": ("lodit.eval.evaluate", "score generated audio against a reference set (FAD, CLAP, WER, SIM)"),
@@ -37,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # Commands whose --out (or positional output) is a file; every other --out is a folder.
 OUTPUT_FILES = {"prepare": "out", "evaluate": "out", "reconstruct": "output"}
 # Commands that run models: they pick their CPU thread count from the idle cores (lodit.cores).
-COMPUTE_COMMANDS = {"train-sembo", "train-tokenizer", "reconstruct", "encode", "train-dit", "sample", "evaluate",
+COMPUTE_COMMANDS = {"train-sembo", "train-tokenizer", "train-repr", "reconstruct", "encode", "train-dit", "sample", "evaluate",
                     "compare", "demo"}
 
 

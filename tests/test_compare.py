@@ -435,3 +435,18 @@ def test_reconstruction_clips_are_spread_over_domains():
     chosen = spread_over_domains(rows, 5)
     assert [r.audio for r in chosen] == ["audio0.wav", "music0.wav", "speech0.wav", "audio1.wav", "music1.wav"]
     assert spread_over_domains(rows, 0) == rows and spread_over_domains(rows, 50) == rows
+
+
+def test_understanding_section_joins_the_report_and_reuses_every_other_stage(experiment, dataset, cheap_embedder):
+    """An understanding section added to the finished tiny comparison: only it and the report run."""
+    out = experiment["out"]
+    section = (f"understanding={{tasks: [{{name: domain, manifest: {dataset}, label: domain}}], folds: 2, "
+               "codebook_size: 4}")
+    assert main(compare_args(out, dataset, cheap_embedder, section)) == 0
+    ran = {entry["stage"] for entry in last_run(out) if entry["action"] == "ran"}
+    assert ran == {"understanding", "report"}
+    metrics = json.loads((out / "understanding" / "metrics.json").read_text())
+    assert [row["name"] for row in metrics["representations"]] == ["arm dim_16", "arm dim_64"]
+    report = (out / "report" / "report.md").read_text()
+    assert "## Understanding: probes and token-histogram clustering" in report and "| arm dim_64 | domain |" in report
+    assert json.loads((out / "report" / "results.json").read_text())["understanding"]["tasks"][0]["name"] == "domain"

@@ -369,6 +369,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the FAD bootstrap (default 0)")
     parser.add_argument("--embedding-cache", help="folder caching clip embeddings (default: embedding_cache/ beside --out)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument("--uniaudio", metavar="FOLDER",
+                        help="a UniAudio-Token folder: also report its mean SAE gate and codebook usage/perplexity "
+                             "over the generated clips")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -380,6 +383,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     cache = Path(args.embedding_cache) if args.embedding_cache else out.parent / "embedding_cache"
     result = Evaluator(config, embedding_cache=cache, progress=True).evaluate(args.samples, args.reference)
+    if args.uniaudio:
+        from lodit.eval.understanding import uniaudio_statistics
+
+        paths = [sample.path for sample in read_samples(args.samples)[1]]
+        result["metrics"] += [m.to_dict() for m in uniaudio_statistics(args.uniaudio, paths)]
     write_json(out, result)
     for metric in result["metrics"]:
         print(format_metric(metric))

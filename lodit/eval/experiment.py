@@ -84,6 +84,7 @@ from lodit.data.manifest import ManifestRow, portable_audio_path, read_manifest,
 from lodit.errors import LoditError
 from lodit.eval.evaluate import EvaluationConfig, Evaluator, write_json
 from lodit.eval.results import MetricResult
+from lodit.eval.understanding import UnderstandingConfig
 
 STAGE_FILE = "stage.json"
 STAGE_LOG = "stages.jsonl"
@@ -194,6 +195,8 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0])  # DiT training seeds (one DiT per arm and seed)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     evaluation: ExperimentEvaluation = field(default_factory=ExperimentEvaluation)
+    # probes and token-histogram clustering of tokenizers' representations (lodit.eval.understanding)
+    understanding: UnderstandingConfig | None = None
 
     def __post_init__(self):
         if not self.arms:
@@ -230,9 +233,25 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] = ()) -> Exper
         for key in _ARM_PATH_KEYS:
             if isinstance(arm, dict) and isinstance(arm.get(key), str) and arm[key]:
                 arm[key] = _absolute(arm[key], base)
+    _absolute_understanding_paths(data.get("understanding"), base)
     data = apply_overrides(data, list(overrides))
     where = str(path) if not overrides else f"{path} (with command-line overrides)"
     return from_dict(ExperimentConfig, data, source=where)
+
+
+def _absolute_understanding_paths(node: Any, base: Path) -> None:
+    """The understanding section's manifests and model folders relative to the YAML (a teacher's
+    model is a model name, left as it is)."""
+    if not isinstance(node, dict):
+        return
+    if isinstance(node.get("speech_manifest"), str) and node["speech_manifest"]:
+        node["speech_manifest"] = _absolute(node["speech_manifest"], base)
+    for task in node.get("tasks") or []:
+        if isinstance(task, dict) and isinstance(task.get("manifest"), str) and task["manifest"]:
+            task["manifest"] = _absolute(task["manifest"], base)
+    for spec in node.get("representations") or []:
+        if isinstance(spec, dict) and spec.get("kind") != "teacher" and isinstance(spec.get("model"), str) and spec["model"]:
+            spec["model"] = _absolute(spec["model"], base)
 
 
 def _absolute(value: str, base: Path) -> str:
@@ -371,13 +390,16 @@ class ExperimentRunner:
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.out / CONFIG_COPY)
         data_spec = self.prepare_data()
+        states = {}
         for arm in self.config.arms:
-            state = self.tokenizer(arm, data_spec)
+            state = states[arm.name] = self.tokenizer(arm, data_spec)
             self.encode(arm, state, data_spec)
             self.reconstruction(arm, state, data_spec)
             self.latent_stats(arm, state)
             for seed in self.config.seeds:
                 self.dit(arm, state, seed, data_spec)
+        if self.config.understanding is not None:
+            self.understanding(states)
         results = collect_results(self.out, self.config)
         report = self._stage("report", self.out / "report", {"results": spec_hash(results)},
                              lambda folder: write_report(results, folder))
@@ -538,6 +560,18 @@ class ExperimentRunner:
             })
 
         self._stage(f"latent_stats/{arm.name}", self.layout.arm_dir(arm.name) / "latent_stats", spec, work)
+
+    def understanding(self, states: dict[str, ArmState]) -> None:
+        """Probes and clustering of the configured representations and the arms' latents."""
+        from lodit.eval.understanding import model_fingerprint, run_understanding
+
+        cfg = self.config.understanding
+        arms = {name: str(state.tokenizer_dir) for name, state in states.items()}
+        spec = {"config": to_dict(cfg), "manifests": [file_digest(task.manifest) for task in cfg.tasks],
+                "arms": {name: spec_hash(state.tokenizer_spec) for name, state in states.items()},
+                "models": {r.name: model_fingerprint(r.model) for r in cfg.representations}}
+        self._stage("understanding", self.out / "understanding", spec,
+                    lambda folder: run_understanding(cfg, folder, arms if cfg.include_arms else None))
 
     # --------------------------------------------------------------------------- DiT, sampling, evaluation
 

@@ -37,6 +37,7 @@ import numpy as np
 from lodit.config import to_dict
 from lodit.errors import LoditError
 from lodit.eval.adherence import adherence_summary, adherence_table
+from lodit.eval.understanding import understanding_table
 
 RESULTS_FORMAT = "lodit-compare-results"
 CI_LEVEL = 0.95
@@ -161,6 +162,8 @@ def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
     adherence = adherence_summary(runs)
     if adherence is not None:
         results["adherence"] = adherence
+    if (out / "understanding" / "metrics.json").is_file():
+        results["understanding"] = read_compare_json(out / "understanding" / "metrics.json")
     if any(m["name"] == TTS_VARIANTS["with_reference"]["wer"] for run in runs for m in run["metrics"]):
         results["tts_variants"] = TTS_VARIANTS  # which metric is TTS with, which without a reference voice
     return results
@@ -490,6 +493,8 @@ def render_markdown(builder: ReportBuilder, plots: list[Path], examples: list[di
         section(builder.convergence_table(metric), "###")
     section(builder.reconstruction_table())
     section(builder.latent_table())
+    if (understanding := understanding_table(builder.results.get("understanding"))) is not None:
+        section(understanding)
     parts.append(f"![latent spectrum]({plots[-1].name})")
     section(builder.speed_table())
     lines = ["## Audio examples (last step, first seed)", ""]
@@ -544,6 +549,8 @@ def render_html(builder: ReportBuilder, plots: list[Path], examples: list[dict[s
         section(builder.convergence_table(metric), "h3")
     section(builder.reconstruction_table())
     section(builder.latent_table())
+    if (understanding := understanding_table(builder.results.get("understanding"))) is not None:
+        section(understanding)
     image(plots[-1], "latent spectrum")
     section(builder.speed_table())
     audio = builder.folder / "audio"

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
@@ -50,6 +51,7 @@ from lodit.data.manifest import (
 )
 from lodit.errors import LoditError
 from lodit.latent_tokenizer.tokenizer import Tokenizer
+from lodit.latent_tokenizer.uniaudio import TokenFrameEncoder, is_uniaudio_folder
 
 WINDOW_BATCHES = 8  # rows read ahead (in batches) to find clips of the same length
 MAX_BATCH = 4096  # clips encoded at once; far beyond what any device fits
@@ -76,6 +78,14 @@ class EncodeSummary:
             dropped = f"; skipped {self.report.n_dropped} bad rows ({reasons}{more})"
         return (f"encoded {self.encoded} clips, {self.seconds:.1f} s of audio{resumed}, into {self.cache} "
                 f"({self.frames} frames in total){dropped}")
+
+
+class FrameEncoder(Protocol):
+    """What :func:`encode_with` needs of a model: its input rate and a batch encoder."""
+
+    sample_rate: int
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -114,13 +124,36 @@ def encode_manifest(
     progress: bool = True,
 ) -> EncodeSummary:
     """Encode every clip of ``manifest`` with the tokenizer in ``tokenizer_dir`` into the cache ``out``."""
+    folder = Path(tokenizer_dir).resolve()
+    if is_uniaudio_folder(folder):
+        raise LoditError(f"{folder}: a UniAudio-Token folder makes discrete tokens, not latents; use --tokens {folder}")
+    tokenizer = Tokenizer.from_pretrained(folder, map_location=resolve_device(device))
+    producer = {**tokenizer.identity(), "checkpoint": str(folder)}
+    return encode_with(tokenizer, producer, manifest, out, batch_size=batch_size, dtype=dtype, overwrite=overwrite,
+                       resume=resume, on_error=on_error, progress=progress)
+
+
+def encode_with(
+    encoder: FrameEncoder,
+    producer: dict,
+    manifest: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    resume: bool = False,
+    on_error: OnError = "fail",
+    progress: bool = True,
+) -> EncodeSummary:
+    """Encode every clip of ``manifest`` with ``encoder`` (anything with ``sample_rate`` and
+    ``encode(wav (B, 1, S)) -> (B, T, D)``, e.g. a :class:`Tokenizer`) into the cache ``out``,
+    recording ``producer`` as the cache's producer."""
     if not 1 <= batch_size <= MAX_BATCH:
         raise LoditError(f"--batch-size must be between 1 and {MAX_BATCH}, got {batch_size}")
     check_on_error(on_error)
     manifest = check_manifest_path(manifest)
-    folder = Path(tokenizer_dir).resolve()
-    tokenizer = Tokenizer.from_pretrained(folder, map_location=resolve_device(device))
-    producer = {**tokenizer.identity(), "checkpoint": str(folder)}
+    tokenizer = encoder
     report = ManifestReport(str(manifest))
     if resume and not overwrite and (Path(out) / "meta.json").is_file():
         done = LatentCache(out)  # a killed encode may have finished its cache just before it died
@@ -141,7 +174,7 @@ def encode_manifest(
     return EncodeSummary(Path(out), encoded, resumed, writer.num_frames, seconds, report)
 
 
-def _encode_rows(manifest: Path, tokenizer: Tokenizer, writer: LatentCacheWriter, batch_size: int,
+def _encode_rows(manifest: Path, tokenizer: FrameEncoder, writer: LatentCacheWriter, batch_size: int,
                  on_error: OnError, report: ManifestReport, progress: bool) -> tuple[int, float]:
     """Encode the manifest's clips into ``writer``; returns the clips and audio seconds encoded now.
 
@@ -230,7 +263,7 @@ def _same_length_batches(clips: list[_Clip], batch_size: int) -> Iterator[list[_
             yield group[start : start + batch_size]
 
 
-def _flush(window: list[_Clip], tokenizer: Tokenizer, writer: LatentCacheWriter, batch_size: int,
+def _flush(window: list[_Clip], tokenizer: FrameEncoder, writer: LatentCacheWriter, batch_size: int,
            encoded: int, seconds: float, manifest: Path) -> tuple[int, float]:
     """Encode the window's clips and write the missing ones in manifest order; empties ``window``."""
     if all(clip.wav is None for clip in window):  # finished by an interrupted encode
@@ -257,8 +290,13 @@ def _flush(window: list[_Clip], tokenizer: Tokenizer, writer: LatentCacheWriter,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tokenizer", required=True,
-                        help="tokenizer folder (config.json + model.safetensors), e.g. runs/default/final")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--tokenizer", help="tokenizer folder (config.json + model.safetensors), e.g. runs/default/final")
+    model.add_argument("--tokens", metavar="FOLDER",
+                       help="a UniAudio-Token folder: write token ids (one channel, exact integers stored as float32) "
+                            "with the codebook's identity instead of latents")
+    model.add_argument("--features", metavar="FOLDER",
+                       help="an F3 representation-encoder folder (lodit train-repr): write its features")
     parser.add_argument("--manifest", required=True, help="manifest of the clips to encode (JSON Lines)")
     parser.add_argument("--out", required=True, help="latent cache folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
@@ -275,10 +313,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    summary = encode_manifest(
-        args.tokenizer, args.manifest, args.out, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-        overwrite=args.overwrite, resume=args.resume, on_error=args.on_error, progress=not args.no_progress,
-    )
+    options = dict(batch_size=args.batch_size, dtype=args.dtype, overwrite=args.overwrite, resume=args.resume,
+                   on_error=args.on_error, progress=not args.no_progress)
+    if args.tokens:
+        if args.dtype != "float32":
+            raise LoditError("--tokens stores token ids, which only float32 keeps exact; drop --dtype")
+        encoder = TokenFrameEncoder(args.tokens, resolve_device(args.device))
+        summary = encode_with(encoder, encoder.producer(), args.manifest, args.out, **options)
+    elif args.features:
+        # the F3 encoder may use a text model for supervision, so it lives above this package
+        from lodit.repr.f3 import FeatureFrameEncoder
+
+        encoder = FeatureFrameEncoder(args.features, resolve_device(args.device))
+        summary = encode_with(encoder, encoder.producer(), args.manifest, args.out, **options)
+    else:
+        summary = encode_manifest(args.tokenizer, args.manifest, args.out, device=args.device, **options)
     elapsed = time.monotonic() - started
     speed = f", {summary.seconds / elapsed:.0f}x real time" if elapsed > 0 and summary.seconds else ""
     print(summary.line() + speed)

@@ -28,6 +28,7 @@ from lodit.errors import LoditError
 from lodit.latent_tokenizer.encode import resolve_device
 from lodit.latent_tokenizer.losses import MultiResolutionMelLoss, TokenizerLossConfig
 from lodit.latent_tokenizer.tokenizer import Tokenizer
+from lodit.latent_tokenizer.uniaudio import is_uniaudio_folder
 
 _EPS = 1e-8
 
@@ -116,9 +117,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="where to write the reconstruction (the format follows the suffix, e.g. .wav)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--no-ema", action="store_true", help="use model.safetensors even when ema.safetensors exists")
+    parser.add_argument("--reference", help="UniAudio-Token only: audio file whose voice/recording prompts the token "
+                                            "decoder (default: the input itself)")
+    parser.add_argument("--seed", type=int, default=0, help="UniAudio-Token only: seed of the decoder's noise (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_uniaudio_folder(args.tokenizer):
+        # tokens back to audio goes through UniAudio-Token's DiT decoder, which lives above this package
+        from lodit.dit.uniaudio_stages import reconstruct_uniaudio
+
+        result = reconstruct_uniaudio(args.tokenizer, args.input, args.output, reference=args.reference,
+                                      device=args.device, seed=args.seed)
+        print(f"wrote {args.output}: {result.line().replace(' x 1 latents', ' tokens')}")
+        return 0
     result = reconstruct_file(args.tokenizer, args.input, args.output, device=args.device, use_ema=not args.no_ema)
     print(f"wrote {args.output}: {result.line()}")
     return 0

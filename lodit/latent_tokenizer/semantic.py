@@ -297,6 +297,11 @@ class WhisperSemanticEncoder(SemanticEncoder):
         self._finish_setup(whisper_config.d_model, native_rate)
 
     def native_features(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.hidden_states(wav, [self.hidden_index])[0]
+
+    def hidden_states(self, wav: torch.Tensor, indices: list[int | None]) -> list[torch.Tensor]:
+        """Native-rate frames ``(B, N, dim)`` of several layers from one encoder pass: each index of
+        ``hidden_states`` (None = the final output; see :func:`resolve_layer`)."""
         batch, samples = wav.shape
         windows = math.ceil(samples / self.window_samples)
         padded = F.pad(wav, (0, windows * self.window_samples - samples))
@@ -307,10 +312,14 @@ class WhisperSemanticEncoder(SemanticEncoder):
             return_tensors="pt",
             device=str(self.device),
         ).input_features.to(self.device, self.compute_dtype)  # (B * windows, n_mels, 3000)
-        output = self.encoder(mel, output_hidden_states=self.hidden_index is not None)
-        hidden = output.last_hidden_state if self.hidden_index is None else output.hidden_states[self.hidden_index]
-        hidden = hidden.reshape(batch, windows * self.window_frames, self.dim)  # (B, windows * 1500, D)
-        return hidden[:, : num_frames(samples, self.native_rate)]
+        output = self.encoder(mel, output_hidden_states=any(i is not None for i in indices))
+        frames = num_frames(samples, self.native_rate)
+        picked = []
+        for index in indices:
+            hidden = output.last_hidden_state if index is None else output.hidden_states[index]
+            width = hidden.shape[-1]
+            picked.append(hidden.reshape(batch, windows * self.window_frames, width)[:, :frames])  # (B, N, D)
+        return picked
 
 
 def load_whisper_encoder(model: str):

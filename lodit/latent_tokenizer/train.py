@@ -52,7 +52,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lodit.config import load_config, to_dict
+from lodit.config import load_config, load_yaml, to_dict
 from lodit.data.audio import ChannelPolicy
 from lodit.data.dataset import AudioClipDataset, collate_audio
 from lodit.errors import LoditError
@@ -351,6 +351,12 @@ def train_tokenizer(
 DATA_OPTION = DataOption("--manifest", "data.manifest", "training manifest")
 
 
+def is_uniaudio_config(path: str) -> bool:
+    """Whether the YAML at ``path`` is a UniAudio-Token training config (top-level ``uniaudio:``)."""
+    data = load_yaml(path)
+    return isinstance(data, dict) and "uniaudio" in data
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(parser, config_example="configs/tokenizer/default.yaml", data=DATA_OPTION,
                            out_default="runs/<config name>",
@@ -358,6 +364,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_uniaudio_config(args.config):
+        # UniAudio-Token's decoder stage is a DiT, so its stage runner lives above this package
+        from lodit.dit.uniaudio_stages import run_train
+
+        return run_train(args, training_overrides(args, DATA_OPTION), run_folder(args))
     config = load_config(TokenizerTrainConfig, args.config, training_overrides(args, DATA_OPTION))
     result = train_tokenizer(config, run_folder(args), resume=not args.no_resume, stop_at=args.max_steps)
     report_result(result, config.training.max_steps, "final tokenizer",
