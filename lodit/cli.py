@@ -64,11 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, help_text = COMMANDS[name]
     command = argparse.ArgumentParser(prog=f"lodit {name}", description=help_text)
     module = importlib.import_module(module_name)
-    # Denormal floats (tiny activations early in training) make CPU maths 10-30x slower; flushing
-    # them to zero changes no result that matters and keeps CPU runs at full speed.
-    import torch
+    from lodit.devices import flush_denormals
 
-    torch.set_flush_denormal(True)
+    flush_denormals()
     module.add_arguments(command)
     args = command.parse_args(argv[1:])
     try:

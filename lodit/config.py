@@ -22,6 +22,7 @@ from typing import Any, Literal, Mapping, Sequence, TypeVar, Union, get_args, ge
 import yaml
 
 from lodit.errors import ConfigError
+from lodit.files import write_text
 
 C = TypeVar("C")
 
@@ -151,10 +152,7 @@ def save_config(config: Any, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML (atomically) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def config_hash(config: Any) -> str:

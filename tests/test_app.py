@@ -42,10 +42,10 @@ from lodit.data.audio import load_audio, save_audio
 from lodit.dit.train import train_dit
 from lodit.errors import LoditError
 from lodit.eval import reconstruction
-from lodit.eval.evaluate import write_json
 from lodit.eval.experiment import ExperimentLayout, load_experiment, run_sampler
 from lodit.eval.report import collect_results
 from lodit.eval.results import MetricResult
+from lodit.files import write_json
 from lodit.latent_tokenizer.reconstruct import round_trip
 from lodit.latent_tokenizer.tokenizer import Tokenizer
 

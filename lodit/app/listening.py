@@ -26,8 +26,8 @@ import numpy as np
 
 from lodit.data.audio import load_audio
 from lodit.errors import LoditError
-from lodit.eval.evaluate import write_json
 from lodit.eval.report import RECONSTRUCTION_METRICS, RESULTS_FORMAT, format_value, label, read_compare_json
+from lodit.files import write_json
 
 RESULTS = Path("report") / "results.json"
 PREFERENCES = Path("listening") / "preferences.json"

@@ -21,6 +21,7 @@ import torch
 
 from lodit.data.audio import audio_info, load_audio, resample_np, save_audio
 from lodit.errors import LoditError
+from lodit.files import write_atomically
 
 AudioInput = Any  # a path, (sample_rate, np.ndarray), or None
 
@@ -127,7 +128,4 @@ def mel_image(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))

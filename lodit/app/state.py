@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from lodit.devices import choose_device
 from lodit.errors import LoditError
-from lodit.latent_tokenizer.encode import resolve_device
 
 
 @dataclass
@@ -60,7 +60,7 @@ class AppState:
 
         out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="lodit-app-"))
         out.mkdir(parents=True, exist_ok=True)
-        state = cls(device=resolve_device(device), out_dir=out)
+        state = cls(device=choose_device(device, option="--device"), out_dir=out)
         given_tokenizer = Path(tokenizer) if tokenizer is not None else None
         if given_tokenizer is not None:
             state.tokenizers[f"{given_tokenizer} (--tokenizer)"] = ModelSpec(f"{given_tokenizer} (--tokenizer)", given_tokenizer)

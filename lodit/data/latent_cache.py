@@ -46,6 +46,7 @@ from torch.utils.data import Dataset
 from lodit.data.batching import collate_text_fields, pad_sequences
 from lodit.data.dataset import crop_start
 from lodit.errors import LoditError
+from lodit.files import TEMP_FILE_GLOB, read_json, replace_folder, write_atomically, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class LatentCacheWriter:
             if self.tmp.exists():
                 shutil.rmtree(self.tmp)
             self.tmp.mkdir(parents=True)
-            _write_json(self.tmp / "producer.json", {"producer": self.producer, "dtype": self.dtype_name})
+            write_json(self.tmp / "producer.json", {"producer": self.producer, "dtype": self.dtype_name}, indent=1)
         else:
             log.info("resuming latent cache %s from %s: %d clips in %d shards", self.root, adopted,
                      len(self.rows), len(self.shards))
@@ -217,13 +218,11 @@ class LatentCacheWriter:
         self._flush_shard()
         if not self.rows:
             raise LoditError(f"no clips were written to latent cache {self.root}; is the manifest empty?")
-        with open(self.tmp / "index.jsonl", "w", encoding="utf-8") as f:
-            for row in self.rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        _write_json(self.tmp / "stats.json", {"count": self.stats.count, "mean": self.stats.mean.tolist(),
-                                              "std": self.stats.std.tolist()})
+        write_jsonl(self.tmp / "index.jsonl", self.rows)
+        write_json(self.tmp / "stats.json", {"count": self.stats.count, "mean": self.stats.mean.tolist(),
+                                             "std": self.stats.std.tolist()}, indent=1)
         (self.tmp / "producer.json").unlink(missing_ok=True)
-        _write_json(self.tmp / "meta.json", {
+        write_json(self.tmp / "meta.json", {
             "format": CACHE_FORMAT,
             "version": CACHE_VERSION,
             "producer": self.producer,
@@ -232,7 +231,7 @@ class LatentCacheWriter:
             "num_clips": len(self.rows),
             "num_frames": self.stats.count,
             "shards": self.shards,
-        })
+        }, indent=1)
         self._move_into_place()
         self._closed = True
         return self.root
@@ -267,10 +266,9 @@ class LatentCacheWriter:
         an interrupted write would lose every clip of it. They are deleted once their shard exists.
         """
         name = self._pending_name(len(self.shards), len(self._pending) - 1)
-        part = self.tmp / f"{name}.part"
-        save_file({TENSOR_NAME: self._pending[-1]}, str(part),
-                  metadata={SHARD_INDEX_KEY: json.dumps(self._pending_rows[-1])})
-        os.replace(part, self.tmp / name)
+        metadata = {SHARD_INDEX_KEY: json.dumps(self._pending_rows[-1])}
+        clip = self._pending[-1]
+        write_atomically(self.tmp / name, lambda tmp: save_file({TENSOR_NAME: clip}, str(tmp), metadata=metadata))
 
     def _flush_shard(self) -> None:
         if not self._pending:
@@ -278,9 +276,8 @@ class LatentCacheWriter:
         number = len(self.shards)
         name = self._shard_name(number)
         tensor = torch.cat(self._pending, dim=0)  # (frames, D)
-        part = self.tmp / f"{name}.part"
-        save_file({TENSOR_NAME: tensor}, str(part), metadata={SHARD_INDEX_KEY: json.dumps(self._pending_rows)})
-        os.replace(part, self.tmp / name)
+        metadata = {SHARD_INDEX_KEY: json.dumps(self._pending_rows)}
+        write_atomically(self.tmp / name, lambda tmp: save_file({TENSOR_NAME: tensor}, str(tmp), metadata=metadata))
         self.rows.extend(self._pending_rows)
         self.shards.append({"file": name, "frames": int(tensor.shape[0]), "clips": len(self._pending_rows)})
         self._pending, self._pending_rows, self._pending_frames = [], [], 0
@@ -289,13 +286,7 @@ class LatentCacheWriter:
 
     def _move_into_place(self) -> None:
         _check_target(self.root, self.overwrite)  # something may have appeared while encoding
-        if not self.root.exists():
-            os.replace(self.tmp, self.root)
-            return
-        old = self.root.with_name(f"{self.root.name}.old-{os.getpid()}")
-        os.replace(self.root, old)
-        os.replace(self.tmp, self.root)
-        shutil.rmtree(old)
+        replace_folder(self.tmp, self.root)
 
     def _interrupted_writes(self) -> list[Path]:
         """``<root>.tmp-<pid>`` folders of processes that are no longer running (not ours)."""
@@ -323,7 +314,7 @@ class LatentCacheWriter:
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         os.replace(source, self.tmp)
-        for part in self.tmp.glob("*.part"):
+        for part in self.tmp.glob(TEMP_FILE_GLOB):  # a file an interrupted write left half-written
             part.unlink()
         number = 0
         while (self.tmp / self._shard_name(number)).is_file():
@@ -412,12 +403,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- reading
 
 
@@ -445,7 +430,7 @@ class LatentCache:
         if not meta_path.is_file():
             raise LoditError(f"{self.root} is not a complete latent cache (no meta.json): its encode was "
                              f"interrupted or it is another folder; re-run `lodit encode`")
-        self.meta = _read_json(meta_path)
+        self.meta = _read_cache_json(meta_path)
         if self.meta.get("format") != CACHE_FORMAT or self.meta.get("version") != CACHE_VERSION:
             raise LoditError(f"{meta_path}: not a version-{CACHE_VERSION} lodit latent cache "
                              f"(format {self.meta.get('format')!r}, version {self.meta.get('version')!r}); "
@@ -457,7 +442,7 @@ class LatentCache:
             if not (self.root / name).is_file():
                 raise LoditError(f"latent cache {self.root} is missing {name}; re-run `lodit encode`")
 
-        stats = _read_json(self.root / "stats.json")
+        stats = _read_cache_json(self.root / "stats.json")
         self.mean = torch.tensor(stats["mean"], dtype=torch.float64).float()
         self.std = torch.tensor(stats["std"], dtype=torch.float64).float()
 
@@ -557,13 +542,9 @@ class LatentCache:
         return state
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LoditError(f"{path} is missing; the latent cache is incomplete: re-run `lodit encode`") from None
-    except ValueError as exc:
-        raise LoditError(f"{path}: not valid JSON ({exc}); re-run `lodit encode`") from None
+def _read_cache_json(path: Path) -> Any:
+    return read_json(path, hint="re-run `lodit encode`",
+                     missing=f"{path} is missing; the latent cache is incomplete: re-run `lodit encode`")
 
 
 # ----------------------------------------------------------------------------- training data

@@ -24,7 +24,6 @@ gives the same audio whichever batch it is in.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -41,9 +40,11 @@ from lodit.conditioning.tts import PromptInfill, TextFrontEnd, estimate_total_fr
 from lodit.config import from_dict, to_dict
 from lodit.data.audio import load_audio
 from lodit.data.latent_cache import denormalize, normalize
+from lodit.devices import choose_device
 from lodit.dit.conditioned import ConditionedDiT, Conditions, TTSConfig, caption_states
 from lodit.dit.model import DiTConfig
 from lodit.errors import LoditError
+from lodit.files import read_json
 from lodit.latent_tokenizer.tokenizer import Tokenizer
 from lodit.samplers.guidance import GuidanceConfig
 from lodit.samplers.sample import SamplerConfig, initial_noise, sample
@@ -127,12 +128,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def read_generator_config(folder: str | os.PathLike) -> GeneratorConfig:
     """A DiT checkpoint's :class:`GeneratorConfig`; a folder of something else is a clear error."""
     path = Path(folder) / CONFIG_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LoditError(f"{path}: missing; a DiT checkpoint needs its config.json") from None
-    except json.JSONDecodeError as exc:
-        raise LoditError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(path, missing=f"{path}: missing; a DiT checkpoint needs its config.json")
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise LoditError(f"{path}: not a DiT checkpoint config (format {data.get('format') if isinstance(data, dict) else None!r}); "
                          f"pass a folder written by `lodit train-dit`")
@@ -243,7 +239,7 @@ class Generator:
         """
         folder = resolve_checkpoint(path)
         config = read_generator_config(folder)
-        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = choose_device(device)
 
         model = ConditionedDiT(config.dit, config.tts)
         weights = folder / f"{EMA_NAME}.safetensors"

@@ -31,6 +31,7 @@ from lodit.conditioning.tasks import TASKS
 from lodit.data.audio import save_audio
 from lodit.dit.generator import MAX_SECONDS, MAX_STEPS, Generator
 from lodit.errors import LoditError
+from lodit.files import write_json
 
 MAX_BATCH = 256  # requests generated together
 REQUEST_KEYS = ("prompt", "transcript", "seconds", "task", "reference_audio", "reference_transcript")
@@ -153,12 +154,6 @@ def check_tasks(requests: list[dict[str, Any]], trained: list[str]) -> None:
                              f"change its task or use a checkpoint trained on {task}")
 
 
-def write_json_atomically(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def check_sizes(args: argparse.Namespace) -> None:
     """Bound every size the user typed, before loading a model."""
     if not 1 <= args.batch_size <= MAX_BATCH:
@@ -231,6 +226,6 @@ def run(args: argparse.Namespace) -> int:
         "rtf": wall / max(produced, 1e-9),
         "samples": samples,
     }
-    write_json_atomically(out / SAMPLES_FILE, summary)
+    write_json(out / SAMPLES_FILE, summary, allow_nan=True)
     print(f"wrote {len(samples)} files to {out} ({produced:.1f} s of audio, RTF {summary['rtf']:.3f})")
     return 0

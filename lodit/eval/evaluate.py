@@ -51,6 +51,7 @@ from lodit.eval.embedders import NO_CLAP_MODEL, Embedder, EmbedderConfig, build_
 from lodit.eval.embedding_cache import EmbeddingCache
 from lodit.eval.frechet import fad
 from lodit.eval.results import MetricResult
+from lodit.files import write_json
 
 SAMPLES_FILE = "samples.json"  # what `lodit sample` writes next to its wav files
 METRICS_FORMAT = "lodit-metrics"
@@ -328,16 +329,6 @@ def evaluate_samples(
     if out is not None:
         write_json(out, result)
     return result
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as indented JSON, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def format_metric(metric: dict[str, Any]) -> str:

@@ -82,8 +82,9 @@ from lodit.config import (
 from lodit.data.audio import audio_info, load_audio, save_audio
 from lodit.data.manifest import ManifestRow, portable_audio_path, read_manifest, write_manifest
 from lodit.errors import LoditError
-from lodit.eval.evaluate import EvaluationConfig, Evaluator, write_json
+from lodit.eval.evaluate import EvaluationConfig, Evaluator
 from lodit.eval.results import MetricResult
+from lodit.files import write_json, write_jsonl
 
 STAGE_FILE = "stage.json"
 STAGE_LOG = "stages.jsonl"
@@ -478,7 +479,7 @@ class ExperimentRunner:
         """Train the arm's tokenizer (or take its checkpoint); returns where it is."""
         if arm.checkpoint:
             folder = _tokenizer_folder(Path(arm.checkpoint))
-            return ArmState(folder, {"checkpoint": _folder_fingerprint(folder)})
+            return ArmState(folder, {"checkpoint": _tokenizer_fingerprint(folder)})
         from lodit.latent_tokenizer.train import train_tokenizer
 
         sembo_dir, sembo_spec = self.sembo(arm, data_spec) if arm.sembo else (None, None)
@@ -634,7 +635,7 @@ class ExperimentRunner:
         evaluation = self.config.evaluation
         requests, references = evaluation_prompts(self.layout.eval_manifest, tasks, evaluation.num_prompts, evaluation.seconds)
         prompts_file = folder / "prompts.jsonl"
-        _write_jsonl(prompts_file, requests)
+        write_jsonl(prompts_file, _without_none(requests))
         write_json(folder / "references.json", references)
         run_sampler(checkpoint, prompts_file, folder, self.config.sampling, state.tokenizer_dir)
 
@@ -651,7 +652,7 @@ class ExperimentRunner:
         write_json(folder / VOICES_FILE, {"requests": len(requests), "references": references, "skipped": skipped})
         if requests:
             prompts_file = folder / "prompts.jsonl"
-            _write_jsonl(prompts_file, requests)
+            write_jsonl(prompts_file, _without_none(requests))
             run_sampler(checkpoint, prompts_file, folder, self.config.sampling, state.tokenizer_dir)
 
     def score(self, arm: ArmConfig, samples_dir: Path, folder: Path, voice_dir: Path | None = None) -> None:
@@ -822,11 +823,8 @@ def _file_seconds(path: Path, offset: float) -> float:
     return max(frames / rate - offset, 1.0 / rate)
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False) + "\n"
-                           for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
+def _without_none(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if v is not None} for row in rows]
 
 
 def _tokenizer_folder(path: Path) -> Path:
@@ -838,7 +836,7 @@ def _tokenizer_folder(path: Path) -> Path:
     raise LoditError(f"{path}: not a tokenizer folder (no config.json, nor final/config.json); pass a trained tokenizer")
 
 
-def _folder_fingerprint(folder: Path) -> dict[str, Any]:
+def _tokenizer_fingerprint(folder: Path) -> dict[str, Any]:
     """Identity of a given tokenizer folder: its config hash and weight-file sizes."""
     from lodit.latent_tokenizer.tokenizer import Tokenizer
 
@@ -886,12 +884,11 @@ def spread_over_domains(rows: list[ManifestRow], count: int) -> list[ManifestRow
 def reconstruction_report(tokenizer_dir: Path, manifest: Path, count: int) -> dict[str, Any]:
     """Reconstruction metrics of ``count`` clips of ``manifest`` spread over its domains (0 = all;
     PESQ and STOI on the speech ones) and the tokenizer's description."""
-    import torch
-
+    from lodit.devices import choose_device
     from lodit.eval.reconstruction import reconstruction_metrics
     from lodit.latent_tokenizer.tokenizer import Tokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = choose_device()
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir, map_location=device)
     data = read_manifest(manifest)
     rows = spread_over_domains(data.rows, count)

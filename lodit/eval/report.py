@@ -37,6 +37,7 @@ import numpy as np
 from lodit.config import to_dict
 from lodit.errors import LoditError
 from lodit.eval.adherence import adherence_summary, adherence_table
+from lodit.files import read_json, write_atomically, write_json, write_text
 
 RESULTS_FORMAT = "lodit-compare-results"
 CI_LEVEL = 0.95
@@ -114,12 +115,7 @@ def aggregate(runs: Sequence[dict[str, Any]], level: float = CI_LEVEL) -> list[d
 
 def read_compare_json(path: Path) -> Any:
     """A JSON file of a ``lodit compare`` folder; a missing or broken one is a one-line error."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LoditError(f"{path}: missing; run `lodit compare` again to produce it") from None
-    except json.JSONDecodeError as exc:
-        raise LoditError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return read_json(path, missing=f"{path}: missing; run `lodit compare` again to produce it")
 
 
 def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
@@ -382,11 +378,7 @@ class ReportBuilder:
 
     def _save(self, fig, name: str) -> Path:
         fig.tight_layout()
-        path = self.folder / name
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-        return path
+        return write_atomically(self.folder / name, lambda tmp: fig.savefig(tmp, format="png"))
 
     # --------------------------------------------------------------------------- audio
 
@@ -431,8 +423,7 @@ def write_report(results: dict[str, Any], folder: str | os.PathLike, out_dir: st
     """Write ``results.json``, the PNG plots, ``audio/``, ``report.md`` and ``report.html`` into ``folder``.
 
     ``out_dir``: the experiment folder the results' relative paths start from (default: ``folder``'s parent)."""
-    from lodit.eval.evaluate import write_json
-
+    
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out_dir = Path(out_dir) if out_dir is not None else folder.parent
@@ -440,15 +431,9 @@ def write_report(results: dict[str, Any], folder: str | os.PathLike, out_dir: st
     builder = ReportBuilder(results, folder)
     plots = [builder.plot_convergence(metric) for metric in CONVERGENCE_METRICS] + [builder.plot_spectrum()]
     examples = builder.copy_audio(out_dir)
-    _write_text(folder / "report.md", render_markdown(builder, plots, examples))
-    _write_text(folder / "report.html", render_html(builder, plots, examples))
+    write_text(folder / "report.md", render_markdown(builder, plots, examples))
+    write_text(folder / "report.html", render_html(builder, plots, examples))
     return folder
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _overview(builder: ReportBuilder) -> list[tuple[str, str]]:

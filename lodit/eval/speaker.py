@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lodit.data.audio import load_audio, resample
+from lodit.data.audio import load_audio, mono_clip, resample
 from lodit.errors import LoditError
 from lodit.eval.embedders import model_label, quiet_loading
 from lodit.eval.results import MetricResult
@@ -129,8 +129,4 @@ def speaker_similarity(
 def _mono16k(audio: Audio, sample_rate: int) -> torch.Tensor:
     if isinstance(audio, (str, os.PathLike)):
         return load_audio(audio, SAMPLE_RATE)[0]
-    wav = torch.as_tensor(np.asarray(audio) if isinstance(audio, np.ndarray) else audio).detach().float().cpu()
-    wav = wav.squeeze()
-    if wav.dim() != 1 or wav.numel() == 0:
-        raise LoditError(f"speaker embedding expects a non-empty mono clip (S,), got shape {tuple(wav.shape)}")
-    return resample(wav, sample_rate, SAMPLE_RATE)
+    return resample(mono_clip(audio, what="speaker embedding"), sample_rate, SAMPLE_RATE)

@@ -48,6 +48,7 @@ from lodit.data.manifest import (
     iter_manifest,
     resolve_audio,
 )
+from lodit.devices import choose_device
 from lodit.errors import LoditError
 from lodit.latent_tokenizer.tokenizer import Tokenizer
 
@@ -87,19 +88,6 @@ class _Clip:
     row: ManifestRow
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a torch device (default: CUDA when available); an unusable one is a LoditError."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise LoditError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise LoditError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return resolved
-
-
 def encode_manifest(
     tokenizer_dir: str | os.PathLike,
     manifest: str | os.PathLike,
@@ -119,7 +107,7 @@ def encode_manifest(
     check_on_error(on_error)
     manifest = check_manifest_path(manifest)
     folder = Path(tokenizer_dir).resolve()
-    tokenizer = Tokenizer.from_pretrained(folder, map_location=resolve_device(device))
+    tokenizer = Tokenizer.from_pretrained(folder, map_location=choose_device(device, option="--device"))
     producer = {**tokenizer.identity(), "checkpoint": str(folder)}
     report = ManifestReport(str(manifest))
     if resume and not overwrite and (Path(out) / "meta.json").is_file():

@@ -18,7 +18,6 @@ the end to ``T * hop_length``); :meth:`Tokenizer.decode` returns ``T * hop_lengt
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from torch import nn
 
 from lodit.config import config_hash, from_dict, to_dict
 from lodit.errors import LoditError
+from lodit.files import read_json, write_atomically, write_json
 from lodit.latent_tokenizer.bottleneck import BottleneckConfig, build_bottleneck
 from lodit.latent_tokenizer.decoder import DecoderConfig, build_decoder
 from lodit.latent_tokenizer.encoder import EncoderConfig, build_encoder, pad_to_hop
@@ -218,13 +218,10 @@ class Tokenizer(nn.Module):
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each atomically)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config_tmp = directory / (CONFIG_FILE + ".tmp")
-        config_tmp.write_text(json.dumps(to_dict(self.config), indent=2))
-        os.replace(config_tmp, directory / CONFIG_FILE)
+        write_json(directory / CONFIG_FILE, to_dict(self.config))
         weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        weights_tmp = directory / (MODEL_FILE + ".tmp")
-        save_file(weights, str(weights_tmp), metadata={"format": "pt", "config_hash": config_hash(self.config)})
-        os.replace(weights_tmp, directory / MODEL_FILE)
+        metadata = {"format": "pt", "config_hash": config_hash(self.config)}
+        write_atomically(directory / MODEL_FILE, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
         return directory
 
     @classmethod
@@ -241,10 +238,7 @@ class Tokenizer(nn.Module):
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise LoditError(f"{config_path}: missing; a tokenizer folder needs {CONFIG_FILE} next to its weights")
-        try:
-            data = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise LoditError(f"{config_path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        data = read_json(config_path)
         if isinstance(data, dict) and isinstance(data.get("tokenizer"), dict):
             data = data["tokenizer"]  # a training config: the tokenizer section is the model config
         model = cls.from_config(data, source=str(config_path))

@@ -49,6 +49,7 @@ from torch import nn
 from lodit import __version__
 from lodit.config import save_config, to_dict
 from lodit.cores import describe
+from lodit.devices import flush_denormals
 from lodit.errors import LoditError
 from lodit.outputs import check_output_folder
 from lodit.training.checkpoint import (
@@ -202,9 +203,7 @@ class Trainer:
         self.resume = resume
         self.accelerator = accelerator or make_accelerator(config)
         if self.accelerator.device.type == "cpu":
-            # Denormal floats (tiny activations early in training) make CPU maths 10-30x slower;
-            # flushing them to zero (process-wide, as the lodit command does) changes no result that matters.
-            torch.set_flush_denormal(True)
+            flush_denormals()  # process-wide, as the lodit command does
         if self.accelerator.gradient_accumulation_steps != config.gradient_accumulation_steps:
             raise LoditError(
                 f"the accelerator accumulates {self.accelerator.gradient_accumulation_steps} micro-batches but "
