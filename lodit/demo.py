@@ -16,9 +16,7 @@ finished.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,25 +80,3 @@ def run_demo(out: str | Path, *, profile: str = "default", config: str | Path | 
     overrides = [f"data.train_manifest={manifest.resolve()}", *chosen.overrides]
     experiment = load_experiment(config_path, overrides)
     return compare(experiment, out / f"compare-{profile}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    sizes = "; ".join(f"{name}: about {p.minutes} min on a 2-core CPU" for name, p in PROFILES.items())
-    parser.add_argument("--profile", choices=list(PROFILES), default="default", help=f"how big a run ({sizes})")
-    parser.add_argument("--quick", action="store_true", help="the same as --profile quick")
-    parser.add_argument("--config", help="experiment config (default: the shipped configs/demo/demo.yaml)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from lodit.eval.report import headline
-
-    started = time.monotonic()
-    report = run_demo(args.out, profile="quick" if args.quick else args.profile, config=args.config, seed=args.seed)
-    results = json.loads((report / "results.json").read_text(encoding="utf-8"))
-    for line in headline(results):
-        print(line)
-    print(f"demo finished in {time.monotonic() - started:.0f} s; open {report / 'report.html'} "
-          f"(also report.md, results.json and the PNG plots in {report})")
-    return 0

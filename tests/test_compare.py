@@ -22,7 +22,8 @@ from lodit.data.synthetic import make_demo_dataset
 from lodit.errors import LoditError
 from lodit.eval import experiment as experiment_module
 from lodit.eval.experiment import ExperimentLayout, StageBook, load_experiment, read_stage_log, split_rows
-from lodit.eval.report import aggregate, format_summary, t_interval
+from lodit.eval.summary import aggregate, t_interval
+from lodit.eval.tables import format_summary
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "experiments" / "tiny.yaml"

@@ -1,5 +1,5 @@
 """Tests for DiT training on a latent cache, sampling and the Generator API (lodit.dit.train,
-lodit.dit.conditioned, lodit.dit.generator, lodit.dit.sample_cli).
+lodit.dit.conditioned, lodit.dit.generator, lodit.dit.prompts, lodit.commands.sample).
 
 Everything is tiny and random: a tiny tokenizer (saved to tmp) encodes generated clips into a
 latent cache, a tiny random T5 (saved to tmp) encodes captions, and a tiny DiT trains on CPU.
@@ -155,7 +155,7 @@ def run_command(name: str, argv: list[str], capsys) -> tuple[int, str]:
     if name in cli.COMMANDS:
         code = cli.main([name, *argv])
     else:  # not registered yet: same parsing and error handling as lodit.cli.main
-        module = importlib.import_module({"train-dit": "lodit.dit.train", "sample": "lodit.dit.sample_cli"}[name])
+        module = importlib.import_module({"train-dit": "lodit.commands.train_dit", "sample": "lodit.commands.sample"}[name])
         parser = argparse.ArgumentParser(prog=f"lodit {name}")
         module.add_arguments(parser)
         try:
@@ -321,7 +321,8 @@ def test_tiny_dit_overfits_one_clip_and_sampling_returns_it(overfit_run):
     assert generator.tasks == ["tta"] and generator.sample_rate == SAMPLE_RATE
     target = normalize(cache.read(0), cache.mean, cache.std)  # (T, D), unit variance per channel
     for seed in (0, 3):
-        out = generator.generate(["a high beep"], seconds=1.0, steps=20, cfg=1.0, sampler="euler", seed=seed)
+        out = generator.generate(["a high beep"], seconds=1.0, seed=seed,
+                                 sampling=generator.config.sampling.with_changes(steps=20, cfg=1.0, sampler="euler"))
         generated = normalize(out.latents[0], cache.mean, cache.std)
         assert generated.shape == target.shape == (25, LATENT_DIM)
         error = (generated - target).pow(2).mean() / target.pow(2).mean()
@@ -336,7 +337,8 @@ def test_same_seed_same_audio_other_seed_other_audio(mixed_cache, tiny_t5, encod
     train_dit(config, tmp_path / "run", text_encoder=encoder)
     generator = Generator.from_pretrained(tmp_path / "run", device="cpu")
     prompts = ["a high beep", ""]
-    kwargs = {"seconds": [0.6, 0.8], "transcripts": ["", "hello world"], "steps": 4, "cfg": 3.0}
+    kwargs = {"seconds": [0.6, 0.8], "transcripts": ["", "hello world"],
+              "sampling": generator.config.sampling.with_changes(steps=4, cfg=3.0)}
     first = generator.generate(prompts, seed=7, **kwargs)
     again = generator.generate(prompts, seed=7, **kwargs)
     other = generator.generate(prompts, seed=8, **kwargs)
@@ -348,7 +350,7 @@ def test_same_seed_same_audio_other_seed_other_audio(mixed_cache, tiny_t5, encod
     torch.testing.assert_close(alone.waveforms[0], first.waveforms[1], atol=1e-5, rtol=1e-4)  # seed + i per request
 
     # One task per request: a batch mixing TTM and TTA gives each row what it gives alone under its task.
-    music = {"seconds": 0.6, "steps": 4, "cfg": 3.0}
+    music = {"seconds": 0.6, "sampling": generator.config.sampling.with_changes(steps=4, cfg=3.0)}
     mixed = generator.generate(["slow piano melody"] * 2, task=["ttm", "tta"], seed=[3, 3], **music)
     assert mixed.settings["tasks"] == ["ttm", "tta"]
     as_ttm = generator.generate(["slow piano melody"], task="ttm", seed=3, **music)
@@ -375,11 +377,12 @@ def test_text_only_tts_trains_and_samples_at_the_requested_length(mixed_cache, t
     assert generator.config.tts.prompt_drop_prob == 0.3
 
     # A transcript and no reference: no prompt frames, the whole length is generated.
-    out = generator.generate([""], transcripts="hello world", seconds=0.8, steps=2, cfg=2.0, seed=1)
+    out = generator.generate([""], transcripts="hello world", seconds=0.8, seed=1,
+                             sampling=generator.config.sampling.with_changes(steps=2, cfg=2.0))
     assert out.settings["tasks"] == ["tts"] and out.waveforms[0].shape == (1, round(0.8 * SAMPLE_RATE))
     assert out.latents[0].shape == (math.ceil(0.8 * FRAME_RATE), LATENT_DIM) and out.waveforms[0].abs().max() > 0
     rate = generator.config.tts_frames_per_unit  # without a length: the training data's speaking rate
-    out = generator.generate([""], transcripts="hello world", steps=2, seed=1)
+    out = generator.generate([""], transcripts="hello world", seed=1, sampling=generator.config.sampling.with_changes(steps=2))
     frames = round(rate * len("hello world"))
     assert out.latents[0].shape[0] == frames and out.waveforms[0].shape == (1, frames * HOP)
 

@@ -26,7 +26,8 @@ import numpy as np
 
 from lodit.data.audio import load_audio
 from lodit.errors import LoditError
-from lodit.eval.report import RECONSTRUCTION_METRICS, RESULTS_FORMAT, format_value, label, read_compare_json
+from lodit.eval.report import RECONSTRUCTION_METRICS, RESULTS_FORMAT, read_compare_json
+from lodit.eval.tables import format_value, label
 from lodit.files import write_json
 
 RESULTS = Path("report") / "results.json"

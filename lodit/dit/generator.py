@@ -46,7 +46,6 @@ from lodit.dit.model import DiTConfig
 from lodit.errors import LoditError
 from lodit.files import read_json
 from lodit.latent_tokenizer.tokenizer import Tokenizer
-from lodit.samplers.guidance import GuidanceConfig
 from lodit.samplers.sample import SamplerConfig, initial_noise, sample
 from lodit.training.checkpoint import (
     CONFIG_FILE,
@@ -183,6 +182,15 @@ def _frames_for_seconds(seconds: float, frame_rate: float) -> int:
     return max(1, math.ceil(seconds * frame_rate - 1e-6))
 
 
+def _checked(config: SamplerConfig) -> SamplerConfig:
+    """``config`` if its step count and guidance scale are usable; a one-line error if not."""
+    if not 1 <= config.steps <= MAX_STEPS:
+        raise LoditError(f"steps must be between 1 and {MAX_STEPS}, got {config.steps}")
+    if not math.isfinite(float(config.guidance.scale)):
+        raise LoditError(f"the guidance scale must be a finite number, got {config.guidance.scale}")
+    return config
+
+
 def available_memory(device: torch.device) -> int | None:
     """Free bytes on ``device`` (GPU memory, or the machine's available RAM); None if unknown."""
     try:
@@ -302,10 +310,7 @@ class Generator:
         reference_audio: Sequence[str | os.PathLike | torch.Tensor | None] | str | os.PathLike | torch.Tensor | None = None,
         reference_transcripts: Sequence[str | None] | str | None = None,
         task: str | Sequence[str | None] | None = None,
-        steps: int | None = None,
-        cfg: float | None = None,
-        sampler: str | None = None,
-        schedule: str | None = None,
+        sampling: SamplerConfig | None = None,
         seed: int | Sequence[int] = 0,
         negative_prompt: str | None = None,
     ) -> GenerationResult:
@@ -315,8 +320,9 @@ class Generator:
         the tokenizer's sample rate), ``reference_transcripts`` and ``task`` take one value for all
         requests or one per request. ``task`` is ``tta``/``ttm``/``tts``; where it is None: ``tts``
         for a request with a transcript, otherwise the checkpoint's first caption task (a batch may
-        mix tasks, e.g. TTA and TTM prompts for a multi-task DiT). ``steps``/``cfg``/``sampler``/
-        ``schedule`` default to the checkpoint's sampling settings. ``seed`` is the first request's
+        mix tasks, e.g. TTA and TTM prompts for a multi-task DiT). ``sampling``: the solver, steps,
+        schedule and guidance (default: the checkpoint's; change a few with
+        ``generator.config.sampling.with_changes(steps=..., cfg=...)``). ``seed`` is the first request's
         seed (request ``i`` uses ``seed + i``) or one seed per request. ``settings`` in the result
         records all of it plus ``nfe``, ``model_calls``, ``seconds`` per request and ``rtf``
         (wall time / seconds of audio produced).
@@ -335,7 +341,7 @@ class Generator:
         tasks = [self._task_for(i, chosen, text)
                  for i, (chosen, text) in enumerate(zip(_per_request(task, count, "task"), transcripts_))]
 
-        sampler_config = self._sampler_config(steps, cfg, sampler, schedule)
+        sampler_config = _checked(sampling or self.config.sampling)
         started = time.perf_counter()
         with torch.no_grad():
             prompt_latents = [self._reference_latents(ref, i) if ref is not None else None
@@ -390,23 +396,6 @@ class Generator:
         if chosen == "tts" and not transcript:
             raise LoditError(f"prompt {index}: a TTS request needs a transcript (--transcript)")
         return chosen
-
-    def _sampler_config(self, steps, cfg, sampler, schedule) -> SamplerConfig:
-        base = self.config.sampling
-        guidance = GuidanceConfig(**{**to_dict(base.guidance), **({"scale": float(cfg)} if cfg is not None else {})})
-        guidance.interval = tuple(guidance.interval)
-        config = SamplerConfig(**{**to_dict(base), "guidance": guidance})
-        if steps is not None:
-            if not 1 <= steps <= MAX_STEPS:
-                raise LoditError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
-            config.steps = int(steps)
-        if cfg is not None and not math.isfinite(float(cfg)):
-            raise LoditError(f"the guidance scale must be a finite number, got {cfg}")
-        if sampler is not None:
-            config.sampler = sampler
-        if schedule is not None:
-            config.schedule = schedule
-        return config
 
     def _check_memory(self, plan: list[dict[str, Any]]) -> None:
         """Refuse, before allocating anything, a batch that can't fit in the device's free memory."""

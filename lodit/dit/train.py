@@ -33,7 +33,6 @@ invocation after step N (e.g. a job with a time limit) without shortening the LR
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -53,7 +52,7 @@ from lodit.conditioning.tasks import TASKS, task_from_domain, task_id
 from lodit.conditioning.text_cache import TextEmbeddingCache
 from lodit.conditioning.text_encoders import TextEncoderConfig, build_text_encoder
 from lodit.conditioning.tts import PromptInfill, TextFrontEnd, random_prompt_mask
-from lodit.config import load_config, to_dict
+from lodit.config import to_dict
 from lodit.data.batching import BucketBatchSampler, FixedBatchSampler
 from lodit.data.latent_cache import PRODUCER_FIELDS, LatentCache, LatentDataset, collate_latents
 from lodit.dit.conditioned import (
@@ -69,7 +68,6 @@ from lodit.dit.model import DiTConfig
 from lodit.errors import LoditError
 from lodit.latent_tokenizer.tokenizer import Tokenizer
 from lodit.samplers.sample import SamplerConfig
-from lodit.training.command import DataOption, add_training_arguments, report_result, run_folder, training_overrides
 from lodit.training.config import TrainingConfig
 from lodit.training.data import ResumableLoader
 from lodit.training.loop import Trainer, TrainResult, TrainTask
@@ -282,8 +280,9 @@ class DiTTask(TrainTask):
             generator = Generator(model, self.generator_config(), text_encoder=self.text, tokenizer=tokenizer,
                                   device=self.device)
             for scale in cfg.cfg_scales:
-                result = generator.generate(prompts, seconds=seconds, transcripts=transcripts, cfg=scale,
-                                            steps=cfg.steps, sampler=cfg.sampler, seed=0)
+                sampling = generator.config.sampling.with_changes(cfg=scale, steps=cfg.steps, sampler=cfg.sampler)
+                result = generator.generate(prompts, seconds=seconds, transcripts=transcripts, sampling=sampling,
+                                            seed=0)
                 for row, wav in enumerate(result.waveforms):
                     tracker.log_audio(f"preview/{row}/cfg_{scale:g}", wav, result.sample_rate, step)
 
@@ -466,18 +465,3 @@ def train_dit(config: DiTTrainConfig, run_dir: str | Path, *, resume: bool | str
 
 
 # ============================================================================ the command
-
-
-DATA_OPTION = DataOption("--cache", "data.cache", "latent cache folder")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_training_arguments(parser, config_example="configs/dit/tta.yaml", data=DATA_OPTION,
-                           out_default="runs/<config name>", override_example="training.max_steps=1000 dit.depth=8")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = load_config(DiTTrainConfig, args.config, training_overrides(args, DATA_OPTION))
-    result = train_dit(config, run_folder(args), resume=not args.no_resume, stop_at=args.max_steps)
-    report_result(result, config.training.max_steps, "final model")
-    return 0

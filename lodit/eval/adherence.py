@@ -765,7 +765,7 @@ def adherence_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     report's mean and confidence interval over seeds per (arm, step, attribute) (tolerant accuracies
     as ``"<attribute> ±<tolerance>"``), with per attribute the chance level and the estimators'
     accuracy on the reference clips (the lowest over runs). None when no run has adherence."""
-    from lodit.eval.report import aggregate
+    from lodit.eval.summary import aggregate
 
     per_run, attributes = [], {}
     for run in runs:
@@ -794,10 +794,10 @@ def adherence_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def adherence_table(results: dict[str, Any]):
-    """The report's adherence table (a :class:`lodit.eval.report.Table`): one row per arm and DiT
+    """The report's adherence table (a :class:`lodit.eval.tables.Table`): one row per arm and DiT
     step, one column per attribute, then the chance level and the estimators' reference accuracy;
     None when the results have no adherence."""
-    from lodit.eval.report import Table, format_summary
+    from lodit.eval.tables import Table, format_summary
 
     summary = results.get("adherence")
     if not summary:

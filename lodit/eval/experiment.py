@@ -37,20 +37,7 @@ appends ``ran`` / ``reused`` to ``stages.jsonl`` in the output folder.
 Paths inside the experiment YAML are relative to the YAML's folder; paths given as command-line
 overrides are relative to the working directory.
 
-Output layout::
-
-    OUT/experiment.yaml   resolved config           OUT/stages.jsonl   stage log
-    OUT/data/             train.jsonl, eval.jsonl   OUT/embeddings/    embedding cache
-    OUT/teacher_cache/    teacher features       OUT/sembo/<spec hash>/  SemBo run (final/)
-    OUT/arms/<arm>/tokenizer/        tokenizer run (final/ = the tokenizer)
-    OUT/arms/<arm>/cache/            latent cache of the training set
-    OUT/arms/<arm>/reconstruction/   metrics.json
-    OUT/arms/<arm>/latent_stats/     stats.json
-    OUT/arms/<arm>/seed-<s>/dit/     DiT run (checkpoints/step-*)
-    OUT/arms/<arm>/seed-<s>/step-<k>/samples/  prompts.jsonl, references.json, wavs + samples.json
-    OUT/arms/<arm>/seed-<s>/step-<k>/samples_with_reference/  the TTS prompts with a voice: voices/ + voices.json
-    OUT/arms/<arm>/seed-<s>/step-<k>/scores/   metrics.json
-    OUT/report/           results.json, report.md, report.html, *.png, audio/
+The output layout is :class:`~lodit.eval.layout.ExperimentLayout`.
 """
 
 from __future__ import annotations
@@ -83,28 +70,14 @@ from lodit.data.audio import audio_info, load_audio, save_audio
 from lodit.data.manifest import ManifestRow, portable_audio_path, read_manifest, write_manifest
 from lodit.errors import LoditError
 from lodit.eval.evaluate import EvaluationConfig, Evaluator
+from lodit.eval.layout import LATENT_STATS_FILE, METRICS_FILE, REFERENCES_FILE, SAMPLES_INDEX, TTS_VARIANTS, ExperimentLayout
 from lodit.eval.results import MetricResult
-from lodit.files import write_json, write_jsonl
+from lodit.files import read_json, write_json, write_jsonl
+from lodit.samplers.guidance import GuidanceConfig
+from lodit.samplers.sample import SamplerConfig
 
 STAGE_FILE = "stage.json"
-STAGE_LOG = "stages.jsonl"
-CONFIG_COPY = "experiment.yaml"
 VOICES_FILE = "voices.json"  # the reference voices of the TTS samples made with one
-# TTS is evaluated twice, as F5-TTS can be used: with a reference voice and from the transcript
-# alone. Metric names of each variant in the scores and results, and what they measure.
-TTS_VARIANTS = {
-    "without_reference": {
-        "wer": "wer", "speaker_similarity": "speaker_similarity",
-        "description": "transcript only, no reference voice (the model chooses the voice); speaker SIM "
-                       "against the held-out clip of the same sentence",
-    },
-    "with_reference": {
-        "wer": "wer_with_reference", "speaker_similarity": "speaker_similarity_with_reference",
-        "description": "transcript plus a reference voice: another clip of the held-out clip's speaker (from "
-                       "the evaluation set, else the training set) and its transcript; speaker SIM against "
-                       "that reference clip",
-    },
-}
 _ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -154,11 +127,11 @@ class ExperimentData:
 
 
 @dataclass
-class SamplingSettings:
-    sampler: str = "euler"
-    steps: int = 20
-    cfg: float = 3.0
-    schedule: str = "uniform"
+class SamplingSettings(SamplerConfig):
+    """How every arm's DiT samples: a :class:`SamplerConfig` (solver, steps, schedule, guidance,
+    the same for all arms) plus the batch size, the first seed and which weights."""
+
+    guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(scale=3.0))
     batch_size: int = 8
     seed: int = 0  # noise seed of the first prompt (prompt i uses seed + i)
     use_ema: bool = True
@@ -231,6 +204,10 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] = ()) -> Exper
         for key in _ARM_PATH_KEYS:
             if isinstance(arm, dict) and isinstance(arm.get(key), str) and arm[key]:
                 arm[key] = _absolute(arm[key], base)
+    sampling = data.get("sampling")
+    if isinstance(sampling, dict) and "cfg" in sampling:
+        # configs written before the experiment used SamplerConfig name the guidance scale `cfg`
+        sampling.setdefault("guidance", {})["scale"] = sampling.pop("cfg")
     data = apply_overrides(data, list(overrides))
     where = str(path) if not overrides else f"{path} (with command-line overrides)"
     return from_dict(ExperimentConfig, data, source=where)
@@ -294,49 +271,18 @@ class StageBook:
         self.root.mkdir(parents=True, exist_ok=True)
         entry = {"run": self.run_id, "stage": name, "action": action, "seconds": round(seconds, 3),
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with open(self.root / STAGE_LOG, "a", encoding="utf-8") as handle:
+        with open(ExperimentLayout(self.root).stage_log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
 
 
 def read_stage_log(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(out_dir) / STAGE_LOG
+    path = ExperimentLayout(Path(out_dir)).stage_log
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # ============================================================================ the runner
-
-
-@dataclass
-class ExperimentLayout:
-    """Where each stage of an experiment folder lives (see the module docstring)."""
-
-    out: Path
-
-    def arm_dir(self, arm: str) -> Path:
-        return self.out / "arms" / arm
-
-    def seed_dir(self, arm: str, seed: int) -> Path:
-        return self.arm_dir(arm) / f"seed-{seed}"
-
-    def step_dir(self, arm: str, seed: int, step: int) -> Path:
-        return self.seed_dir(arm, seed) / f"step-{step:08d}"
-
-    def sembo_dir(self, key: str) -> Path:
-        return self.out / "sembo" / key
-
-    @property
-    def teacher_cache(self) -> Path:
-        return self.out / "teacher_cache"
-
-    @property
-    def train_manifest(self) -> Path:
-        return self.out / "data" / "train.jsonl"
-
-    @property
-    def eval_manifest(self) -> Path:
-        return self.out / "data" / "eval.jsonl"
 
 
 @dataclass
@@ -358,7 +304,7 @@ class ExperimentRunner:
         self.layout = ExperimentLayout(self.out)
         self.say = say or _print
         self.book = StageBook(self.out, self.say)
-        self.evaluator = Evaluator(config.evaluation.metric_config(), embedding_cache=self.out / "embeddings")
+        self.evaluator = Evaluator(config.evaluation.metric_config(), embedding_cache=self.layout.embeddings)
         self._text_encoder = None
         self._check_inputs()
 
@@ -370,7 +316,7 @@ class ExperimentRunner:
 
         started = time.monotonic()
         self.out.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, self.out / CONFIG_COPY)
+        save_config(self.config, self.layout.config_copy)
         data_spec = self.prepare_data()
         for arm in self.config.arms:
             state = self.tokenizer(arm, data_spec)
@@ -380,7 +326,7 @@ class ExperimentRunner:
             for seed in self.config.seeds:
                 self.dit(arm, state, seed, data_spec)
         results = collect_results(self.out, self.config)
-        report = self._stage("report", self.out / "report", {"results": spec_hash(results)},
+        report = self._stage("report", self.layout.report_dir, {"results": spec_hash(results)},
                              lambda folder: write_report(results, folder))
         self.say(f"experiment {self.config.name}: done in {time.monotonic() - started:.0f} s; report in {report}")
         return report
@@ -423,7 +369,7 @@ class ExperimentRunner:
                 "eval": file_digest(cfg.eval_manifest) if cfg.eval_manifest else None,
                 "eval_fraction": None if cfg.eval_manifest else cfg.eval_fraction,
                 "split_seed": None if cfg.eval_manifest else cfg.split_seed}
-        self._stage("data", self.out / "data", spec, self._write_split)
+        self._stage("data", self.layout.data_dir, spec, self._write_split)
         return {"train": file_digest(self.layout.train_manifest), "eval": file_digest(self.layout.eval_manifest)}
 
     def _write_split(self, folder: Path) -> None:
@@ -490,7 +436,7 @@ class ExperimentRunner:
         if sembo_spec is not None:  # the SemBo by what made it, not by its folder
             described["tokenizer"]["encoder"]["semantic"]["sembo"] = spec_hash(sembo_spec)
         spec = {"config": described}
-        run_dir = self.layout.arm_dir(arm.name) / "tokenizer"
+        run_dir = self.layout.tokenizer_run(arm.name)
 
         def work(folder: Path) -> None:
             self.say(f"[{arm.name}] training the tokenizer for {config.training.max_steps} steps")
@@ -503,7 +449,7 @@ class ExperimentRunner:
         from lodit.latent_tokenizer.encode import encode_manifest
 
         spec = {"tokenizer": spec_hash(state.tokenizer_spec), "manifest": data_spec["train"]}
-        folder = self.layout.arm_dir(arm.name) / "cache"
+        folder = self.layout.cache_dir(arm.name)
 
         def work(stage_dir: Path) -> None:
             self.say(f"[{arm.name}] encoding the training set")
@@ -519,9 +465,9 @@ class ExperimentRunner:
         spec = {"tokenizer": spec_hash(state.tokenizer_spec), "manifest": data_spec["eval"], "clips": count}
 
         def work(folder: Path) -> None:
-            write_json(folder / "metrics.json", reconstruction_report(state.tokenizer_dir, self.layout.eval_manifest, count))
+            write_json(folder / METRICS_FILE, reconstruction_report(state.tokenizer_dir, self.layout.eval_manifest, count))
 
-        self._stage(f"reconstruction/{arm.name}", self.layout.arm_dir(arm.name) / "reconstruction", spec, work)
+        self._stage(f"reconstruction/{arm.name}", self.layout.reconstruction_dir(arm.name), spec, work)
 
     def latent_stats(self, arm: ArmConfig, state: ArmState) -> None:
         from lodit.eval.latent_stats import latent_cache_statistics, latent_stat_results
@@ -532,13 +478,13 @@ class ExperimentRunner:
             stats = latent_cache_statistics(str(state.cache_dir))
             eigenvalues = stats["eigenvalues"].numpy()
             cumulative = (np.cumsum(eigenvalues) / max(float(eigenvalues.sum()), 1e-30)).tolist()
-            write_json(folder / "stats.json", {
+            write_json(folder / LATENT_STATS_FILE, {
                 "metrics": [m.to_dict() for m in latent_stat_results(stats, model=f"training latents of {arm.name}")],
                 "dim": int(stats["dim"]), "n_frames": int(stats["n_frames"]),
                 "cumulative_variance": cumulative, "channel_std": stats["std"].tolist(),
             })
 
-        self._stage(f"latent_stats/{arm.name}", self.layout.arm_dir(arm.name) / "latent_stats", spec, work)
+        self._stage(f"latent_stats/{arm.name}", self.layout.latent_stats_dir(arm.name), spec, work)
 
     # --------------------------------------------------------------------------- DiT, sampling, evaluation
 
@@ -558,7 +504,7 @@ class ExperimentRunner:
         described = to_dict(config)
         described["data"]["cache"] = spec_hash(state.cache_spec)
         spec = {"config": described}
-        run_dir = self.layout.seed_dir(arm.name, seed) / "dit"
+        run_dir = self.layout.dit_run(arm.name, seed)
         name = f"dit/{arm.name}/seed-{seed}"
         finished = self.book.is_done(run_dir, spec)
         if finished:
@@ -567,13 +513,12 @@ class ExperimentRunner:
             self.book.start(run_dir, spec)
         started = time.monotonic()
         for step in self.config.eval_steps:
-            step_dir = self.layout.step_dir(arm.name, seed, step)
             where = f"{arm.name}/seed-{seed}/step-{step}"
             sample_spec = {"dit": spec_hash(spec), "step": step, "sampling": to_dict(self.config.sampling),
                            "num_prompts": self.config.evaluation.num_prompts,
                            "seconds": self.config.evaluation.seconds, "prompts_from": data_spec["eval"],
                            "prompt_task": "reference domain"}  # samples made before prompts had tasks are redone
-            samples_dir = step_dir / "samples"
+            samples_dir = self.layout.samples_dir(arm.name, seed, step)
             at_step = partial(self._checkpoint_at, config, run_dir, step)
             self._sample_stage(f"sample/{where}", samples_dir, sample_spec, partial(self.sample, state), at_step)
             score_spec = {"samples": spec_hash(sample_spec), "reference": data_spec["eval"],
@@ -581,12 +526,12 @@ class ExperimentRunner:
                           "adherence": 1}  # scores made before the adherence section existed are redone
             voice_dir = None
             if _has_tts(samples_dir):  # the same TTS prompts again, each with a reference voice
-                voice_dir = step_dir / "samples_with_reference"
+                voice_dir = self.layout.voice_samples_dir(arm.name, seed, step)
                 voice_spec = {**sample_spec, "variant": "tts with a reference voice", "voices_from": data_spec["train"]}
                 self._sample_stage(f"sample_with_reference/{where}", voice_dir, voice_spec,
                                    partial(self.sample_with_reference, state), at_step)
                 score_spec["with_reference"] = spec_hash(voice_spec)
-            self._stage(f"score/{where}", step_dir / "scores", score_spec,
+            self._stage(f"score/{where}", self.layout.scores_dir(arm.name, seed, step), score_spec,
                         partial(self.score, arm, samples_dir, voice_dir=voice_dir))
         if not finished:  # every evaluation step, the last being dit_steps, has been reached
             self.book.finish(name, run_dir, spec, time.monotonic() - started)
@@ -636,7 +581,7 @@ class ExperimentRunner:
         requests, references = evaluation_prompts(self.layout.eval_manifest, tasks, evaluation.num_prompts, evaluation.seconds)
         prompts_file = folder / "prompts.jsonl"
         write_jsonl(prompts_file, _without_none(requests))
-        write_json(folder / "references.json", references)
+        write_json(folder / REFERENCES_FILE, references)
         run_sampler(checkpoint, prompts_file, folder, self.config.sampling, state.tokenizer_dir)
 
     def sample_with_reference(self, state: ArmState, checkpoint: Path, folder: Path) -> None:
@@ -663,7 +608,7 @@ class ExperimentRunner:
                 if metric["name"] in (plain["wer"], plain["speaker_similarity"]):
                     metric["details"]["tts_prompt"] = "without_reference"
             metrics["metrics"] += [m.to_dict() for m in self.with_reference_metrics(voice_dir)]
-        write_json(folder / "metrics.json", metrics)
+        write_json(folder / METRICS_FILE, metrics)
         headline = ", ".join(_short(m) for m in metrics["metrics"] if m["name"] in ("fad", "clap_score", "wer"))
         self.say(f"[{arm.name}] {samples_dir.parent.name}: {headline}")
 
@@ -814,7 +759,7 @@ def reference_voice_prompts(eval_manifest: Path, train_manifest: Path, tasks: li
 
 def _has_tts(samples_dir: Path) -> bool:
     """Whether a ``lodit sample`` folder holds TTS samples."""
-    index = json.loads((samples_dir / "samples.json").read_text(encoding="utf-8"))
+    index = read_json(samples_dir / SAMPLES_INDEX)
     return any(entry.get("task") == "tts" for entry in index["samples"])
 
 
@@ -848,20 +793,11 @@ def _tokenizer_fingerprint(folder: Path) -> dict[str, Any]:
 
 
 def run_sampler(checkpoint: Path, prompts_file: Path, out: Path, sampling: SamplingSettings, tokenizer: Path) -> None:
-    """``lodit sample`` on a prompts file: wavs and ``samples.json`` into ``out``."""
-    import argparse
+    """The DiT at ``checkpoint`` on a prompts file: wavs and ``samples.json`` into ``out``."""
+    from lodit.dit.prompts import sample_prompts_file
 
-    from lodit.dit import sample_cli
-
-    parser = argparse.ArgumentParser()
-    sample_cli.add_arguments(parser)
-    argv = ["--checkpoint", str(checkpoint), "--prompts-file", str(prompts_file), "--out", str(out),
-            "--steps", str(sampling.steps), "--cfg", str(sampling.cfg), "--sampler", sampling.sampler,
-            "--schedule", sampling.schedule, "--seed", str(sampling.seed), "--batch-size", str(sampling.batch_size),
-            "--tokenizer", str(tokenizer)]
-    if not sampling.use_ema:
-        argv.append("--no-ema")
-    sample_cli.run(parser.parse_args(argv))
+    sample_prompts_file(checkpoint, prompts_file, out, sampling=sampling, seed=sampling.seed,
+                        batch_size=sampling.batch_size, use_ema=sampling.use_ema, tokenizer=tokenizer)
 
 
 def spread_over_domains(rows: list[ManifestRow], count: int) -> list[ManifestRow]:

@@ -25,38 +25,22 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import os
 import textwrap
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lodit.config import to_dict
-from lodit.errors import LoditError
 from lodit.eval.adherence import adherence_summary, adherence_table
+from lodit.eval.layout import LATENT_STATS_FILE, METRICS_FILE, REFERENCES_FILE, SAMPLES_INDEX, TTS_VARIANTS, ExperimentLayout
+from lodit.eval.summary import CI_LEVEL, aggregate
+from lodit.eval.tables import Table, display_value, format_summary, format_value, label
 from lodit.files import read_json, write_atomically, write_json, write_text
 
 RESULTS_FORMAT = "lodit-compare-results"
-CI_LEVEL = 0.95
 CONVERGENCE_METRICS = ("fad", "clap_score", "wer")
-# Direction of each metric in the tables (lower or higher is better); others are shown without one.
-LOWER_IS_BETTER = {"fad", "fad_tta", "fad_ttm", "fad_tts", "fad_inf", "wer", "wer_with_reference", "rtf",
-                   "mel_distance", "mel_distance_80db", "stft_distance"}
-HIGHER_IS_BETTER = {"clap_score", "speaker_similarity", "speaker_similarity_with_reference", "si_sdr", "pesq", "stoi",
-                    "estoi"}
-PERCENT_METRICS = {"wer", "wer_with_reference"}  # stored as fractions, shown in %
-# The compare runner's plain TTS samples have no reference voice; those with one have their own
-# metrics (lodit.eval.experiment.TTS_VARIANTS).
-LABELS = {"fad": "FAD", "fad_tta": "FAD (TTA)", "fad_ttm": "FAD (TTM)", "fad_tts": "FAD (TTS)",
-          "clap_score": "CLAP score", "wer": "WER (%, text only)", "speaker_similarity": "speaker SIM (text only)",
-          "wer_with_reference": "WER (%, with reference)",
-          "speaker_similarity_with_reference": "speaker SIM (with reference)", "rtf": "RTF",
-          "nfe": "NFE", "mel_distance": "mel distance", "stft_distance": "STFT distance", "si_sdr": "SI-SDR (dB)",
-          "pesq": "PESQ (speech)", "stoi": "STOI (speech)", "mel_distance_80db": "mel distance (80 dB floor)",
-          "level_ratio": "level (dB, 0 = as loud)"}
 SPEED_METRICS = ("rtf", "nfe")
 RECONSTRUCTION_METRICS = ("mel_distance", "mel_distance_80db", "level_ratio", "stft_distance", "si_sdr", "pesq", "stoi")
 TOPK_SHOWN = (1, 8, 32, 128)
@@ -65,49 +49,6 @@ DASHES = ("-", "--", "-.", ":")
 
 
 # ============================================================================ statistics
-
-
-def t_interval(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, float | None, float | None]:
-    """Mean and the two-sided Student-t confidence interval of ``values`` (``None`` bounds for one value)."""
-    from scipy import stats
-
-    data = np.asarray(list(values), dtype=np.float64)
-    if data.size == 0:
-        raise LoditError("a confidence interval needs at least one value")
-    mean = float(data.mean())
-    if data.size < 2:
-        return mean, None, None
-    half = float(stats.t.ppf(0.5 + level / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
-    return mean, mean - half, mean + half
-
-
-def aggregate(runs: Sequence[dict[str, Any]], level: float = CI_LEVEL) -> list[dict[str, Any]]:
-    """Mean and CI over seeds per (arm, step, metric).
-
-    ``runs``: ``{"arm", "seed", "step", "metrics": [MetricResult dicts]}``. A metric unavailable
-    for every seed keeps its reason (``unavailable``); seeds where it is unavailable are left out
-    of the mean and counted in ``n_seeds`` only when available.
-    """
-    groups: dict[tuple[str, int, str], list[tuple[int, dict[str, Any]]]] = {}
-    for run in runs:
-        for metric in run["metrics"]:
-            groups.setdefault((run["arm"], int(run["step"]), metric["name"]), []).append((run["seed"], metric))
-    rows = []
-    for (arm, step, name), entries in groups.items():
-        available = [(seed, m) for seed, m in entries if m.get("value") is not None]
-        models = sorted({m.get("model", "") for _, m in entries})
-        ns = sorted({int(m.get("n", 0)) for _, m in entries})
-        row = {"arm": arm, "step": step, "metric": name, "model": "; ".join(models),
-               "n": ns[0] if len(ns) == 1 else ns, "seeds": [seed for seed, _ in available],
-               "values": [float(m["value"]) for _, m in available], "n_seeds": len(available),
-               "ci_level": level, "mean": None, "ci_low": None, "ci_high": None, "unavailable": None}
-        if available:
-            row["mean"], row["ci_low"], row["ci_high"] = t_interval(row["values"], level)
-        else:
-            reasons = sorted({m.get("details", {}).get("unavailable", "not computed") for _, m in entries})
-            row["unavailable"] = "; ".join(reasons)
-        rows.append(row)
-    return sorted(rows, key=lambda r: (r["arm"], r["step"], r["metric"]))
 
 
 # ============================================================================ collecting
@@ -120,28 +61,24 @@ def read_compare_json(path: Path) -> Any:
 
 def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
     """Everything the experiment in ``out_dir`` produced, as one dict (paths relative to ``out_dir``)."""
-    from lodit.eval.experiment import TTS_VARIANTS, ExperimentLayout
-
     out = Path(out_dir)
     layout = ExperimentLayout(out)
     arms, runs = [], []
     for arm in config.arms:
-        arm_dir = layout.arm_dir(arm.name)
-        reconstruction = read_compare_json(arm_dir / "reconstruction" / "metrics.json")
-        latent = read_compare_json(arm_dir / "latent_stats" / "stats.json")
+        reconstruction = read_compare_json(layout.reconstruction_dir(arm.name) / METRICS_FILE)
+        latent = read_compare_json(layout.latent_stats_dir(arm.name) / LATENT_STATS_FILE)
         examples = []
         for seed in config.seeds:
             for step in config.eval_steps:
-                step_dir = layout.step_dir(arm.name, seed, step)
-                scores = read_compare_json(step_dir / "scores" / "metrics.json")
+                scores = read_compare_json(layout.scores_dir(arm.name, seed, step) / METRICS_FILE)
                 runs.append({"arm": arm.name, "seed": seed, "step": step, "metrics": scores["metrics"],
                              "settings": scores.get("settings", {}),
-                             "samples": str((step_dir / "samples").relative_to(out))})
+                             "samples": str(layout.samples_dir(arm.name, seed, step).relative_to(out))})
                 if "adherence" in scores:  # per-attribute scores; the per-sample items stay in metrics.json
                     runs[-1]["adherence"] = {k: v for k, v in scores["adherence"].items() if k != "items"}
-        final_samples = layout.step_dir(arm.name, config.seeds[0], config.eval_steps[-1]) / "samples"
-        index = read_compare_json(final_samples / "samples.json")
-        references = read_compare_json(final_samples / "references.json")
+        final_samples = layout.samples_dir(arm.name, config.seeds[0], config.eval_steps[-1])
+        index = read_compare_json(final_samples / SAMPLES_INDEX)
+        references = read_compare_json(final_samples / REFERENCES_FILE)
         for entry, reference in list(zip(index["samples"], references))[: config.evaluation.audio_examples]:
             examples.append({"file": str((final_samples / entry["file"]).relative_to(out)),
                              "prompt": entry.get("prompt", ""), "transcript": entry.get("transcript", ""),
@@ -163,58 +100,6 @@ def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
 
 
 # ============================================================================ formatting
-
-
-def _scale(metric: str, value: float) -> float:
-    return value * 100.0 if metric in PERCENT_METRICS else value
-
-
-def format_summary(row: dict[str, Any] | None) -> str:
-    """``mean ± half-width`` (or ``mean`` with n=1), ``n/a`` when unavailable."""
-    if row is None:
-        return "—"
-    if row["mean"] is None:
-        return "n/a"
-    mean = _scale(row["metric"], row["mean"])
-    if row["ci_low"] is None:
-        return f"{mean:.4g}"
-    half = _scale(row["metric"], (row["ci_high"] - row["ci_low"]) / 2)
-    return f"{mean:.4g} ± {half:.2g}"
-
-
-def format_value(metric: dict[str, Any] | None) -> str:
-    if metric is None:
-        return "—"
-    if metric.get("value") is None:
-        return "n/a"
-    return f"{_scale(metric['name'], metric['value']):.4g}"
-
-
-def label(metric: str) -> str:
-    arrow = " ↓" if metric in LOWER_IS_BETTER else " ↑" if metric in HIGHER_IS_BETTER else ""
-    return LABELS.get(metric, metric.replace("_", " ")) + arrow
-
-
-class Table:
-    """A table once, rendered as Markdown or HTML."""
-
-    def __init__(self, title: str, headers: list[str], rows: list[list[str]], note: str = ""):
-        self.title, self.headers, self.rows, self.note = title, headers, rows, note
-
-    def markdown(self) -> str:
-        def cell(text: str) -> str:
-            return str(text).replace("|", "\\|").replace("\n", " ")
-
-        lines = [f"| {' | '.join(cell(h) for h in self.headers)} |", "|" + "---|" * len(self.headers)]
-        lines += [f"| {' | '.join(cell(c) for c in row)} |" for row in self.rows]
-        note = f"\n\n{self.note}" if self.note else ""
-        return "\n".join(lines) + note
-
-    def html(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in self.rows)
-        note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
 # ============================================================================ the report
@@ -343,14 +228,14 @@ class ReportBuilder:
                 if not points:
                     continue
                 steps = [s for s, _ in points]
-                means = [_scale(metric, r["mean"]) for _, r in points]
+                means = [display_value(metric, r["mean"]) for _, r in points]
                 # distinct markers and dashes keep arms with equal values (e.g. all at 100 % WER) visible
                 line, = ax.plot(steps, means, marker=MARKERS[number % len(MARKERS)],
                                 linestyle=DASHES[number % len(DASHES)], label=arm)
                 bounded = [(s, r) for s, r in points if r["ci_low"] is not None]
                 if bounded:
-                    ax.fill_between([s for s, _ in bounded], [_scale(metric, r["ci_low"]) for _, r in bounded],
-                                    [_scale(metric, r["ci_high"]) for _, r in bounded], color=line.get_color(), alpha=0.2)
+                    ax.fill_between([s for s, _ in bounded], [display_value(metric, r["ci_low"]) for _, r in bounded],
+                                    [display_value(metric, r["ci_high"]) for _, r in bounded], color=line.get_color(), alpha=0.2)
             ax.set_xlabel("DiT training step")
             ax.set_ylabel(label(metric))
             ax.grid(True, alpha=0.3)
@@ -436,6 +321,11 @@ def write_report(results: dict[str, Any], folder: str | os.PathLike, out_dir: st
     return folder
 
 
+def _guidance_scale(sampling: dict[str, Any]) -> Any:
+    # results.json written before the experiment used SamplerConfig holds the scale as `cfg`
+    return sampling["guidance"]["scale"] if "guidance" in sampling else sampling["cfg"]
+
+
 def _overview(builder: ReportBuilder) -> list[tuple[str, str]]:
     cfg = builder.config
     sampling = cfg["sampling"]
@@ -447,7 +337,7 @@ def _overview(builder: ReportBuilder) -> list[tuple[str, str]]:
         ("Arms", arms),
         ("DiT", f"{dit}; {cfg['dit_steps']} steps, evaluated at {', '.join(str(s) for s in builder.steps)}; "
                 f"seeds {', '.join(str(s) for s in builder.seeds)}"),
-        ("Sampler", f"{sampling['sampler']}, {sampling['steps']} steps, {sampling['schedule']} schedule, CFG {sampling['cfg']}"
+        ("Sampler", f"{sampling['sampler']}, {sampling['steps']} steps, {sampling['schedule']} schedule, CFG {_guidance_scale(sampling)}"
                     f"{'' if sampling['use_ema'] else ', raw (non-EMA) weights'}"),
         ("Evaluation", f"{evaluation['num_prompts']} prompts from the held-out set; FAD embedder "
                        f"{evaluation['embedder']['name']} {evaluation['embedder']['model']}; CLAP "

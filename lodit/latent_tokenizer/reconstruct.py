@@ -16,7 +16,6 @@ the reconstruction at that rate and prints how close the round trip came:
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,18 +106,3 @@ def reconstruct_file(
     result = round_trip(tokenizer, wav)
     save_audio(target, result.recon, tokenizer.sample_rate)
     return result
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tokenizer", required=True,
-                        help="tokenizer folder (config.json + model.safetensors), e.g. runs/default/final")
-    parser.add_argument("input", help="audio file to reconstruct (any rate; channels are mixed to mono)")
-    parser.add_argument("output", help="where to write the reconstruction (the format follows the suffix, e.g. .wav)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--no-ema", action="store_true", help="use model.safetensors even when ema.safetensors exists")
-
-
-def run(args: argparse.Namespace) -> int:
-    result = reconstruct_file(args.tokenizer, args.input, args.output, device=args.device, use_ema=not args.no_ema)
-    print(f"wrote {args.output}: {result.line()}")
-    return 0

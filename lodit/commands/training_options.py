@@ -16,7 +16,6 @@ from lodit.errors import LoditError
 from lodit.outputs import check_output_folder
 from lodit.training.loop import TrainResult
 
-
 # Trainers that read a manifest take --on-error, the option every manifest reader spells the same.
 MANIFEST_KEY = "data.manifest"
 ON_ERROR_KEY = "data.on_error"
@@ -29,6 +28,10 @@ class DataOption:
     flag: str
     key: str
     help: str
+
+
+# The data option of the trainers that read audio clips from a manifest (tokenizer, SemBo).
+MANIFEST_OPTION = DataOption("--manifest", MANIFEST_KEY, "training manifest")
 
 
 def add_training_arguments(

@@ -1,0 +1,37 @@
+"""``lodit encode``: encode a manifest into a latent cache (the library side: :mod:`lodit.latent_tokenizer.encode`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from lodit.latent_tokenizer.encode import encode_manifest
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", required=True,
+                        help="tokenizer folder (config.json + model.safetensors), e.g. runs/default/final")
+    parser.add_argument("--manifest", required=True, help="manifest of the clips to encode (JSON Lines)")
+    parser.add_argument("--out", required=True, help="latent cache folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted encode into --out")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips of equal length encoded together (default 8)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                        help="storage type of the latents (default float32; reads are always float32)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                        help="a bad row (invalid line, unreadable audio) stops the encode (fail, default) "
+                             "or is reported and left out (skip)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    summary = encode_manifest(
+        args.tokenizer, args.manifest, args.out, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+        overwrite=args.overwrite, resume=args.resume, on_error=args.on_error, progress=not args.no_progress,
+    )
+    elapsed = time.monotonic() - started
+    speed = f", {summary.seconds / elapsed:.0f}x real time" if elapsed > 0 and summary.seconds else ""
+    print(summary.line() + speed)
+    return 0

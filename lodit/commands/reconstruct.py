@@ -1,0 +1,22 @@
+"""``lodit reconstruct``: encode and decode one audio file with a tokenizer (the library side: :mod:`lodit.latent_tokenizer.reconstruct`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from lodit.latent_tokenizer.reconstruct import reconstruct_file
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", required=True,
+                        help="tokenizer folder (config.json + model.safetensors), e.g. runs/default/final")
+    parser.add_argument("input", help="audio file to reconstruct (any rate; channels are mixed to mono)")
+    parser.add_argument("output", help="where to write the reconstruction (the format follows the suffix, e.g. .wav)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--no-ema", action="store_true", help="use model.safetensors even when ema.safetensors exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = reconstruct_file(args.tokenizer, args.input, args.output, device=args.device, use_ema=not args.no_ema)
+    print(f"wrote {args.output}: {result.line()}")
+    return 0
