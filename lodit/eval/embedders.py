@@ -35,7 +35,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -47,8 +47,14 @@ from lodit.errors import LoditError
 from lodit.fingerprints import files_fingerprint, weights_fingerprint
 from lodit.registry import Registry
 
-if TYPE_CHECKING:
-    from lodit.eval.embedding_cache import EmbeddingCache
+
+class EmbeddingStore(Protocol):
+    """Where :meth:`Embedder.embed_files` may keep embeddings: e.g. :class:`lodit.eval.embedding_cache.EmbeddingCache`."""
+
+    def embed_set(self, embedder: Embedder, paths: Sequence[str | os.PathLike], *,
+                  segments: Sequence[tuple[float, float | None]] | None = None, progress: bool = False) -> torch.Tensor:
+        """``(N, dim)`` embeddings of ``paths`` by ``embedder``, computing only the ones not stored."""
+
 
 NO_CLAP_MODEL = (
     "no CLAP model given (a hub name or local folder: --clap-model for lodit evaluate, "
@@ -96,7 +102,7 @@ class Embedder(abc.ABC):
     def embed_files(
         self,
         paths: Sequence[str | os.PathLike],
-        cache: EmbeddingCache | None = None,
+        cache: EmbeddingStore | None = None,
         *,
         segments: Sequence[tuple[float, float | None]] | None = None,
         progress: bool = False,

@@ -1,4 +1,4 @@
-"""LoSATok's semantic-acoustic encoder (the ``losatok`` entry of :data:`ENCODERS`) and its
+"""LoSATok's semantic-acoustic encoder (the ``losatok`` entry of :data:`lodit.latent_tokenizer.tokenizer.ENCODERS`) and its
 DashengTokenizer-like 1280-dim counterpart.
 
 Forward pass (widths from :class:`~lodit.latent_tokenizer.losatok_config.SemanticBranchConfig`;
@@ -44,23 +44,20 @@ May import: torch, the other ``lodit.latent_tokenizer`` model modules, ``lodit.t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lodit.errors import LoditError
-from lodit.latent_tokenizer.decoder import init_weights
-from lodit.latent_tokenizer.encoder import ENCODERS, EncoderConfig, EncoderOutput, MelEncoderInput, pad_to_hop
+from lodit.latent_tokenizer.blocks import init_weights
+from lodit.latent_tokenizer.encoder import EncoderConfig, EncoderOutput, MelEncoderInput, pad_to_hop
 from lodit.latent_tokenizer.losatok_config import SemanticBranchConfig
 from lodit.latent_tokenizer.semantic import SemanticEncoder, SemanticEncoderConfig, build_semantic_encoder
 from lodit.latent_tokenizer.sembo import SemBo, SemBoConfig
 from lodit.training.checkpoint import EMA_NAME, MODEL_NAME
 from lodit.training.seed import rng_state, set_rng_state
 
-if TYPE_CHECKING:
-    from lodit.latent_tokenizer.tokenizer import TokenizerConfig
 
 KEY = "tokenizer.encoder.semantic"
 
@@ -109,20 +106,19 @@ class FrozenTeacher:
         return encoder(wav)
 
 
-@ENCODERS.register("losatok")
 class LoSATokEncoder(nn.Module):
     """LoSATok's encoder (``latent_level: low``) or its 1280-dim counterpart (``high``); see the module docstring."""
 
-    def __init__(self, cfg: EncoderConfig, tokenizer_cfg: TokenizerConfig):
+    def __init__(self, cfg: EncoderConfig, *, sample_rate: int, hop_length: int, latent_dim: int):
         super().__init__()
         sem: SemanticBranchConfig = cfg.semantic
         self.config = sem
-        self.hop_length = tokenizer_cfg.hop_length
+        self.hop_length = hop_length
         self.level = sem.latent_level
 
         # Acoustic branch.
-        self.mel_input = MelEncoderInput(cfg, tokenizer_cfg,
-                                 f"LoSATok uses {self.hop_length // 4} (4 mel frames per latent frame)")
+        self.mel_input = MelEncoderInput(cfg, sample_rate=sample_rate, hop_length=hop_length,
+                                         suggestion=f"LoSATok uses {hop_length // 4} (4 mel frames per latent frame)")
         self.patch = self.mel_input.frames_per_latent  # mel frames per latent frame
         self.patch_embed = nn.Conv2d(1, sem.d_high, kernel_size=(cfg.n_mels, self.patch),
                                      stride=(cfg.n_mels, self.patch))

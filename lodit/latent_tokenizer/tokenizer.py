@@ -1,7 +1,7 @@
 """The waveform autoencoder tokenizer: config, model, and its pretrained-folder format.
 
 Owns :class:`TokenizerConfig` and :class:`Tokenizer` (encoder -> bottleneck -> decoder, chosen by
-name from :data:`~lodit.latent_tokenizer.encoder.ENCODERS`, :data:`~lodit.latent_tokenizer.bottleneck.BOTTLENECKS`
+name from :data:`ENCODERS`, :data:`~lodit.latent_tokenizer.bottleneck.BOTTLENECKS`
 and :data:`~lodit.latent_tokenizer.decoder.DECODERS`).
 
 A pretrained tokenizer is a folder with ``config.json`` and ``model.safetensors`` (and, from
@@ -34,8 +34,9 @@ from lodit.errors import LoditError
 from lodit.files import read_json, write_atomically, write_json
 from lodit.latent_tokenizer.bottleneck import BottleneckConfig, build_bottleneck
 from lodit.latent_tokenizer.decoder import DecoderConfig, build_decoder
-from lodit.latent_tokenizer.encoder import EncoderConfig, build_encoder, pad_to_hop
-from lodit.latent_tokenizer import losatok as _losatok  # noqa: F401  (registers the "losatok" encoder)
+from lodit.latent_tokenizer.encoder import ConvEncoder, EncoderConfig, MelConvNeXtEncoder, pad_to_hop
+from lodit.latent_tokenizer.losatok import LoSATokEncoder
+from lodit.registry import Registry
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -96,15 +97,28 @@ def as_batch(wav: torch.Tensor) -> torch.Tensor:
     )
 
 
+# The encoders by name; each is built as ``cls(cfg, sample_rate=..., hop_length=..., latent_dim=...)``.
+ENCODERS: Registry[type[nn.Module]] = Registry("encoder")
+ENCODERS.register("mel_convnext")(MelConvNeXtEncoder)
+ENCODERS.register("conv")(ConvEncoder)
+ENCODERS.register("losatok")(LoSATokEncoder)
+
+
+def build_encoder(cfg: EncoderConfig, *, sample_rate: int, hop_length: int, latent_dim: int) -> nn.Module:
+    """The encoder named by ``cfg.name``; its ``out_dim`` is what the bottleneck receives."""
+    return ENCODERS.get(cfg.name)(cfg, sample_rate=sample_rate, hop_length=hop_length, latent_dim=latent_dim)
+
+
 class Tokenizer(nn.Module):
     """Waveform autoencoder: ``encode`` audio to ``(B, T, latent_dim)`` frames, ``decode`` them back."""
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
         self.config = config
-        self.encoder = build_encoder(config.encoder, config)
+        self.encoder = build_encoder(config.encoder, sample_rate=config.sample_rate, hop_length=config.hop_length,
+                                     latent_dim=config.latent_dim)
         self.bottleneck = build_bottleneck(config.bottleneck, self.encoder.out_dim, config.latent_dim)
-        self.decoder = build_decoder(config.decoder, config)
+        self.decoder = build_decoder(config.decoder, latent_dim=config.latent_dim)
 
     # ------------------------------------------------------------------ properties
     @property
