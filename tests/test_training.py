@@ -653,3 +653,25 @@ def test_no_budget_means_no_time_stop(tmp_path):
 def test_negative_budget_is_refused():
     with pytest.raises(ValueError, match="max_minutes"):
         TrainingConfig(max_minutes=-1)
+
+
+def test_weight_decay_only_on_tensors_with_two_or_more_dims_and_resume_across_groupings(tmp_path):
+    decayed = make_trainer(tmp_path / "decay", weight_decay=0.1, max_steps=4)
+    for optimizer in decayed.optimizers.values():
+        matrices, vectors = optimizer.param_groups
+        assert matrices["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in matrices["params"])
+        assert vectors["weight_decay"] == 0.0 and all(p.dim() < 2 for p in vectors["params"]) and vectors["params"]
+    plain = make_trainer(tmp_path / "plain", max_steps=4)
+    assert all(len(o.param_groups) == 1 for o in plain.optimizers.values())
+
+    # A run saved without decay (one group) resumes with decay: every parameter keeps its moments.
+    plain.fit()
+    saved = {name: {id(p): optimizer.state[p]["exp_avg"].clone() for p in optimizer.param_groups[0]["params"]}
+             for name, optimizer in plain.optimizers.items()}
+    order = {name: list(plain.trainable[name]) for name in plain.trainable}
+    resumed = make_trainer(tmp_path / "plain", weight_decay=0.1, max_steps=8)
+    resumed._start()
+    for name, optimizer in resumed.optimizers.items():
+        assert len(optimizer.param_groups) == 2
+        for before, after in zip(order[name], resumed.trainable[name]):
+            torch.testing.assert_close(optimizer.state[after]["exp_avg"], saved[name][id(before)], rtol=0, atol=0)

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.state import is_initialized as accelerate_state_initialized
 from accelerate.utils import broadcast, gather_object, send_to_device
 from torch import nn
 
@@ -75,7 +76,7 @@ from lodit.training.data import ResumableLoader
 from lodit.training.ema import EMA
 from lodit.training.guard import NonFiniteGuard
 from lodit.training.progress import Progress
-from lodit.training.schedule import make_scheduler
+from lodit.training.schedule import lr_factor, make_scheduler
 from lodit.training.seed import rng_state, seed_everything, set_rng_state
 from lodit.training.tracking import Tracker
 
@@ -153,18 +154,29 @@ class TrainResult:
     unsaved_bad_steps: int = 0  # the run ended inside this many skipped steps, so its end was not saved
 
 
+def _reset_accelerate_if_other(precision: str, dynamo_backend: str) -> None:
+    """Forget accelerate's process-wide state when it was set up with another precision or compiler.
+
+    accelerate keeps one state per process, set by the first ``Accelerator``; a second Trainer in
+    the same process (tests, notebooks, sweeps) must still get the precision and compilation its
+    config asks for. The state is read through accelerate's public API; resetting it has none, so
+    this is the one call of a private accelerate function in lodit (``AcceleratorState._reset_state``,
+    present through accelerate 1.x, which the dependency pin bounds). The process group
+    (PartialState) is kept.
+    """
+    if not accelerate_state_initialized():
+        return
+    state = AcceleratorState()
+    backend = state.dynamo_plugin.backend.value if state.dynamo_plugin is not None else dynamo_backend
+    if state.mixed_precision != precision or backend != dynamo_backend:
+        AcceleratorState._reset_state()
+
+
 def make_accelerator(config: TrainingConfig, **kwargs: Any) -> Accelerator:
     """An ``Accelerator`` with the config's precision, compilation and accumulation (extra ``kwargs`` pass through)."""
     precision = config.resolved_mixed_precision()
     dynamo_backend = config.compile_backend.upper() if config.compile else "NO"
-    shared = AcceleratorState._shared_state
-    shared_plugin = shared.get("dynamo_plugin")
-    shared_backend = shared_plugin.backend.value if shared_plugin is not None else dynamo_backend
-    if shared.get("_mixed_precision", precision) != precision or shared_backend != dynamo_backend:
-        # accelerate keeps one process-wide state, set by the first Accelerator; a second Trainer
-        # in the same process (tests, notebooks, sweeps) must still get the precision and
-        # compilation its config asks for. The process group (PartialState) is kept.
-        AcceleratorState._reset_state()
+    _reset_accelerate_if_other(precision, dynamo_backend)
     try:
         return Accelerator(
             mixed_precision=precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -441,10 +453,8 @@ class Trainer:
             )
         # fused: one kernel over all parameters; on CPU the default foreach AdamW was ~6x slower
         # (benchmarks/RESULTS.md, DiT speed), which matters with adaLN's many small tensors.
-        return torch.optim.AdamW(
-            params, lr=cfg.lr_for(name), betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
-            fused=True,
-        )
+        groups = [{"params": group, "weight_decay": decay} for group, decay in _decay_groups(params, cfg.weight_decay)]
+        return torch.optim.AdamW(groups, lr=cfg.lr_for(name), betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
 
     def _start(self) -> int:
         """Resume or seed a fresh run; write the resolved config; return the first step to run."""
@@ -534,7 +544,8 @@ class Trainer:
         training = read_optimizer_state(folder)
         for name, optimizer in self.optimizers.items():
             try:
-                optimizer.load_state_dict(training["optimizers"][name])
+                optimizer.load_state_dict(_regrouped(training["optimizers"][name], self.trainable[name],
+                                                     self.config.weight_decay))
                 self.schedulers[name].load_state_dict(training["schedulers"][name])
             except (KeyError, ValueError) as exc:
                 raise LoditError(
@@ -567,16 +578,17 @@ class Trainer:
 
         The saved optimizer holds the rate the *old* config scheduled for the next step; a resumed
         run whose ``lr`` or ``max_steps`` changed must use its own. The product is computed exactly as
-        ``LambdaLR`` does, so an unchanged config gives bit-identical rates.
+        ``LambdaLR`` does (base rate times :func:`lr_factor` of the scheduler's position: the schedulers
+        are made by :func:`make_scheduler` from this config), so an unchanged config gives
+        bit-identical rates. The logged rate is read from the optimizer, so it is the new one at once.
         """
         for name, scheduler in self.schedulers.items():
             base = self.config.lr_for(name)
             scheduler.base_lrs = [base] * len(scheduler.base_lrs)
-            rates = [b * factor(scheduler.last_epoch) for factor, b in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
-            for group, rate in zip(scheduler.optimizer.param_groups, rates):
+            rate = base * lr_factor(scheduler.last_epoch, self.config)
+            for group in scheduler.optimizer.param_groups:
                 group["initial_lr"] = base
                 group["lr"] = rate
-            scheduler._last_lr = list(rates)
 
     # ------------------------------------------------------------------ one step
 
@@ -592,7 +604,7 @@ class Trainer:
             stepped = self._train_phase(phase, step, batches, scalars)
             model_stepped = model_stepped or (stepped and phase == MODEL_NAME)
         for name, scheduler in self.schedulers.items():
-            scalars[f"{name}/lr"] = scheduler.get_last_lr()[0]
+            scalars[f"{name}/lr"] = scheduler.optimizer.param_groups[0]["lr"]  # the rate this step used
             with warnings.catch_warnings():
                 # a module whose first phase comes later (a GAN discriminator) has never stepped yet
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
@@ -738,3 +750,36 @@ def _check_modules(modules: Mapping[str, nn.Module], config: TrainingConfig) -> 
     unknown = sorted(set(config.module_lr) - set(modules))
     if unknown:
         raise LoditError(f"module_lr names {unknown}, but the trained modules are {sorted(modules)}; fix the keys")
+
+
+def _decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[tuple[list[torch.nn.Parameter], float]]:
+    """AdamW's parameter groups with their weight decay: decay only on tensors with 2+ dimensions
+    (weight matrices, conv kernels, embeddings), none on biases, norm gains and other vectors, as
+    usual for transformers. Without decay, one group of everything."""
+    if weight_decay == 0:
+        return [(list(params), 0.0)]
+    return [([p for p in params if p.dim() >= 2], weight_decay), ([p for p in params if p.dim() < 2], 0.0)]
+
+
+def _regrouped(saved: dict[str, Any], params: list[torch.nn.Parameter], weight_decay: float) -> dict[str, Any]:
+    """A saved AdamW state in the grouping :func:`_decay_groups` gives now.
+
+    A run saved with one group (no decay, or before decay skipped vectors) resumed with decay, or
+    the other way round, keeps every parameter's moments: the per-parameter state is renumbered
+    from the saved order of the parameters to the current one.
+    """
+    groups = saved["param_groups"]
+    now = _decay_groups(params, weight_decay)
+    if len(groups) == len(now) or len(groups) not in (1, 2):
+        return saved  # the same grouping (or one torch will refuse with its own message)
+    before = _decay_groups(params, 1.0 if len(groups) == 2 else 0.0)
+    position = {id(p): i for i, p in enumerate(p for group, _ in now for p in group)}
+    renumber = {old: position[id(p)] for old, p in enumerate(p for group, _ in before for p in group)}
+    state = {renumber[int(index)]: value for index, value in saved["state"].items()}
+    template = {key: value for key, value in groups[0].items() if key not in ("params", "weight_decay")}
+    start, param_groups = 0, []
+    for group, decay in now:
+        param_groups.append({**template, "weight_decay": decay, "params": list(range(start, start + len(group)))})
+        start += len(group)
+    return {"state": state, "param_groups": param_groups}
+
