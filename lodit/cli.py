@@ -22,7 +22,10 @@ from lodit.outputs import check_output_file, check_output_folder
 
 # name -> (module implementing it, one-line help). Order is the order of the data flow.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "make-dataset": ("lodit.commands.make_dataset", "generate the built-in captioned demo audio (sounds, music, speech)"),
+    "make-dataset": (
+        "lodit.commands.make_dataset",
+        "generate the built-in captioned demo audio (sounds, music, speech)",
+    ),
     "prepare": ("lodit.commands.prepare", "build a manifest (JSONL) from a folder or a public dataset layout"),
     "train-sembo": ("lodit.commands.train_sembo", "pre-train SemBo, LoSATok's semantic bottleneck"),
     "train-tokenizer": ("lodit.commands.train_tokenizer", "train a latent tokenizer (autoencoder or LoSATok)"),
@@ -46,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lodit", description="DiT audio generation over compact latents.")
     parser.add_argument("--version", action="version", version=f"lodit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 

@@ -214,24 +214,34 @@ def _wav(tmp_path: Path, name: str, seconds: float, rate: int) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"prompt": "  "}, "the prompt is empty"),
-    ({"prompt": "a beep", "task": "tts"}, "needs a transcript"),
-    ({"prompt": "a beep", "task": "asr"}, "unknown task 'asr'"),
-    ({"prompt": "a beep", "sampler": "ddim"}, "unknown sampler 'ddim'; choose one of: adaptive, euler"),
-    ({"prompt": "a beep", "batch": 9}, "batch must be between 1 and 8"),
-    ({"prompt": "a beep", "steps": 0}, "steps must be between 1"),
-    ({"prompt": "a beep", "seconds": -1}, "seconds must be between 0"),
-    ({"prompt": "a beep", "cfg_interval": (0.8, 0.2)}, "CFG interval must satisfy 0 <= from <= to <= 1"),
-    ({"transcript": "hi", "reference_audio": "REF"}, "needs its transcript"),
-    ({"prompt": "a beep", "reference_audio": "REF", "reference_transcript": "x"}, "only used for speech"),
-    ({"transcript": "hi", "reference_audio": "LOW", "reference_transcript": "x"}, "recorded at 8000 Hz, below the model's 16000 Hz"),
-    ({"transcript": "hi", "reference_audio": "REF", "reference_transcript": "x", "seconds": 0.4},
-     r"the reference \(1.00 s\) is longer than the speech to generate \(0.40 s\)"),
-    ({"transcript": "hi", "reference_audio": "REF", "reference_transcript": "hello there, this is long"},
-     r"is longer than the speech to generate \(0.08 s\)"),
-    ({"transcript": "hi", "reference_audio": "MISSING", "reference_transcript": "x"}, "audio file not found"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"prompt": "  "}, "the prompt is empty"),
+        ({"prompt": "a beep", "task": "tts"}, "needs a transcript"),
+        ({"prompt": "a beep", "task": "asr"}, "unknown task 'asr'"),
+        ({"prompt": "a beep", "sampler": "ddim"}, "unknown sampler 'ddim'; choose one of: adaptive, euler"),
+        ({"prompt": "a beep", "batch": 9}, "batch must be between 1 and 8"),
+        ({"prompt": "a beep", "steps": 0}, "steps must be between 1"),
+        ({"prompt": "a beep", "seconds": -1}, "seconds must be between 0"),
+        ({"prompt": "a beep", "cfg_interval": (0.8, 0.2)}, "CFG interval must satisfy 0 <= from <= to <= 1"),
+        ({"transcript": "hi", "reference_audio": "REF"}, "needs its transcript"),
+        ({"prompt": "a beep", "reference_audio": "REF", "reference_transcript": "x"}, "only used for speech"),
+        (
+            {"transcript": "hi", "reference_audio": "LOW", "reference_transcript": "x"},
+            "recorded at 8000 Hz, below the model's 16000 Hz",
+        ),
+        (
+            {"transcript": "hi", "reference_audio": "REF", "reference_transcript": "x", "seconds": 0.4},
+            r"the reference \(1.00 s\) is longer than the speech to generate \(0.40 s\)",
+        ),
+        (
+            {"transcript": "hi", "reference_audio": "REF", "reference_transcript": "hello there, this is long"},
+            r"is longer than the speech to generate \(0.08 s\)",
+        ),
+        ({"transcript": "hi", "reference_audio": "MISSING", "reference_transcript": "x"}, "audio file not found"),
+    ],
+)
 def test_bad_generate_input_is_one_clear_line(generator, tmp_path, fields, message):
     files = {"REF": _wav(tmp_path, "ref.wav", 1.0, SAMPLE_RATE), "LOW": _wav(tmp_path, "low.wav", 1.0, 8000),
              "MISSING": str(tmp_path / "nope.wav")}
@@ -340,7 +350,11 @@ def test_blind_ab_records_verdicts_and_tallies(compare_dir, tmp_path):
     expected_a, _ = sf.read(listing.clips[(trial.arm_a, 0, 4, trial.prompt)], dtype="float32")
     assert rate_a == rate_b == SAMPLE_RATE and np.allclose(a, expected_a, atol=1e-4)
     counts = listening.record_preference(listing, trial, "A")
-    assert counts["verdicts"] == 1 and counts["arms"][trial.arm_a]["wins"] == 1 and counts["arms"][trial.arm_b]["losses"] == 1
+    assert (
+        counts["verdicts"] == 1
+        and counts["arms"][trial.arm_a]["wins"] == 1
+        and counts["arms"][trial.arm_b]["losses"] == 1
+    )
     second = listening.new_trial(listing, rng, step=2, prompt=1)
     assert (second.step, second.prompt) == (2, 1)
     counts = listening.record_preference(listing, second, "same", listener="ears")

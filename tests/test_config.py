@@ -134,14 +134,26 @@ def test_wheel_ships_every_config_and_finds_them_installed(tmp_path):
     # Build from a copy of the sources: an in-tree build would leave build/ in the checkout.
     source = tmp_path / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
     for name in ("lodit", "configs"):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     wheel_dir = tmp_path / "wheel"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(source)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = wheel_dir.glob("lodit-*.whl")
@@ -149,7 +161,9 @@ def test_wheel_ships_every_config_and_finds_them_installed(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(installed)
     shipped = sorted(p.relative_to(REPO / "configs") for p in (REPO / "configs").rglob("*.yaml"))
-    packaged = sorted(p.relative_to(installed / "lodit" / "configs") for p in (installed / "lodit" / "configs").rglob("*.yaml"))
+    packaged = sorted(
+        p.relative_to(installed / "lodit" / "configs") for p in (installed / "lodit" / "configs").rglob("*.yaml")
+    )
     assert shipped and packaged == shipped
     # Imported from the unpacked wheel (outside the checkout), lodit finds its own copy.
     probe = subprocess.run(

@@ -155,7 +155,9 @@ def run_command(name: str, argv: list[str], capsys) -> tuple[int, str]:
     if name in cli.COMMANDS:
         code = cli.main([name, *argv])
     else:  # not registered yet: same parsing and error handling as lodit.cli.main
-        module = importlib.import_module({"train-dit": "lodit.commands.train_dit", "sample": "lodit.commands.sample"}[name])
+        module = importlib.import_module(
+            {"train-dit": "lodit.commands.train_dit", "sample": "lodit.commands.sample"}[name]
+        )
         parser = argparse.ArgumentParser(prog=f"lodit {name}")
         module.add_arguments(parser)
         try:
@@ -174,7 +176,9 @@ def test_tts_conditioning_shapes_and_masks(mixed_cache, tiny_t5, encoder, tmp_pa
                          "tts.mask_max_frac=0.6", "tts.prompt_drop_prob=0.0")
     task, loader = build_training(config, tmp_path, text_encoder=encoder)
     assert task.tasks == ["tta", "ttm", "tts"] and task.dit_config.num_tasks == 3
-    assert task.dit_config.frame_cond_dim == config.tts.text_dim + LATENT_DIM and task.dit_config.text_dim == encoder.dim
+    assert (
+        task.dit_config.frame_cond_dim == config.tts.text_dim + LATENT_DIM and task.dit_config.text_dim == encoder.dim
+    )
     speech = [i for i in range(len(loader.dataset)) if loader.dataset.tasks[i] == "tts"]
     caption = [i for i in range(len(loader.dataset)) if loader.dataset.tasks[i] != "tts"][:1]
     batch = collate_dit([loader.dataset[i] for i in speech + caption])
@@ -382,7 +386,9 @@ def test_text_only_tts_trains_and_samples_at_the_requested_length(mixed_cache, t
     assert out.settings["tasks"] == ["tts"] and out.waveforms[0].shape == (1, round(0.8 * SAMPLE_RATE))
     assert out.latents[0].shape == (math.ceil(0.8 * FRAME_RATE), LATENT_DIM) and out.waveforms[0].abs().max() > 0
     rate = generator.config.tts_frames_per_unit  # without a length: the training data's speaking rate
-    out = generator.generate([""], transcripts="hello world", seed=1, sampling=generator.config.sampling.with_changes(steps=2))
+    out = generator.generate(
+        [""], transcripts="hello world", seed=1, sampling=generator.config.sampling.with_changes(steps=2)
+    )
     frames = round(rate * len("hello world"))
     assert out.latents[0].shape[0] == frames and out.waveforms[0].shape == (1, frames * HOP)
 
@@ -518,8 +524,12 @@ def test_train_dit_then_sample_end_to_end(mixed_cache, tokenizer_dir, tiny_t5, t
     save_audio(tmp_path / "voice.wav", _clip("speech", 1.0, 9)[None], SAMPLE_RATE)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
-        json.dumps({"transcript": "hello world", "reference_audio": "voice.wav", "reference_transcript": "the quick fox"})
-        + "\n" + json.dumps({"prompt": "a man speaks", "transcript": "hello", "seconds": 0.8}) + "\n"
+        json.dumps(
+            {"transcript": "hello world", "reference_audio": "voice.wav", "reference_transcript": "the quick fox"}
+        )
+        + "\n"
+        + json.dumps({"prompt": "a man speaks", "transcript": "hello", "seconds": 0.8})
+        + "\n"
     )
     code, err = run_command("sample", ["--checkpoint", str(run), "--prompts-file", str(prompts), "--steps", "2",
                                        "--out", str(out / "tts")], capsys)
@@ -567,15 +577,22 @@ def test_bad_inputs_give_one_line_errors(mixed_cache, tiny_t5, tmp_path, capsys,
     train_dit(tiny_config(mixed_cache, tiny_t5, "training.max_steps=1", "tasks=[tta, ttm]"), run)
     other = tmp_path / "other_tokenizer"
     Tokenizer.from_config({**TOKENIZER, "name": "another"}).save_pretrained(other)
-    fails("sample", ["--checkpoint", str(run), "--prompt", "x", "--tokenizer", str(other), "--out", str(tmp_path / "s")],
-          "pass the tokenizer the latent cache was made with")
+    fails(
+        "sample",
+        ["--checkpoint", str(run), "--prompt", "x", "--tokenizer", str(other), "--out", str(tmp_path / "s")],
+        "pass the tokenizer the latent cache was made with",
+    )
     (tmp_path / "empty.txt").write_text("\n  \n")
     fails("sample", ["--checkpoint", str(run), "--prompts-file", str(tmp_path / "empty.txt")], "is empty")
     bad_task = tmp_path / "bad_task.jsonl"
     bad_task.write_text('{"prompt": "a high beep", "task": "ttm"}\n\n{"prompt": "x", "task": "asr"}\n')
     fails("sample", ["--checkpoint", str(run), "--prompts-file", str(bad_task)], f"{bad_task}:3: unknown task 'asr'")
     bad_task.write_text('{"prompt": "a man speaks", "task": "tts"}\n')
-    fails("sample", ["--checkpoint", str(run), "--prompts-file", str(bad_task)], f"{bad_task}:1: task tts needs a transcript")
+    fails(
+        "sample",
+        ["--checkpoint", str(run), "--prompts-file", str(bad_task)],
+        f"{bad_task}:1: task tts needs a transcript",
+    )
     bad_task.write_text('{"prompt": "a high beep"}\n{"prompt": "x", "transcript": "hello", "task": "tts"}\n')
     fails("sample", ["--checkpoint", str(run), "--prompts-file", str(bad_task), "--out", str(tmp_path / "s")],
           "request 1 asks for tts but this DiT was trained for tta, ttm")

@@ -12,8 +12,8 @@ import torch
 
 from lodit.config import from_dict, load_yaml
 from lodit.errors import ConfigError, LoditError
-from lodit.latent_tokenizer.bottleneck import BottleneckConfig, build_bottleneck, gaussian_kl
 from lodit.latent_tokenizer.blocks import DepthwiseConv1d
+from lodit.latent_tokenizer.bottleneck import BottleneckConfig, build_bottleneck, gaussian_kl
 from lodit.latent_tokenizer.decoder import DecoderConfig
 from lodit.latent_tokenizer.discriminators import DiscriminatorConfig, Discriminators
 from lodit.latent_tokenizer.encoder import EncoderConfig

@@ -432,7 +432,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint_module, "save_file", fail_on_discriminator)
     # a full disk is a one-line user error that says the earlier checkpoints are intact
-    with pytest.raises(LoditError, match="step-00000002: could not be written .disk full.; earlier checkpoints are intact"):
+    with pytest.raises(
+        LoditError, match="step-00000002: could not be written .disk full.; earlier checkpoints are intact"
+    ):
         _tiny_checkpoint(root / "step-00000002", 2.0, step=2)
     with pytest.raises(LoditError, match="disk full"):
         _tiny_checkpoint(good, 3.0)  # overwriting an existing checkpoint fails half-way too

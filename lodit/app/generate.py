@@ -167,7 +167,9 @@ def generate(
                           title=f"sample {i}: seed {result.settings['seeds'][i]}"),
             seconds=result.settings["seconds"][i], seed=result.settings["seeds"][i], task=result.settings["tasks"][i]))
     request_fields = {k: v for k, v in asdict(request).items() if k != "reference_audio"}
-    request_fields["reference_audio"] = None if reference is None else f"{reference.shape[-1] / result.sample_rate:.2f} s"
+    request_fields["reference_audio"] = (
+        None if reference is None else f"{reference.shape[-1] / result.sample_rate:.2f} s"
+    )
     settings = {**result.settings, "cfg_interval": list(request.cfg_interval), "request": request_fields}
     settings_path = folder / "settings.json"
     write_json(settings_path, settings, allow_nan=True)

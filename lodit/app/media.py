@@ -64,7 +64,9 @@ def read_audio_input(
         if max_seconds is not None and data.shape[-1] / rate > max_seconds:
             raise _too_long(what, data.shape[-1] / rate, max_seconds)
         mono = data.mean(axis=0, keepdims=True)
-        wav = torch.from_numpy(np.ascontiguousarray(resample_np(mono, rate, sample_rate) if rate != sample_rate else mono))
+        wav = torch.from_numpy(
+            np.ascontiguousarray(resample_np(mono, rate, sample_rate) if rate != sample_rate else mono)
+        )
     else:
         raise LoditError(f"{what}: expected an audio file or (sample_rate, samples), got {type(value).__name__}")
     if wav.shape[-1] == 0:

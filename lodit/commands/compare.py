@@ -1,4 +1,7 @@
-"""``lodit compare``: run a latent-dimension comparison experiment and write its report (the library side: :mod:`lodit.eval.compare`)."""
+"""``lodit compare``: run a latent-dimension comparison experiment and write its report.
+
+The work is done by :mod:`lodit.eval.compare`; this module only parses the arguments.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from lodit.eval.report import headline
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment config (YAML), e.g. configs/experiments/dim_1280_vs_128.yaml")
+    parser.add_argument(
+        "--config", required=True, help="experiment config (YAML), e.g. configs/experiments/dim_1280_vs_128.yaml"
+    )
     parser.add_argument("--out", help="experiment folder (default runs/compare/<experiment name>)")
     parser.add_argument("--seed", type=int, action="append", metavar="SEED",
                         help="a DiT training seed; repeat for several (--seed 0 --seed 1); overrides seeds")

@@ -1,4 +1,7 @@
-"""``lodit demo``: the whole pipeline on the built-in offline dataset, end to end (the library side: :mod:`lodit.demo`)."""
+"""``lodit demo``: the whole pipeline on the built-in offline dataset, end to end.
+
+The work is done by :mod:`lodit.demo`; this module only parses the arguments.
+"""
 
 from __future__ import annotations
 

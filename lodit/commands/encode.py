@@ -1,4 +1,7 @@
-"""``lodit encode``: encode a manifest into a latent cache (the library side: :mod:`lodit.latent_tokenizer.encode`)."""
+"""``lodit encode``: encode a manifest into a latent cache.
+
+The work is done by :mod:`lodit.latent_tokenizer.encode`; this module only parses the arguments.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``lodit evaluate``: score generated audio against a reference set (FAD, CLAP, WER, SIM) (the library side: :mod:`lodit.eval.evaluate`)."""
+"""``lodit evaluate``: score generated audio against a reference set (FAD, CLAP, WER, SIM).
+
+The work is done by :mod:`lodit.eval.evaluate`; this module only parses the arguments.
+"""
 
 from __future__ import annotations
 
@@ -17,16 +20,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="metrics.json", help="where to write the metrics (default metrics.json)")
     parser.add_argument("--embedder", default="whisper",
                         help="FAD embedder: whisper (default), clap, encodec, tokenizer, vggish, pann")
-    parser.add_argument("--embedder-model", default="offline:base",
-                        help="the embedder's model: offline:base (default) / offline:tiny.en for whisper, a hub name or folder")
-    parser.add_argument("--clap-model", default="", help="CLAP model (hub name or folder) for the CLAP score; none = unavailable")
-    parser.add_argument("--asr-model", default="offline:tiny.en",
-                        help="Whisper for WER: offline:tiny.en (default), offline:base, a CTranslate2 folder or large-v3")
+    parser.add_argument(
+        "--embedder-model",
+        default="offline:base",
+        help="the embedder's model: offline:base (default) / offline:tiny.en for whisper, a hub name or folder",
+    )
+    parser.add_argument(
+        "--clap-model", default="", help="CLAP model (hub name or folder) for the CLAP score; none = unavailable"
+    )
+    parser.add_argument(
+        "--asr-model",
+        default="offline:tiny.en",
+        help="Whisper for WER: offline:tiny.en (default), offline:base, a CTranslate2 folder or large-v3",
+    )
     parser.add_argument("--speaker-model", default="resemblyzer",
                         help="speaker embedder for SIM: resemblyzer (default) or a WavLM x-vector hub name/folder")
-    parser.add_argument("--bootstrap", type=int, default=0, help="FAD bootstrap resamples for a 95%% CI (default 0: none)")
+    parser.add_argument(
+        "--bootstrap", type=int, default=0, help="FAD bootstrap resamples for a 95%% CI (default 0: none)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the FAD bootstrap (default 0)")
-    parser.add_argument("--embedding-cache", help="folder caching clip embeddings (default: embedding_cache/ beside --out)")
+    parser.add_argument(
+        "--embedding-cache", help="folder caching clip embeddings (default: embedding_cache/ beside --out)"
+    )
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
 

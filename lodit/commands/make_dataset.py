@@ -1,4 +1,7 @@
-"""``lodit make-dataset``: generate the built-in captioned demo audio (sounds, music, speech) (the library side: :mod:`lodit.data.synthetic`)."""
+"""``lodit make-dataset``: generate the built-in captioned demo audio (sounds, music, speech).
+
+The work is done by :mod:`lodit.data.synthetic`; this module only parses the arguments.
+"""
 
 from __future__ import annotations
 

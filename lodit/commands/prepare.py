@@ -1,4 +1,7 @@
-"""``lodit prepare``: build a manifest (JSONL) from a folder or a public dataset layout (the library side: :mod:`lodit.data.prepare`)."""
+"""``lodit prepare``: build a manifest (JSONL) from a folder or a public dataset layout.
+
+The work is done by :mod:`lodit.data.prepare`; this module only parses the arguments.
+"""
 
 from __future__ import annotations
 

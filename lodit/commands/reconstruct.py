@@ -1,4 +1,7 @@
-"""``lodit reconstruct``: encode and decode one audio file with a tokenizer (the library side: :mod:`lodit.latent_tokenizer.reconstruct`)."""
+"""``lodit reconstruct``: encode and decode one audio file with a tokenizer.
+
+The work is done by :mod:`lodit.latent_tokenizer.reconstruct`; this module only parses the arguments.
+"""
 
 from __future__ import annotations
 

@@ -23,15 +23,32 @@ from lodit.errors import LoditError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="DiT run folder or checkpoint folder (from lodit train-dit)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="DiT run folder or checkpoint folder (from lodit train-dit)"
+    )
     parser.add_argument("--prompt", action="append", default=[], help="caption (repeatable)")
-    parser.add_argument("--prompts-file", help="one caption per line, or JSONL with prompt/transcript/seconds/task/reference_audio/reference_transcript")
-    parser.add_argument("--transcript", action="append", default=[], help="TTS: text to speak (once, or once per prompt)")
+    parser.add_argument(
+        "--prompts-file",
+        help="one caption per line, or JSONL with prompt/transcript/seconds/task/reference_audio/reference_transcript",
+    )
+    parser.add_argument(
+        "--transcript", action="append", default=[], help="TTS: text to speak (once, or once per prompt)"
+    )
     parser.add_argument("--reference-audio", action="append", default=[], help="TTS: a recording of the voice to use")
-    parser.add_argument("--reference-transcript", action="append", default=[], help="TTS: what the reference recording says")
-    parser.add_argument("--seconds", type=float, help="length of each generated clip (default: the checkpoint's, or the speaking rate for TTS)")
-    parser.add_argument("--task", choices=TASKS, help="task of every request without its own (prompts file 'task' key); "
-                        "default: tts with a transcript, else the checkpoint's first caption task")
+    parser.add_argument(
+        "--reference-transcript", action="append", default=[], help="TTS: what the reference recording says"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        help="length of each generated clip (default: the checkpoint's, or the speaking rate for TTS)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        help="task of every request without its own (prompts file 'task' key); "
+        "default: tts with a transcript, else the checkpoint's first caption task",
+    )
     parser.add_argument("--steps", type=int, help="solver steps (default: the checkpoint's sampling.steps)")
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the checkpoint's)")
     parser.add_argument("--sampler", help="euler | heun | midpoint | rk4 | adaptive")
@@ -105,5 +122,6 @@ def run(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size, negative_prompt=args.negative_prompt, task=args.task,
                                use_ema=not args.no_ema)
     produced = sum(s["seconds"] for s in summary["samples"])
-    print(f"wrote {len(summary['samples'])} files to {Path(args.out)} ({produced:.1f} s of audio, RTF {summary['rtf']:.3f})")
+    count, rtf = len(summary["samples"]), summary["rtf"]
+    print(f"wrote {count} files to {Path(args.out)} ({produced:.1f} s of audio, RTF {rtf:.3f})")
     return 0

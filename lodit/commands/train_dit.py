@@ -1,4 +1,7 @@
-"""``lodit train-dit``: train a flow-matching DiT on a latent cache (the library side: :mod:`lodit.dit.train`)."""
+"""``lodit train-dit``: train a flow-matching DiT on a latent cache.
+
+The work is done by :mod:`lodit.dit.train`; this module only parses the arguments.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``lodit train-sembo``: pre-train SemBo, LoSATok's semantic bottleneck (the library side: :mod:`lodit.latent_tokenizer.sembo_train`)."""
+"""``lodit train-sembo``: pre-train SemBo, LoSATok's semantic bottleneck.
+
+The work is done by :mod:`lodit.latent_tokenizer.sembo_train`; this module only parses the arguments.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``lodit train-tokenizer``: train a latent tokenizer (autoencoder or LoSATok) (the library side: :mod:`lodit.latent_tokenizer.train`)."""
+"""``lodit train-tokenizer``: train a latent tokenizer (autoencoder or LoSATok).
+
+The work is done by :mod:`lodit.latent_tokenizer.train`; this module only parses the arguments.
+"""
 
 from __future__ import annotations
 

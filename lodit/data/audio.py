@@ -88,7 +88,9 @@ def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_r
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         check_output_folder(path.parent, "audio output folder")
-        raise LoditError(f"{path}: cannot create its folder ({_reason(exc)}); choose a folder you can write to") from None
+        raise LoditError(
+            f"{path}: cannot create its folder ({_reason(exc)}); choose a folder you can write to"
+        ) from None
     try:
         write_atomically(path, lambda tmp: sf.write(str(tmp), np.clip(data.T, -1.0, 1.0), sample_rate))
     except (TypeError, ValueError, sf.LibsndfileError, OSError) as exc:

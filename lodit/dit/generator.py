@@ -129,8 +129,10 @@ def read_generator_config(folder: str | os.PathLike) -> GeneratorConfig:
     path = Path(folder) / CONFIG_FILE
     data = read_json(path, missing=f"{path}: missing; a DiT checkpoint needs its config.json")
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise LoditError(f"{path}: not a DiT checkpoint config (format {data.get('format') if isinstance(data, dict) else None!r}); "
-                         f"pass a folder written by `lodit train-dit`")
+        raise LoditError(
+            f"{path}: not a DiT checkpoint config (format {data.get('format') if isinstance(data, dict) else None!r}); "
+            f"pass a folder written by `lodit train-dit`"
+        )
     return from_dict(GeneratorConfig, data, source=str(path))
 
 
@@ -307,7 +309,11 @@ class Generator:
         *,
         seconds: float | Sequence[float | None] | None = None,
         transcripts: Sequence[str | None] | None = None,
-        reference_audio: Sequence[str | os.PathLike | torch.Tensor | None] | str | os.PathLike | torch.Tensor | None = None,
+        reference_audio: Sequence[str | os.PathLike | torch.Tensor | None]
+        | str
+        | os.PathLike
+        | torch.Tensor
+        | None = None,
         reference_transcripts: Sequence[str | None] | str | None = None,
         task: str | Sequence[str | None] | None = None,
         sampling: SamplerConfig | None = None,
@@ -443,7 +449,9 @@ class Generator:
             if task != "tts":
                 generated = _frames_for_seconds(self.config.default_seconds, self.frame_rate)
             elif prompt is not None:
-                generated = estimate_total_frames(prompt_frames, reference_text, transcript, self.front_end) - prompt_frames
+                generated = (
+                    estimate_total_frames(prompt_frames, reference_text, transcript, self.front_end) - prompt_frames
+                )
             elif self.config.tts_frames_per_unit > 0:
                 units = len(self.front_end.units(transcript))
                 generated = max(1, round(self.config.tts_frames_per_unit * units))

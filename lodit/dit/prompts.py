@@ -36,7 +36,8 @@ SAMPLES_FILE = "samples.json"
 
 
 def read_prompts_file(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Requests from a text file (one caption per non-blank line) or JSON Lines (``.jsonl``, or lines starting with ``{``)."""
+    """Requests from a text file (one caption per non-blank line) or JSON Lines (``.jsonl``, or
+    lines starting with ``{``)."""
     path = Path(path)
     if path.is_dir():
         raise LoditError(f"prompts file {path} is a folder; give a text or JSONL file of prompts")
@@ -76,7 +77,9 @@ def read_prompts_file(path: str | os.PathLike) -> list[dict[str, Any]]:
         if seconds is not None and not (math.isfinite(seconds) and 0 < seconds <= MAX_SECONDS):
             raise LoditError(f"{path}:{number}: seconds must be more than 0 and at most {MAX_SECONDS:g}, got {seconds}")
         if row.get("task") is not None and row["task"] not in TASKS:
-            raise LoditError(f"{path}:{number}: unknown task {row['task']!r}; use one of {', '.join(TASKS)} or leave it out")
+            raise LoditError(
+                f"{path}:{number}: unknown task {row['task']!r}; use one of {', '.join(TASKS)} or leave it out"
+            )
         if row.get("task") == "tts" and not row.get("transcript"):
             raise LoditError(f"{path}:{number}: task tts needs a transcript")
         requests.append({key: row.get(key) for key in REQUEST_KEYS})
@@ -106,9 +109,9 @@ def sample_to_folder(
 ) -> dict[str, Any]:
     """Generate every request (dicts with the :data:`REQUEST_KEYS`) into ``out``; returns ``samples.json``'s content.
 
-    ``sampling``: default the checkpoint's; ``negative_prompt``: a caption to guide away from. ``task`` (recorded in ``samples.json``) is the task
-    requests without their own were given, and ``use_ema`` whether ``generator`` holds the EMA
-    weights: both only describe the run.
+    ``sampling``: default the checkpoint's; ``negative_prompt``: a caption to guide away from.
+    ``task`` (recorded in ``samples.json``) is the task requests without their own were given, and
+    ``use_ema`` whether ``generator`` holds the EMA weights: both only describe the run.
     """
     if not 1 <= batch_size <= MAX_BATCH:
         raise LoditError(f"batch_size must be between 1 and {MAX_BATCH}, got {batch_size}")

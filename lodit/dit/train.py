@@ -155,7 +155,9 @@ def resolve_tasks(requested: str | list[str], clip_tasks: Sequence[str], cache_r
 class DiTDataset(Dataset):
     """The trained clips of a latent cache: caption clips cropped, speech clips whole, with their task."""
 
-    def __init__(self, cache: LatentCache, indices: Sequence[int], tasks: Sequence[str], data: DiTDataConfig, seed: int):
+    def __init__(
+        self, cache: LatentCache, indices: Sequence[int], tasks: Sequence[str], data: DiTDataConfig, seed: int
+    ):
         self.indices = list(indices)
         self.tasks = list(tasks)  # per selected clip
         self.cropped = LatentDataset(cache, crop_frames=data.crop_frames, random_crop=data.random_crop, seed=seed)
@@ -257,7 +259,9 @@ class DiTTask(TrainTask):
         with torch.no_grad():
             for task in set(batch["tasks"]):
                 rows = torch.tensor([t == task for t in batch["tasks"]], device=pred.device)
-                scalars[f"loss_{task}"] = float(flow_matching_loss(pred[rows], inputs.target[rows], inputs.loss_mask[rows]))
+                scalars[f"loss_{task}"] = float(
+                    flow_matching_loss(pred[rows], inputs.target[rows], inputs.loss_mask[rows])
+                )
         if self.front_end is not None:
             scalars["tts_truncated"] = float(inputs.truncated)
             speech = torch.tensor([t == "tts" for t in batch["tasks"]], device=pred.device)
@@ -394,7 +398,9 @@ def speaking_rate(cache: LatentCache, indices: Sequence[int], front_end: TextFro
     return frames / units if units else 0.0
 
 
-def build_training(config: DiTTrainConfig, run_dir: str | Path, *, text_encoder: Any = None) -> tuple[DiTTask, ResumableLoader]:
+def build_training(
+    config: DiTTrainConfig, run_dir: str | Path, *, text_encoder: Any = None
+) -> tuple[DiTTask, ResumableLoader]:
     """The task and data loader of a run (``text_encoder``: an already built encoder to reuse)."""
     if not config.data.cache:
         raise LoditError("no latent cache given: pass --cache DIR or set data.cache in the config")
@@ -448,7 +454,9 @@ def build_training(config: DiTTrainConfig, run_dir: str | Path, *, text_encoder:
         sampler = BucketBatchSampler(dataset.lengths, num_buckets=config.data.num_buckets, seed=train.seed, **sizes)
     else:
         sampler = FixedBatchSampler(len(dataset), train.batch_size, seed=train.seed)
-    loader = ResumableLoader(dataset, collate_dit, batch_sampler=sampler, seed=train.seed, num_workers=train.num_workers)
+    loader = ResumableLoader(
+        dataset, collate_dit, batch_sampler=sampler, seed=train.seed, num_workers=train.num_workers
+    )
     return task, loader
 
 

@@ -49,7 +49,8 @@ from lodit.registry import Registry
 
 
 class EmbeddingStore(Protocol):
-    """Where :meth:`Embedder.embed_files` may keep embeddings: e.g. :class:`lodit.eval.embedding_cache.EmbeddingCache`."""
+    """Where :meth:`Embedder.embed_files` may keep embeddings (e.g. an
+    :class:`~lodit.eval.embedding_cache.EmbeddingCache`)."""
 
     def embed_set(self, embedder: Embedder, paths: Sequence[str | os.PathLike], *,
                   segments: Sequence[tuple[float, float | None]] | None = None, progress: bool = False) -> torch.Tensor:
@@ -219,10 +220,14 @@ class ClapAudioText:
                 self.processor = ClapProcessor.from_pretrained(model, local_files_only=local)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise LoditError(f"cannot load the CLAP model {model!r} ({reason}); pass a local folder or a hub name") from None
+            raise LoditError(
+                f"cannot load the CLAP model {model!r} ({reason}); pass a local folder or a hub name"
+            ) from None
         missing = [k for k in info["missing_keys"] if "position_ids" not in k]
         if missing:
-            raise LoditError(f"{model!r} is not a full CLAP checkpoint ({len(missing)} weights missing, e.g. {missing[0]})")
+            raise LoditError(
+                f"{model!r} is not a full CLAP checkpoint ({len(missing)} weights missing, e.g. {missing[0]})"
+            )
         self.device = choose_device(device, option="embedder device")
         self.model = self.model.to(self.device).eval().requires_grad_(False)
         extractor = self.processor.feature_extractor
@@ -344,7 +349,9 @@ class EncodecEmbedder(Embedder):
                 model = EncodecModel.from_pretrained(source, local_files_only=local)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise LoditError(f"cannot load the EnCodec model {source!r} ({reason}); pass a local folder or a hub name") from None
+            raise LoditError(
+                f"cannot load the EnCodec model {source!r} ({reason}); pass a local folder or a hub name"
+            ) from None
         self.device = choose_device(cfg.device, option="embedder device")
         self.model = model.to(self.device).eval().requires_grad_(False)
         config = model.config
@@ -383,7 +390,9 @@ class TokenizerEmbedder(Embedder):
         if not cfg.model or cfg.model.startswith("offline:"):
             raise LoditError(f"the tokenizer embedder needs model= a lodit tokenizer folder; got {cfg.model!r}")
         self.folder = Path(cfg.model).expanduser()
-        self.tokenizer = Tokenizer.from_pretrained(self.folder, map_location=choose_device(cfg.device, option="embedder device"))
+        self.tokenizer = Tokenizer.from_pretrained(
+            self.folder, map_location=choose_device(cfg.device, option="embedder device")
+        )
         self.level = cfg.tokenizer_level
         self.sample_rate = self.tokenizer.sample_rate
         self.dim = self._features(torch.zeros(self.tokenizer.hop_length)).shape[-1]
@@ -405,7 +414,9 @@ class TokenizerEmbedder(Embedder):
             features = encoded.aux[self.level]
             return features[0] if features.dim() == 3 else features
         choices = ", ".join(["latent", "encoder", *sorted(encoded.aux)])
-        raise LoditError(f"embedder.tokenizer_level={self.level!r} is not a level of this tokenizer; choose one of: {choices}")
+        raise LoditError(
+            f"embedder.tokenizer_level={self.level!r} is not a level of this tokenizer; choose one of: {choices}"
+        )
 
     def embed_frames(self, wav: torch.Tensor) -> torch.Tensor:
         return self._features(self._mono(wav)).float().cpu()  # (T, dim)
@@ -443,7 +454,9 @@ class FrechetAudioDistanceEmbedder(Embedder):
             self.fad = FrechetAudioDistance(model_name=self.package_model, sample_rate=self.sample_rate,
                                             use_pca=False, use_activation=False, verbose=False)
         except Exception as exc:  # the package raises whatever torch.hub / its models raise
-            raise LoditError(f"frechet-audio-distance could not load {self.name} ({type(exc).__name__}: {exc})") from None
+            raise LoditError(
+                f"frechet-audio-distance could not load {self.name} ({type(exc).__name__}: {exc})"
+            ) from None
         self.description = f"{self.name} (frechet-audio-distance)"
 
     def embed_frames(self, wav: torch.Tensor) -> torch.Tensor:

@@ -98,9 +98,13 @@ class EmbeddingCache:
         try:
             vector = load_file(str(entry))[TENSOR_NAME]
         except (SafetensorError, OSError, KeyError):
-            raise LoditError(f"{entry}: unreadable embedding cache entry; delete it (or the cache folder) and re-run") from None
+            raise LoditError(
+                f"{entry}: unreadable embedding cache entry; delete it (or the cache folder) and re-run"
+            ) from None
         if vector.shape != (dim,):
-            raise LoditError(f"{entry}: cached embedding has shape {tuple(vector.shape)}, expected ({dim},); delete it and re-run")
+            raise LoditError(
+                f"{entry}: cached embedding has shape {tuple(vector.shape)}, expected ({dim},); delete it and re-run"
+            )
         return vector
 
 

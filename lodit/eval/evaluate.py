@@ -99,12 +99,16 @@ def read_samples(samples_dir: str | os.PathLike) -> tuple[dict[str, Any], list[G
     folder = Path(samples_dir)
     index = folder / SAMPLES_FILE
     if not index.is_file():
-        raise LoditError(f"{index}: not found; --samples must be a folder written by `lodit sample` (wavs + {SAMPLES_FILE})")
+        raise LoditError(
+            f"{index}: not found; --samples must be a folder written by `lodit sample` (wavs + {SAMPLES_FILE})"
+        )
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
         entries = data["samples"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise LoditError(f"{index}: not a `lodit sample` index (needs a 'samples' list); re-run `lodit sample`") from None
+        raise LoditError(
+            f"{index}: not a `lodit sample` index (needs a 'samples' list); re-run `lodit sample`"
+        ) from None
     if not entries:
         raise LoditError(f"{index}: lists no samples; generate some with `lodit sample`")
     samples = []
@@ -212,7 +216,9 @@ class Evaluator:
             result["adherence"] = adherence
         return result
 
-    def fad_metrics(self, samples: list[GeneratedSample], reference: list[ReferenceClip], name: str) -> list[MetricResult]:
+    def fad_metrics(
+        self, samples: list[GeneratedSample], reference: list[ReferenceClip], name: str
+    ) -> list[MetricResult]:
         """FAD over all samples, and per task when there are several."""
         embedder = self.embedder()
         gen = self._embed([s.path for s in samples])  # (N, dim)
@@ -302,8 +308,10 @@ def speed_metrics(index: dict[str, Any], count: int) -> list[MetricResult]:
     """``rtf`` and ``nfe`` as ``lodit sample`` measured them (``model``: the sampler and device)."""
     settings = index.get("settings", {})
     samples = index.get("samples", [])
-    sampler = (f"{settings.get('sampler', '?')} sampler, {settings.get('steps', '?')} steps, "
-               f"cfg {settings.get('cfg', '?')}, batch {settings.get('batch_size', '?')} on {settings.get('device', '?')}")
+    sampler = (
+        f"{settings.get('sampler', '?')} sampler, {settings.get('steps', '?')} steps, "
+        f"cfg {settings.get('cfg', '?')}, batch {settings.get('batch_size', '?')} on {settings.get('device', '?')}"
+    )
     seconds = float(sum(s.get("seconds", 0.0) for s in samples))
     rtf = index.get("rtf")
     nfe = samples[0].get("nfe") if samples else None
@@ -324,7 +332,9 @@ def evaluate_samples(
     out: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluate one samples folder (see :class:`Evaluator`); also write it to ``out`` when given."""
-    result = Evaluator(config or EvaluationConfig(), embedding_cache=embedding_cache).evaluate(samples_dir, reference_manifest)
+    result = Evaluator(config or EvaluationConfig(), embedding_cache=embedding_cache).evaluate(
+        samples_dir, reference_manifest
+    )
     if out is not None:
         write_json(out, result)
     return result

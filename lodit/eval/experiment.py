@@ -70,7 +70,14 @@ from lodit.data.audio import audio_info, load_audio, save_audio
 from lodit.data.manifest import ManifestRow, portable_audio_path, read_manifest, write_manifest
 from lodit.errors import LoditError
 from lodit.eval.evaluate import EvaluationConfig, Evaluator
-from lodit.eval.layout import LATENT_STATS_FILE, METRICS_FILE, REFERENCES_FILE, SAMPLES_INDEX, TTS_VARIANTS, ExperimentLayout
+from lodit.eval.layout import (
+    LATENT_STATS_FILE,
+    METRICS_FILE,
+    REFERENCES_FILE,
+    SAMPLES_INDEX,
+    TTS_VARIANTS,
+    ExperimentLayout,
+)
 from lodit.eval.results import MetricResult
 from lodit.files import read_json, write_json, write_jsonl
 from lodit.samplers.guidance import GuidanceConfig
@@ -298,7 +305,9 @@ class ArmState:
 class ExperimentRunner:
     """Runs the stages of an experiment into ``out_dir`` (see the module docstring)."""
 
-    def __init__(self, config: ExperimentConfig, out_dir: str | os.PathLike, *, say: Callable[[str], None] | None = None):
+    def __init__(
+        self, config: ExperimentConfig, out_dir: str | os.PathLike, *, say: Callable[[str], None] | None = None
+    ):
         self.config = config
         self.out = Path(out_dir)
         self.layout = ExperimentLayout(self.out)
@@ -465,7 +474,9 @@ class ExperimentRunner:
         spec = {"tokenizer": spec_hash(state.tokenizer_spec), "manifest": data_spec["eval"], "clips": count}
 
         def work(folder: Path) -> None:
-            write_json(folder / METRICS_FILE, reconstruction_report(state.tokenizer_dir, self.layout.eval_manifest, count))
+            write_json(
+                folder / METRICS_FILE, reconstruction_report(state.tokenizer_dir, self.layout.eval_manifest, count)
+            )
 
         self._stage(f"reconstruction/{arm.name}", self.layout.reconstruction_dir(arm.name), spec, work)
 
@@ -556,8 +567,10 @@ class ExperimentRunner:
             return target
         latest = latest_checkpoint(run_dir)
         if latest is not None and (checkpoint_step(latest) or 0) > step:
-            raise LoditError(f"{run_dir}: trained past step {step} and its checkpoint there is gone (pruned), so step {step} "
-                             "can't be evaluated; delete that DiT run folder to retrain it, or drop the step from eval_steps")
+            raise LoditError(
+                f"{run_dir}: trained past step {step} and its checkpoint there is gone (pruned), so step {step} "
+                "can't be evaluated; delete that DiT run folder to retrain it, or drop the step from eval_steps"
+            )
         self.say(f"training the DiT in {run_dir} to step {step} of {config.training.max_steps}")
         train_dit(config, run_dir, text_encoder=self._shared_text_encoder(config), stop_at=step)
         if not target.is_dir():
@@ -578,7 +591,9 @@ class ExperimentRunner:
 
         tasks = read_generator_config(checkpoint).tasks
         evaluation = self.config.evaluation
-        requests, references = evaluation_prompts(self.layout.eval_manifest, tasks, evaluation.num_prompts, evaluation.seconds)
+        requests, references = evaluation_prompts(
+            self.layout.eval_manifest, tasks, evaluation.num_prompts, evaluation.seconds
+        )
         prompts_file = folder / "prompts.jsonl"
         write_jsonl(prompts_file, _without_none(requests))
         write_json(folder / REFERENCES_FILE, references)
@@ -689,8 +704,16 @@ def evaluation_prompts(manifest: Path, tasks: list[str], count: int,
         length = None if speech else (seconds or row.duration or _file_seconds(path, row.offset))
         requests.append({"prompt": row.caption or "", "transcript": row.transcript if speech else None,
                          "seconds": length, "task": task})
-        references.append({"audio": str(path.resolve()), "offset": row.offset, "duration": row.duration,
-                           "caption": row.caption or "", "transcript": row.transcript or "", "domain": row.domain or ""})
+        references.append(
+            {
+                "audio": str(path.resolve()),
+                "offset": row.offset,
+                "duration": row.duration,
+                "caption": row.caption or "",
+                "transcript": row.transcript or "",
+                "domain": row.domain or "",
+            }
+        )
     return requests, references
 
 
@@ -715,8 +738,9 @@ def _chosen_rows(rows: list[ManifestRow], tasks: list[str], count: int) -> list[
     return chosen
 
 
-def reference_voice_prompts(eval_manifest: Path, train_manifest: Path, tasks: list[str], count: int,
-                            voices_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def reference_voice_prompts(
+    eval_manifest: Path, train_manifest: Path, tasks: list[str], count: int, voices_dir: Path
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """The TTS prompts of :func:`evaluation_prompts` again, each with a reference voice.
 
     The voice of a prompt is another clip of its speaker (manifest ``speaker``) that says another
@@ -778,7 +802,9 @@ def _tokenizer_folder(path: Path) -> Path:
         return path
     if (path / "final" / "config.json").is_file():
         return path / "final"
-    raise LoditError(f"{path}: not a tokenizer folder (no config.json, nor final/config.json); pass a trained tokenizer")
+    raise LoditError(
+        f"{path}: not a tokenizer folder (no config.json, nor final/config.json); pass a trained tokenizer"
+    )
 
 
 def _tokenizer_fingerprint(folder: Path) -> dict[str, Any]:
@@ -830,7 +856,9 @@ def reconstruction_report(tokenizer_dir: Path, manifest: Path, count: int) -> di
     rows = spread_over_domains(data.rows, count)
     refs, recs = [], []
     for row in rows:
-        wav = load_audio(data.audio_path(row), tokenizer.sample_rate, offset=row.offset, duration=row.duration)  # (1, S)
+        wav = load_audio(
+            data.audio_path(row), tokenizer.sample_rate, offset=row.offset, duration=row.duration
+        )  # (1, S)
         refs.append(wav[0])
         recs.append(tokenizer.reconstruct(wav).float().cpu()[0, 0])
     speech = [row.domain == "speech" or bool(row.transcript) for row in rows]

@@ -34,7 +34,14 @@ import numpy as np
 
 from lodit.config import to_dict
 from lodit.eval.adherence import adherence_summary, adherence_table
-from lodit.eval.layout import LATENT_STATS_FILE, METRICS_FILE, REFERENCES_FILE, SAMPLES_INDEX, TTS_VARIANTS, ExperimentLayout
+from lodit.eval.layout import (
+    LATENT_STATS_FILE,
+    METRICS_FILE,
+    REFERENCES_FILE,
+    SAMPLES_INDEX,
+    TTS_VARIANTS,
+    ExperimentLayout,
+)
 from lodit.eval.summary import CI_LEVEL, aggregate
 from lodit.eval.tables import Table, display_value, format_summary, format_value, label
 from lodit.files import read_json, write_atomically, write_json, write_text
@@ -121,8 +128,17 @@ class ReportBuilder:
     def metric_names(self) -> list[str]:
         """Generation metrics present, in a fixed order (FAD first, speed last)."""
         present = {r["metric"] for r in self.results["summary"]}
-        order = ["fad", "fad_tta", "fad_ttm", "fad_tts", "clap_score", "wer", "speaker_similarity", "wer_with_reference",
-                 "speaker_similarity_with_reference"]
+        order = [
+            "fad",
+            "fad_tta",
+            "fad_ttm",
+            "fad_tts",
+            "clap_score",
+            "wer",
+            "speaker_similarity",
+            "wer_with_reference",
+            "speaker_similarity_with_reference",
+        ]
         return [m for m in order if m in present] + sorted(present - set(order) - set(SPEED_METRICS))
 
     def interval_note(self) -> str:
@@ -134,7 +150,9 @@ class ReportBuilder:
 
     def final_table(self) -> Table:
         names = self.metric_names()
-        rows = [[arm] + [format_summary(self.summary.get((arm, self.final_step, m))) for m in names] for arm in self.arms]
+        rows = [
+            [arm] + [format_summary(self.summary.get((arm, self.final_step, m))) for m in names] for arm in self.arms
+        ]
         return Table(f"Final metrics (DiT step {self.final_step})", ["arm"] + [label(m) for m in names], rows,
                      self.interval_note())
 
@@ -155,7 +173,9 @@ class ReportBuilder:
                      "captioned clips (CLAP), utterances (WER) or pairs (SIM).")
 
     def convergence_table(self, metric: str) -> Table:
-        rows = [[arm] + [format_summary(self.summary.get((arm, step, metric))) for step in self.steps] for arm in self.arms]
+        rows = [
+            [arm] + [format_summary(self.summary.get((arm, step, metric))) for step in self.steps] for arm in self.arms
+        ]
         return Table(f"{label(metric)} against DiT steps", ["arm"] + [f"step {s}" for s in self.steps], rows,
                      self.interval_note())
 
@@ -166,16 +186,26 @@ class ReportBuilder:
             reasons.update(f"{label(m['name'])}: {m['details']['unavailable']}" for m in arm["reconstruction"]
                            if m.get("value") is None and "unavailable" in m.get("details", {}))
             tokenizer = arm["tokenizer"]
-            rows.append([arm["name"], tokenizer.get("name", ""), str(tokenizer.get("latent_dim", "")),
-                         f"{tokenizer.get('parameters', 0) / 1e6:.2f} M"]
-                        + [format_value(by_name.get(m)) for m in RECONSTRUCTION_METRICS] + [str(arm["reconstruction_clips"])])
+            rows.append(
+                [
+                    arm["name"],
+                    tokenizer.get("name", ""),
+                    str(tokenizer.get("latent_dim", "")),
+                    f"{tokenizer.get('parameters', 0) / 1e6:.2f} M",
+                ]
+                + [format_value(by_name.get(m)) for m in RECONSTRUCTION_METRICS]
+                + [str(arm["reconstruction_clips"])]
+            )
         note = ("Round trips (encode, decode) of evaluation clips taken in turn from each domain; PESQ and STOI "
                 "on the speech ones only. Level: median RMS of the reconstruction over the input, in dB.")
         if reasons:
             note += f" Unavailable: {'; '.join(sorted(reasons))}."
-        return Table("Reconstruction per tokenizer (evaluation set)",
-                     ["arm", "tokenizer", "latent dim", "parameters"] + [label(m) for m in RECONSTRUCTION_METRICS] + ["clips"],
-                     rows, note)
+        return Table(
+            "Reconstruction per tokenizer (evaluation set)",
+            ["arm", "tokenizer", "latent dim", "parameters"] + [label(m) for m in RECONSTRUCTION_METRICS] + ["clips"],
+            rows,
+            note,
+        )
 
     def latent_table(self) -> Table:
         rows = []
@@ -184,24 +214,47 @@ class ReportBuilder:
             by_name = {m["name"]: m for m in stats["metrics"]}
             rank = by_name["effective_rank"]
             details = rank["details"]
-            topk = [format_value(by_name.get(f"top{k}_variance_fraction")) if k <= stats["dim"] else "—" for k in TOPK_SHOWN]
-            rows.append([arm["name"], str(stats["dim"]), f"{rank['value']:.4g}", f"{details['relative']:.3f}", *topk,
-                         f"{details['channel_std_min']:.3g} / {details['channel_std_max']:.3g}", str(stats["n_frames"])])
-        return Table("Latent statistics (training latents)",
-                     ["arm", "dim", "effective rank", "effective rank / dim"] + [f"top-{k} variance" for k in TOPK_SHOWN]
-                     + ["channel std min / max", "frames"], rows,
-                     "Effective rank: Roy & Vetterli's exp(entropy) of the normalised singular values of the centred "
-                     "frames; top-k variance: share of the variance in the k largest principal components.")
+            topk = [
+                format_value(by_name.get(f"top{k}_variance_fraction")) if k <= stats["dim"] else "—" for k in TOPK_SHOWN
+            ]
+            rows.append(
+                [
+                    arm["name"],
+                    str(stats["dim"]),
+                    f"{rank['value']:.4g}",
+                    f"{details['relative']:.3f}",
+                    *topk,
+                    f"{details['channel_std_min']:.3g} / {details['channel_std_max']:.3g}",
+                    str(stats["n_frames"]),
+                ]
+            )
+        return Table(
+            "Latent statistics (training latents)",
+            ["arm", "dim", "effective rank", "effective rank / dim"]
+            + [f"top-{k} variance" for k in TOPK_SHOWN]
+            + ["channel std min / max", "frames"],
+            rows,
+            "Effective rank: Roy & Vetterli's exp(entropy) of the normalised singular values of the centred "
+            "frames; top-k variance: share of the variance in the k largest principal components.",
+        )
 
     def speed_table(self) -> Table:
         rows = []
         for arm in self.arms:
             run = next(r for r in self.results["runs"] if r["arm"] == arm and r["step"] == self.final_step)
             settings = run.get("settings", {})
-            sampler = f"{settings.get('sampler', '?')} / {settings.get('steps', '?')} steps / cfg {settings.get('cfg', '?')}"
-            rows.append([arm, sampler,
-                         format_summary(self.summary.get((arm, self.final_step, "nfe"))),
-                         format_summary(self.summary.get((arm, self.final_step, "rtf"))), str(settings.get("device", "?"))])
+            sampler = (
+                f"{settings.get('sampler', '?')} / {settings.get('steps', '?')} steps / cfg {settings.get('cfg', '?')}"
+            )
+            rows.append(
+                [
+                    arm,
+                    sampler,
+                    format_summary(self.summary.get((arm, self.final_step, "nfe"))),
+                    format_summary(self.summary.get((arm, self.final_step, "rtf"))),
+                    str(settings.get("device", "?")),
+                ]
+            )
         return Table("Sampling speed", ["arm", "sampler", "NFE", "RTF ↓ (wall s per audio s)", "device"], rows,
                      "RTF includes text encoding, sampling and decoding, measured by `lodit sample` at batch size "
                      f"{self.config['sampling']['batch_size']}.")
@@ -234,8 +287,13 @@ class ReportBuilder:
                                 linestyle=DASHES[number % len(DASHES)], label=arm)
                 bounded = [(s, r) for s, r in points if r["ci_low"] is not None]
                 if bounded:
-                    ax.fill_between([s for s, _ in bounded], [display_value(metric, r["ci_low"]) for _, r in bounded],
-                                    [display_value(metric, r["ci_high"]) for _, r in bounded], color=line.get_color(), alpha=0.2)
+                    ax.fill_between(
+                        [s for s, _ in bounded],
+                        [display_value(metric, r["ci_low"]) for _, r in bounded],
+                        [display_value(metric, r["ci_high"]) for _, r in bounded],
+                        color=line.get_color(),
+                        alpha=0.2,
+                    )
             ax.set_xlabel("DiT training step")
             ax.set_ylabel(label(metric))
             ax.grid(True, alpha=0.3)
@@ -278,14 +336,18 @@ class ReportBuilder:
         for i, example in enumerate(first):
             reference = example["reference"]
             rate = audio_info(reference["audio"])[0]
-            wav = load_audio(reference["audio"], offset=reference.get("offset") or 0.0, duration=reference.get("duration"))
+            wav = load_audio(
+                reference["audio"], offset=reference.get("offset") or 0.0, duration=reference.get("duration")
+            )
             entry = {"prompt": example["prompt"] or reference.get("caption", ""), "transcript": example["transcript"],
                      "reference": save_audio(audio / f"reference-{i}.wav", wav, rate).name, "arms": {}}
             for arm in self.results["arms"]:
                 if i < len(arm["examples"]):
                     source = out_dir / arm["examples"][i]["file"]
                     rate = audio_info(source)[0]
-                    entry["arms"][arm["name"]] = save_audio(audio / f"{arm['name']}-{i}.wav", load_audio(source), rate).name
+                    entry["arms"][arm["name"]] = save_audio(
+                        audio / f"{arm['name']}-{i}.wav", load_audio(source), rate
+                    ).name
             prompts.append(entry)
         return prompts
 
@@ -308,7 +370,7 @@ def write_report(results: dict[str, Any], folder: str | os.PathLike, out_dir: st
     """Write ``results.json``, the PNG plots, ``audio/``, ``report.md`` and ``report.html`` into ``folder``.
 
     ``out_dir``: the experiment folder the results' relative paths start from (default: ``folder``'s parent)."""
-    
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out_dir = Path(out_dir) if out_dir is not None else folder.parent
@@ -332,17 +394,29 @@ def _overview(builder: ReportBuilder) -> list[tuple[str, str]]:
     evaluation = cfg["evaluation"]
     arms = "; ".join(f"{a['name']} ({a['description'] or Path(a['source']).name}, latent dim "
                      f"{a['tokenizer'].get('latent_dim')})" for a in builder.results["arms"])
-    dit = f"{Path(cfg['dit']['config']).name}" + (f" with {' '.join(cfg['dit']['overrides'])}" if cfg["dit"]["overrides"] else "")
+    dit = f"{Path(cfg['dit']['config']).name}" + (
+        f" with {' '.join(cfg['dit']['overrides'])}" if cfg["dit"]["overrides"] else ""
+    )
     return [
         ("Arms", arms),
-        ("DiT", f"{dit}; {cfg['dit_steps']} steps, evaluated at {', '.join(str(s) for s in builder.steps)}; "
-                f"seeds {', '.join(str(s) for s in builder.seeds)}"),
-        ("Sampler", f"{sampling['sampler']}, {sampling['steps']} steps, {sampling['schedule']} schedule, CFG {_guidance_scale(sampling)}"
-                    f"{'' if sampling['use_ema'] else ', raw (non-EMA) weights'}"),
-        ("Evaluation", f"{evaluation['num_prompts']} prompts from the held-out set; FAD embedder "
-                       f"{evaluation['embedder']['name']} {evaluation['embedder']['model']}; CLAP "
-                       f"{evaluation['clap_model'] or 'none'}; ASR {evaluation['asr_model']}; "
-                       f"speaker {evaluation['speaker_model']}"),
+        (
+            "DiT",
+            f"{dit}; {cfg['dit_steps']} steps, evaluated at {', '.join(str(s) for s in builder.steps)}; "
+            f"seeds {', '.join(str(s) for s in builder.seeds)}",
+        ),
+        (
+            "Sampler",
+            f"{sampling['sampler']}, {sampling['steps']} steps, {sampling['schedule']} schedule, "
+            f"CFG {_guidance_scale(sampling)}"
+            f"{'' if sampling['use_ema'] else ', raw (non-EMA) weights'}",
+        ),
+        (
+            "Evaluation",
+            f"{evaluation['num_prompts']} prompts from the held-out set; FAD embedder "
+            f"{evaluation['embedder']['name']} {evaluation['embedder']['model']}; CLAP "
+            f"{evaluation['clap_model'] or 'none'}; ASR {evaluation['asr_model']}; "
+            f"speaker {evaluation['speaker_model']}",
+        ),
     ]
 
 
@@ -399,7 +473,10 @@ def _data_uri(path: Path, mime: str) -> str:
 def render_html(builder: ReportBuilder, plots: list[Path], examples: list[dict[str, Any]]) -> str:
     e = html.escape
     title = f"{builder.results['experiment']}: latent-dimension comparison"
-    body = [f"<h1>{e(title)}</h1>", "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _overview(builder)) + "</dl>"]
+    body = [
+        f"<h1>{e(title)}</h1>",
+        "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _overview(builder)) + "</dl>",
+    ]
 
     def section(table: Table, tag: str = "h2") -> None:
         body.append(f"<{tag}>{e(table.title)}</{tag}>{table.html()}")
@@ -427,7 +504,9 @@ def render_html(builder: ReportBuilder, plots: list[Path], examples: list[dict[s
     for example in examples:
         text = example["prompt"] or example["transcript"]
         cells = [f"<td>{e(text)}</td>", _player(audio / example["reference"])]
-        cells += [_player(audio / example["arms"][arm]) if arm in example["arms"] else "<td>—</td>" for arm in builder.arms]
+        cells += [
+            _player(audio / example["arms"][arm]) if arm in example["arms"] else "<td>—</td>" for arm in builder.arms
+        ]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     body.append("<h2>Audio examples (last step, first seed)</h2>"
                 f"<table class=\"audio\"><thead><tr>{headers}</tr></thead><tbody>{''.join(rows)}</tbody></table>")

@@ -68,10 +68,14 @@ class SpeakerEmbedder:
         local = Path(model).expanduser().exists()
         try:
             with quiet_loading():
-                self._model, info = WavLMForXVector.from_pretrained(model, output_loading_info=True, local_files_only=local)
+                self._model, info = WavLMForXVector.from_pretrained(
+                    model, output_loading_info=True, local_files_only=local
+                )
         except (OSError, ValueError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise LoditError(f"cannot load the WavLM speaker model {model!r} ({reason}); pass a local folder or a hub name") from None
+            raise LoditError(
+                f"cannot load the WavLM speaker model {model!r} ({reason}); pass a local folder or a hub name"
+            ) from None
         missing = [k for k in info["missing_keys"] if "masked_spec_embed" not in k]
         if missing:
             raise LoditError(
@@ -117,7 +121,9 @@ def speaker_similarity(
     """Mean cosine similarity of speaker embeddings over (reference, generated) pairs
     (Resemblyzer unless ``embedder`` is given); per-pair values in ``details``."""
     if len(ref_wavs) != len(gen_wavs) or not ref_wavs:
-        raise LoditError(f"speaker similarity pairs clips one to one: got {len(ref_wavs)} references and {len(gen_wavs)} generated")
+        raise LoditError(
+            f"speaker similarity pairs clips one to one: got {len(ref_wavs)} references and {len(gen_wavs)} generated"
+        )
     embedder = embedder or SpeakerEmbedder()
     ref = embedder.embed_many(ref_wavs, sample_rate)
     gen = embedder.embed_many(gen_wavs, sample_rate)

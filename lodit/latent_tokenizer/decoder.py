@@ -1,8 +1,8 @@
 """Decoders: latent frames ``(B, T, D)`` -> waveform ``(B, 1, T * hop)``.
 
-Owns :data:`DECODERS`, :class:`DecoderConfig` and the ``vocos`` decoder (its ConvNeXt backbone comes
-from :mod:`lodit.latent_tokenizer.blocks`): an optional ``ConvTranspose1d`` upsampler (LoSATok: 25 -> 50 Hz), a Vocos-style
-ConvNeXt backbone and an ISTFT head. The head predicts a log-magnitude and a phase per frequency
+Owns :data:`DECODERS`, :class:`DecoderConfig` and the ``vocos`` decoder: an optional
+``ConvTranspose1d`` upsampler (LoSATok: 25 -> 50 Hz), a Vocos-style ConvNeXt backbone (blocks from
+:mod:`lodit.latent_tokenizer.blocks`) and an ISTFT head. The head predicts a log-magnitude and a phase per frequency
 bin and inverts them with ``torch.istft`` — no transposed-conv stack at the sample rate, which is
 what makes the decoder fast on CPU.
 

@@ -1,5 +1,5 @@
-"""LoSATok's semantic-acoustic encoder (the ``losatok`` entry of :data:`lodit.latent_tokenizer.tokenizer.ENCODERS`) and its
-DashengTokenizer-like 1280-dim counterpart.
+"""LoSATok's semantic-acoustic encoder (the ``losatok`` entry of
+:data:`lodit.latent_tokenizer.tokenizer.ENCODERS`) and its DashengTokenizer-like 1280-dim counterpart.
 
 Forward pass (widths from :class:`~lodit.latent_tokenizer.losatok_config.SemanticBranchConfig`;
 sizes in brackets are LoSATok's)::
@@ -18,11 +18,11 @@ Dual-level semantic supervision, reported unweighted in ``EncoderOutput.losses``
 ``loss.model_losses``): ``semantic_high = L_H = MSE(head(z_a_high), sg(z_s_high))`` and
 ``semantic_low = L_L = MSE(z_a_low, sg(z_s_low))``, picked by ``semantic_loss_mode``. ``head`` is
 the identity when ``teacher_dim == d_high`` and otherwise a learned ``Linear(d_high ->
-teacher_dim)`` (``teacher_proj``, built only when ``L_H`` is on). The projection sits on the student side on purpose: a learned
-map applied to the teacher's features would either receive no gradient (behind the stop-gradient)
-or, in front of it, could shrink the target towards a trivial one; a student-side head keeps the
-target fixed. It serves ``L_H`` only: fusion and ``L_L`` use the SemBo code, which is made from
-the teacher's own features.
+teacher_dim)`` (``teacher_proj``, built only when ``L_H`` is on). The projection sits on the
+student side on purpose: a learned map applied to the teacher's features would either receive no
+gradient (behind the stop-gradient) or, in front of it, could shrink the target towards a trivial
+one; a student-side head keeps the target fixed. It serves ``L_H`` only: fusion and ``L_L`` use
+the SemBo code, which is made from the teacher's own features.
 
 Frozen parts:
 
@@ -57,7 +57,6 @@ from lodit.latent_tokenizer.semantic import SemanticEncoder, SemanticEncoderConf
 from lodit.latent_tokenizer.sembo import SemBo, SemBoConfig
 from lodit.training.checkpoint import EMA_NAME, MODEL_NAME
 from lodit.training.seed import rng_state, set_rng_state
-
 
 KEY = "tokenizer.encoder.semantic"
 
@@ -165,11 +164,16 @@ class LoSATokEncoder(nn.Module):
             )
         folder = Path(sem.sembo).expanduser()
         if not folder.is_dir():
-            return f"{KEY}.sembo={sem.sembo}: SemBo folder not found; train one with `lodit train-sembo` or fix the path"
+            return (
+                f"{KEY}.sembo={sem.sembo}: SemBo folder not found; train one with `lodit train-sembo` or fix the path"
+            )
         weights = EMA_NAME if (folder / f"{EMA_NAME}.safetensors").is_file() else MODEL_NAME
         trained = SemBo.from_pretrained(folder, weights=weights)
-        expected = {"in_dim": ("teacher_dim", sem.teacher_dim), "hidden_dim": ("sembo_hidden_dim", sem.sembo_hidden_dim),
-                    "low_dim": ("low_dim", sem.low_dim)}
+        expected = {
+            "in_dim": ("teacher_dim", sem.teacher_dim),
+            "hidden_dim": ("sembo_hidden_dim", sem.sembo_hidden_dim),
+            "low_dim": ("low_dim", sem.low_dim),
+        }
         for name, (key, value) in expected.items():
             found = getattr(trained.config, name)
             if found != value:

@@ -99,7 +99,9 @@ def reconstruct_file(
     """Write ``target``, the tokenizer's reconstruction of audio file ``source``; return the measurements."""
     if Path(target).resolve() == Path(source).resolve():
         raise LoditError(f"{target}: is the input file; write the reconstruction to another path")
-    tokenizer = Tokenizer.from_pretrained(tokenizer_dir, use_ema=use_ema, map_location=choose_device(device, option="--device"))
+    tokenizer = Tokenizer.from_pretrained(
+        tokenizer_dir, use_ema=use_ema, map_location=choose_device(device, option="--device")
+    )
     wav = load_audio(source, tokenizer.sample_rate, channels="mix")  # (1, S)
     if wav.shape[-1] == 0:
         raise LoditError(f"{source}: the file holds no audio samples; give a non-empty recording")

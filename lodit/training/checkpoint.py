@@ -120,7 +120,9 @@ def save_checkpoint(
         if optimizer_state is not None:
             torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
         if state is not None:
-            write_json(tmp / STATE_FILE, state, allow_nan=True)  # written last: its presence marks a complete checkpoint
+            write_json(
+                tmp / STATE_FILE, state, allow_nan=True
+            )  # written last: its presence marks a complete checkpoint
 
     return write_folder_atomically(folder, write)
 

@@ -114,13 +114,16 @@ class TrainTask(ABC):
 
     def preview(self, batch: Any, step: int, tracker: Tracker) -> None:
         """Log previews (e.g. ``tracker.log_audio``) every ``preview_every`` steps; main process, no grad."""
+        return  # an optional hook: no previews
 
     def on_prepared(self, accelerator: Accelerator) -> None:
         """Called once the modules are on their device (e.g. to move frozen teachers there too)."""
+        return  # an optional hook
 
     def check_resume(self, folder: Path) -> None:
         """Raise a LoditError if checkpoint ``folder`` must not be continued with this task's data
         (e.g. a DiT checkpoint trained on latents of another tokenizer); called before loading it."""
+        return  # an optional hook: every checkpoint may be continued
 
     # ------------------------------------------------------------------ set by the trainer
 
@@ -308,7 +311,8 @@ class Trainer:
             progress.close()
             self.tracker.flush()
         if self.last_checkpoint != checkpoint_path(self.run_dir, self.step):
-            self._save_unless_bad()  # nothing ran (resumed at the end from elsewhere): the run still gets its checkpoint
+            # nothing ran (resumed at the end from elsewhere): the run still gets its checkpoint
+            self._save_unless_bad()
         out_of_time = out_of_time and self.step < end
         bad = self._bad_run_length()
         final = None
@@ -752,7 +756,9 @@ def _check_modules(modules: Mapping[str, nn.Module], config: TrainingConfig) -> 
         raise LoditError(f"module_lr names {unknown}, but the trained modules are {sorted(modules)}; fix the keys")
 
 
-def _decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[tuple[list[torch.nn.Parameter], float]]:
+def _decay_groups(
+    params: list[torch.nn.Parameter], weight_decay: float
+) -> list[tuple[list[torch.nn.Parameter], float]]:
     """AdamW's parameter groups with their weight decay: decay only on tensors with 2+ dimensions
     (weight matrices, conv kernels, embeddings), none on biases, norm gains and other vectors, as
     usual for transformers. Without decay, one group of everything."""
