@@ -172,3 +172,5 @@ def test_wheel_ships_every_config_and_finds_them_installed(tmp_path):
     )
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert Path(probe.stdout.strip()) == installed / "lodit" / "configs"
+    # The HTML report's template is package data too.
+    assert (installed / "lodit" / "eval" / "templates" / "report.html.j2").is_file()

@@ -23,7 +23,6 @@ Confidence intervals are two-sided Student-t intervals over seeds, ``mean ± t(0
 from __future__ import annotations
 
 import base64
-import html
 import json
 import os
 import textwrap
@@ -452,72 +451,40 @@ def render_markdown(builder: ReportBuilder, plots: list[Path], examples: list[di
     return "\n\n".join(parts) + "\n"
 
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
-       padding: 0 1em; color: #1d1d1f; line-height: 1.45; }
-h1 { font-size: 1.6em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
-table { border-collapse: collapse; margin: .6em 0; font-size: .92em; }
-th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; }
-th { background: #f3f3f5; } tbody tr:nth-child(even) { background: #fafafa; }
-.note { color: #555; font-size: .88em; margin-top: .2em; }
-img { max-width: 100%; border: 1px solid #eee; }
-audio { width: 220px; } dl { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }
-dt { font-weight: 600; } dd { margin: 0; }
-"""
-
-
 def _data_uri(path: Path, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
 def render_html(builder: ReportBuilder, plots: list[Path], examples: list[dict[str, Any]]) -> str:
-    e = html.escape
-    title = f"{builder.results['experiment']}: latent-dimension comparison"
-    body = [
-        f"<h1>{e(title)}</h1>",
-        "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _overview(builder)) + "</dl>",
-    ]
+    """The report page, from the template ``templates/report.html.j2`` (markup there, numbers here)."""
+    import jinja2
 
-    def section(table: Table, tag: str = "h2") -> None:
-        body.append(f"<{tag}>{e(table.title)}</{tag}>{table.html()}")
-
-    def image(path: Path, alt: str) -> None:
-        body.append(f'<p><img src="{_data_uri(path, "image/png")}" alt="{e(alt)}"></p>')
-
-    section(builder.final_table())
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("lodit.eval", "templates"), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    tables_before = [builder.final_table()]
     if (tts := tts_variants_table(builder)) is not None:
-        section(tts)
-    section(builder.models_table())
+        tables_before.append(tts)
+    tables_before.append(builder.models_table())
     if (adherence := adherence_table(builder.results)) is not None:
-        section(adherence)
-    body.append("<h2>Convergence</h2>")
-    for metric, plot in zip(CONVERGENCE_METRICS, plots):
-        image(plot, f"{label(metric)} against DiT steps")
-        section(builder.convergence_table(metric), "h3")
-    section(builder.reconstruction_table())
-    section(builder.latent_table())
-    image(plots[-1], "latent spectrum")
-    section(builder.speed_table())
+        tables_before.append(adherence)
     audio = builder.folder / "audio"
-    headers = "".join(f"<th>{e(h)}</th>" for h in ["prompt", "reference", *builder.arms])
-    rows = []
-    for example in examples:
-        text = example["prompt"] or example["transcript"]
-        cells = [f"<td>{e(text)}</td>", _player(audio / example["reference"])]
-        cells += [
-            _player(audio / example["arms"][arm]) if arm in example["arms"] else "<td>—</td>" for arm in builder.arms
-        ]
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    body.append("<h2>Audio examples (last step, first seed)</h2>"
-                f"<table class=\"audio\"><thead><tr>{headers}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
-    body.append("<p class=\"note\">Every number is in results.json with its model, N and per-seed values.</p>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{e(title)}</title><link rel=\"icon\" href=\"data:,\"><style>{_CSS}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
-
-
-def _player(path: Path) -> str:
-    return f'<td><audio controls preload="none" src="{_data_uri(path, "audio/wav")}"></audio></td>'
+    return environment.get_template("report.html.j2").render(
+        title=f"{builder.results['experiment']}: latent-dimension comparison",
+        overview=_overview(builder),
+        tables_before=tables_before,
+        convergence=[{"plot": _data_uri(plot, "image/png"), "alt": f"{label(metric)} against DiT steps",
+                      "table": builder.convergence_table(metric)} for metric, plot in zip(CONVERGENCE_METRICS, plots)],
+        reconstruction=builder.reconstruction_table(),
+        latent=builder.latent_table(),
+        spectrum=_data_uri(plots[-1], "image/png"),
+        speed=builder.speed_table(),
+        audio_headers=["prompt", "reference", *builder.arms],
+        examples=[{"text": example["prompt"] or example["transcript"],
+                   "clips": [_data_uri(audio / example["reference"], "audio/wav")]
+                   + [_data_uri(audio / example["arms"][arm], "audio/wav") if arm in example["arms"] else None
+                      for arm in builder.arms]}
+                  for example in examples],
+    )
 
 
 def headline(results: dict[str, Any]) -> list[str]:

@@ -1,4 +1,5 @@
-"""How metrics are shown: their labels, directions and units, and a table rendered as Markdown or HTML.
+"""How metrics are shown: their labels, directions and units, and a table (rendered as Markdown
+here, as HTML by the report template).
 
 Used by the comparison report, the adherence section and the app; it imports no other part of
 lodit's evaluation, so each of them can.
@@ -6,7 +7,6 @@ lodit's evaluation, so each of them can.
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 # Direction of each metric in the tables (lower or higher is better); others are shown without one.
@@ -58,7 +58,7 @@ def label(metric: str) -> str:
 
 
 class Table:
-    """A table once, rendered as Markdown or HTML."""
+    """A table once: :meth:`markdown` renders it for report.md, the report template for report.html."""
 
     def __init__(self, title: str, headers: list[str], rows: list[list[str]], note: str = ""):
         self.title, self.headers, self.rows, self.note = title, headers, rows, note
@@ -71,9 +71,3 @@ class Table:
         lines += [f"| {' | '.join(cell(c) for c in row)} |" for row in self.rows]
         note = f"\n\n{self.note}" if self.note else ""
         return "\n".join(lines) + note
-
-    def html(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in self.rows)
-        note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
