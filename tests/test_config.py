@@ -174,3 +174,38 @@ def test_wheel_ships_every_config_and_finds_them_installed(tmp_path):
     assert Path(probe.stdout.strip()) == installed / "lodit" / "configs"
     # The HTML report's template is package data too.
     assert (installed / "lodit" / "eval" / "templates" / "report.html.j2").is_file()
+
+
+def test_encoder_keys_of_another_encoder_are_errors_naming_the_file(tmp_path):
+    from lodit.latent_tokenizer.tokenizer import Tokenizer
+    from lodit.latent_tokenizer.train import TokenizerTrainConfig
+
+    path = tmp_path / "tok.yaml"
+    path.write_text((REPO / "configs" / "tokenizer" / "tiny.yaml").read_text())
+    load_config(TokenizerTrainConfig, path)  # the shipped config itself is fine
+    with pytest.raises(ConfigError, match=r"tok.yaml.*'tokenizer.encoder.strides' does not apply when "
+                                          r"tokenizer.encoder.name is 'mel_convnext' \(that takes: .*mel_hop.*\); "
+                                          r"remove it"):
+        load_config(TokenizerTrainConfig, path, ["tokenizer.encoder.strides=[4,4,40]"])
+    losatok = "'tokenizer.encoder.dim' does not apply when tokenizer.encoder.name is 'losatok'"
+    with pytest.raises(ConfigError, match=losatok):
+        load_config(TokenizerTrainConfig, REPO / "configs" / "tokenizer" / "losatok_tiny.yaml",
+                    ["tokenizer.encoder.dim=64"])
+    # A key of another encoder left at its default is accepted (resolved configs list every field) ...
+    load_config(TokenizerTrainConfig, path, ["tokenizer.encoder.channels=32"])
+    # ... and so is anything in a config lodit saved itself (older checkpoints wrote every field as set).
+    config = load_config(TokenizerTrainConfig, path).tokenizer
+    saved = to_dict(config)
+    saved["encoder"]["channels"] = 8
+    assert Tokenizer.from_config(saved, saved=True).config.encoder.channels == 8
+
+
+def test_dit_config_errors_name_the_yaml_file_when_it_is_read(tmp_path):
+    from lodit.dit.train import DiTTrainConfig
+
+    path = tmp_path / "dit.yaml"
+    path.write_text((REPO / "configs" / "dit" / "tiny.yaml").read_text())
+    with pytest.raises(ConfigError, match=r"dit.yaml.*dit.width=30 must be divisible by dit.heads=4"):
+        load_config(DiTTrainConfig, path, ["dit.width=30"])
+    with pytest.raises(ConfigError, match=r"dit.yaml.*dit.depth=0 must be >= 1"):
+        load_config(DiTTrainConfig, path, ["dit.depth=0"])

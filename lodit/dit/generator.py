@@ -133,7 +133,7 @@ def read_generator_config(folder: str | os.PathLike) -> GeneratorConfig:
             f"{path}: not a DiT checkpoint config (format {data.get('format') if isinstance(data, dict) else None!r}); "
             f"pass a folder written by `lodit train-dit`"
         )
-    return from_dict(GeneratorConfig, data, source=str(path))
+    return from_dict(GeneratorConfig, data, source=str(path), saved=True)
 
 
 def check_tokenizer(tokenizer: Tokenizer, producer: dict[str, Any], where: str) -> None:

@@ -814,7 +814,7 @@ def _tokenizer_fingerprint(folder: Path) -> dict[str, Any]:
     config = json.loads((folder / "config.json").read_text())
     tokenizer_config = config.get("tokenizer", config) if isinstance(config, dict) else config
     sizes = {p.name: p.stat().st_size for p in sorted(folder.glob("*.safetensors"))}
-    identity = Tokenizer.from_config(tokenizer_config, source=str(folder / "config.json")).identity()
+    identity = Tokenizer.from_config(tokenizer_config, source=str(folder / "config.json"), saved=True).identity()
     return {"config_hash": identity["config_hash"], "files": sizes}
 
 

@@ -42,7 +42,7 @@ from lodit.eval.layout import (
     ExperimentLayout,
 )
 from lodit.eval.summary import CI_LEVEL, aggregate
-from lodit.eval.tables import Table, display_value, format_summary, format_value, label
+from lodit.eval.tables import Table, display_value, format_summary, format_value, label, templates
 from lodit.files import read_json, write_atomically, write_json, write_text
 
 RESULTS_FORMAT = "lodit-compare-results"
@@ -457,10 +457,6 @@ def _data_uri(path: Path, mime: str) -> str:
 
 def render_html(builder: ReportBuilder, plots: list[Path], examples: list[dict[str, Any]]) -> str:
     """The report page, from the template ``templates/report.html.j2`` (markup there, numbers here)."""
-    import jinja2
-
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("lodit.eval", "templates"), autoescape=True,
-                                     undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     tables_before = [builder.final_table()]
     if (tts := tts_variants_table(builder)) is not None:
         tables_before.append(tts)
@@ -468,7 +464,7 @@ def render_html(builder: ReportBuilder, plots: list[Path], examples: list[dict[s
     if (adherence := adherence_table(builder.results)) is not None:
         tables_before.append(adherence)
     audio = builder.folder / "audio"
-    return environment.get_template("report.html.j2").render(
+    return templates().get_template("report.html.j2").render(
         title=f"{builder.results['experiment']}: latent-dimension comparison",
         overview=_overview(builder),
         tables_before=tables_before,

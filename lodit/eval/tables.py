@@ -1,5 +1,5 @@
-"""How metrics are shown: their labels, directions and units, and a table (rendered as Markdown
-here, as HTML by the report template).
+"""How metrics are shown: their labels, directions and units, and a table (as Markdown, or as
+HTML through ``templates/table.html.j2``).
 
 Used by the comparison report, the adherence section and the app; it imports no other part of
 lodit's evaluation, so each of them can.
@@ -7,6 +7,7 @@ lodit's evaluation, so each of them can.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 # Direction of each metric in the tables (lower or higher is better); others are shown without one.
@@ -58,7 +59,7 @@ def label(metric: str) -> str:
 
 
 class Table:
-    """A table once: :meth:`markdown` renders it for report.md, the report template for report.html."""
+    """A table once, rendered as Markdown (report.md) or HTML (the template ``templates/table.html.j2``)."""
 
     def __init__(self, title: str, headers: list[str], rows: list[list[str]], note: str = ""):
         self.title, self.headers, self.rows, self.note = title, headers, rows, note
@@ -71,3 +72,15 @@ class Table:
         lines += [f"| {' | '.join(cell(c) for c in row)} |" for row in self.rows]
         note = f"\n\n{self.note}" if self.note else ""
         return "\n".join(lines) + note
+
+    def html(self) -> str:
+        return str(templates().get_template("table.html.j2").module.table_body(self))
+
+
+@functools.cache
+def templates():
+    """The HTML templates of lodit's evaluation (``lodit/eval/templates``), autoescaped."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("lodit.eval", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

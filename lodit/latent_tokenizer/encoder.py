@@ -23,6 +23,7 @@ the decoder then returns exactly ``T * hop`` samples and callers trim to the inp
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -64,6 +65,19 @@ class EncoderConfig:
     dilations: list[int] = field(default_factory=lambda: [1, 3])  # residual convs of each stage
     # losatok: teacher, SemBo, widths and semantic supervision (lodit.latent_tokenizer.losatok_config)
     semantic: SemanticBranchConfig = field(default_factory=SemanticBranchConfig)
+
+    def applicable_fields(self) -> frozenset[str]:
+        """The fields the chosen encoder reads (the others are refused in a config)."""
+        mel = {"n_mels", "n_fft", "mel_hop", "f_min", "f_max", "mel_mean", "mel_std"}
+        head = {"dim", "intermediate_dim", "post_depth", "kernel"}
+        fields = {
+            "mel_convnext": mel | head | {"depth"},
+            "conv": head | {"channels", "max_channels", "strides", "dilations"},
+            "losatok": mel | {"semantic"},
+        }.get(self.name)
+        if fields is None:  # an unknown name: the registry's error names the choices
+            return frozenset(f.name for f in dataclasses.fields(self))
+        return frozenset({"name"} | fields)
 
     def __post_init__(self):
         if self.kernel % 2 == 0:

@@ -171,7 +171,7 @@ class SemBo(nn.Module):
         if not config_path.is_file():
             raise LoditError(f"{config_path}: not found; give a SemBo folder saved by lodit")
         data = read_json(config_path, hint="re-export the SemBo")
-        model = cls(from_dict(SemBoConfig, data, source=str(config_path)))
+        model = cls(from_dict(SemBoConfig, data, source=str(config_path), saved=True))
         load_weights(folder / f"{weights}.safetensors", model)
         return model
 

@@ -222,10 +222,13 @@ class Tokenizer(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     @classmethod
-    def from_config(cls, config: TokenizerConfig | Mapping[str, Any], *, source: str = "<config>") -> Tokenizer:
-        """A freshly initialised tokenizer from a config (dataclass or plain mapping)."""
+    def from_config(
+        cls, config: TokenizerConfig | Mapping[str, Any], *, source: str = "<config>", saved: bool = False
+    ) -> Tokenizer:
+        """A freshly initialised tokenizer from a config (dataclass or plain mapping; ``saved``: one
+        lodit wrote, see :func:`lodit.config.from_dict`)."""
         if not isinstance(config, TokenizerConfig):
-            config = from_dict(TokenizerConfig, config, source=source)
+            config = from_dict(TokenizerConfig, config, source=source, saved=saved)
         return cls(config)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -255,7 +258,7 @@ class Tokenizer(nn.Module):
         data = read_json(config_path)
         if isinstance(data, dict) and isinstance(data.get("tokenizer"), dict):
             data = data["tokenizer"]  # a training config: the tokenizer section is the model config
-        model = cls.from_config(data, source=str(config_path))
+        model = cls.from_config(data, source=str(config_path), saved=True)
 
         weights_path = directory / EMA_FILE if use_ema and (directory / EMA_FILE).is_file() else directory / MODEL_FILE
         if not weights_path.is_file():
