@@ -527,14 +527,12 @@ class ExperimentRunner:
             where = f"{arm.name}/seed-{seed}/step-{step}"
             sample_spec = {"dit": spec_hash(spec), "step": step, "sampling": to_dict(self.config.sampling),
                            "num_prompts": self.config.evaluation.num_prompts,
-                           "seconds": self.config.evaluation.seconds, "prompts_from": data_spec["eval"],
-                           "prompt_task": "reference domain"}  # samples made before prompts had tasks are redone
+                           "seconds": self.config.evaluation.seconds, "prompts_from": data_spec["eval"]}
             samples_dir = self.layout.samples_dir(arm.name, seed, step)
             at_step = partial(self._checkpoint_at, config, run_dir, step)
             self._sample_stage(f"sample/{where}", samples_dir, sample_spec, partial(self.sample, state), at_step)
             score_spec = {"samples": spec_hash(sample_spec), "reference": data_spec["eval"],
-                          "metrics": to_dict(self.config.evaluation.metric_config()),
-                          "adherence": 1}  # scores made before the adherence section existed are redone
+                          "metrics": to_dict(self.config.evaluation.metric_config())}
             voice_dir = None
             if _has_tts(samples_dir):  # the same TTS prompts again, each with a reference voice
                 voice_dir = self.layout.voice_samples_dir(arm.name, seed, step)

@@ -38,8 +38,8 @@ class DecoderConfig:
     n_fft: int = 1280  # ISTFT window; must be even and >= 2 * hop_length
     hop_length: int = 320  # ISTFT hop = tokenizer hop / upsample
     # The head's STFT magnitude is clamped here (keeps early training finite). A full-scale sinusoid
-    # peaks at magnitude ~n_fft/4 (320 at n_fft 1280, Hann), so the clamp must sit above that: at 100
-    # a steady full-scale tone came out at 0.42 amplitude (tests/test_tokenizer_modules.py).
+    # peaks at magnitude ~n_fft/4 (320 at n_fft 1280, Hann), so the clamp must sit above that or a
+    # loud steady tone can't be produced (tests/test_tokenizer_modules.py; benchmarks/RESULTS.md).
     max_magnitude: float = 1000.0
     centred_phase: bool = True  # initial head phases put each frame's energy under its window (ISTFTHead.centre_frames)
 

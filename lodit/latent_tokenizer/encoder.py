@@ -52,9 +52,8 @@ class EncoderConfig:
     f_min: float = 0.0
     f_max: float | None = None  # None = sample_rate / 2
     # mel_convnext and losatok feed (log_mel - mel_mean) / mel_std to their first layer. Natural-log
-    # magnitude mels sit around -5 to -8 (silence floor log(1e-5) = -11.5, peaks ~+2). Standardising
-    # them (-5 / 4) removed the early stall of default.yaml (held-out mel distance at step 100: 2.6-2.7
-    # instead of 3.3-3.8) but ended 500 steps slightly behind (1.38-1.41 vs 1.35), over two seeds
+    # magnitude mels sit around -5 to -8 (silence floor log(1e-5) = -11.5, peaks ~+2); standardising
+    # them (-5 / 4) trains faster at first but not better by the end of the CPU recipe
     # (benchmarks/RESULTS.md, tokenizer quality), so the default leaves the log-mel as it is.
     mel_mean: float = 0.0
     mel_std: float = 1.0
