@@ -69,8 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argparse.ArgumentParser(prog=f"lodit {name}", description=help_text)
     module = importlib.import_module(module_name)
     from lodit.devices import flush_denormals
+    from lodit.status import show_status
 
     flush_denormals()
+    show_status()  # the library's status messages (logging), one line each on stderr
     module.add_arguments(command)
     args = command.parse_args(argv[1:])
     try:

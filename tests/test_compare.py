@@ -359,7 +359,7 @@ def test_split_keeps_every_domain_in_both_parts():
 
 
 def test_stage_with_other_settings_is_redone(tmp_path):
-    book = StageBook(tmp_path, lambda message: None)
+    book = StageBook(tmp_path)
     folder = tmp_path / "stage"
     book.start(folder, {"a": 1})
     (folder / "output.txt").write_text("x")
@@ -429,7 +429,7 @@ def test_sembo_stage_trains_once_and_feeds_the_losatok_arm(tmp_path, dataset):
     from lodit.eval.experiment import ArmConfig
 
     config.arms = [from_dict(ArmConfig, arm), from_dict(ArmConfig, twin)]
-    runner = experiment_module.ExperimentRunner(config, tmp_path / "out", say=lambda message: None)
+    runner = experiment_module.ExperimentRunner(config, tmp_path / "out")
     data_spec = runner.prepare_data()
     states = [runner.tokenizer(a, data_spec) for a in config.arms]
     sembo_runs = list((tmp_path / "out" / "sembo").iterdir())

@@ -330,7 +330,7 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
     assert latest_checkpoint(tmp_path) is None
 
 
-def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     straight = make_trainer(tmp_path / "a")
     straight.fit()
     first = make_trainer(tmp_path / "b", checkpoint_every=2, keep_checkpoints=3)
@@ -338,8 +338,9 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     newest = tmp_path / "b/checkpoints/step-00000006"
     (newest / "model.safetensors").write_bytes(b"\0" * 10)  # truncated by a failing disk
     resumed = make_trainer(tmp_path / "b", seed_model=3)
-    resumed.fit()
-    err = capsys.readouterr().err
+    with caplog.at_level("INFO", logger="lodit"):
+        resumed.fit()
+    err = caplog.text  # the Trainer reports through logging (lodit.status)
     assert "step-00000006" in err and "moved it to damaged-step-00000006" in err
     assert "resuming from" in err and "step-00000004 (step 4)" in err
     assert (tmp_path / "b/checkpoints/damaged-step-00000006").is_dir()

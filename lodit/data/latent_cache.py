@@ -167,7 +167,7 @@ class LatentCacheWriter:
             self.tmp.mkdir(parents=True)
             write_json(self.tmp / "producer.json", {"producer": self.producer, "dtype": self.dtype_name}, indent=1)
         else:
-            log.info("resuming latent cache %s from %s: %d clips in %d shards", self.root, adopted,
+            log.debug("resuming latent cache %s from %s: %d clips in %d shards", self.root, adopted,
                      len(self.rows), len(self.shards))
         self._warn_about_other_interrupted_writes()
 

@@ -17,7 +17,7 @@ does not change when the other counts do. Also the ``lodit make-dataset`` comman
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,8 @@ from lodit.data.audio import resample_np, save_audio
 from lodit.data.manifest import ManifestRow, write_manifest
 from lodit.errors import LoditError
 from lodit.files import write_json
+
+log = logging.getLogger(__name__)
 
 DOMAIN_CODES = {"audio": 0, "music": 1, "speech": 2}
 FILE_PREFIX = {"audio": "sound", "music": "music", "speech": "speech"}
@@ -452,7 +454,7 @@ def make_demo_dataset(
             message = "espeak-ng could not be loaded (pip install espeakng-loader)"
             if require_speech:
                 raise LoditError(f"{message}; speech clips were requested: install it or set speech=0")
-            warnings.warn(f"{message}: the demo dataset has no speech clips", stacklevel=2)
+            log.warning("%s: the demo dataset has no speech clips", message)
             counts["speech"] = 0
     if sum(counts.values()) == 0:
         raise LoditError("the demo dataset would be empty; ask for at least one clip")

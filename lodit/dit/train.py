@@ -421,7 +421,7 @@ def build_training(
     if not indices:
         raise LoditError(f"latent cache {cache.root} has no usable clips for tasks {', '.join(tasks)}")
     if len(indices) < len(cache):
-        log.info("training on %d of %d clips (tasks %s)", len(indices), len(cache), ", ".join(tasks))
+        log.debug("training on %d of %d clips (tasks %s)", len(indices), len(cache), ", ".join(tasks))
 
     encoder = text_encoder
     if encoder is None:

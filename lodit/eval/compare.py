@@ -15,6 +15,7 @@ from pathlib import Path
 from lodit.eval.experiment import ExperimentConfig, ExperimentRunner
 
 
-def compare(config: ExperimentConfig, out: str | os.PathLike, *, say=None) -> Path:
-    """Run (or resume) the experiment into ``out``; returns the report folder."""
-    return ExperimentRunner(config, out, say=say).run()
+def compare(config: ExperimentConfig, out: str | os.PathLike) -> Path:
+    """Run (or resume) the experiment into ``out``; returns the report folder. Its stages are
+    reported through :mod:`logging` (see :mod:`lodit.status`)."""
+    return ExperimentRunner(config, out).run()

@@ -44,10 +44,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -82,6 +82,8 @@ from lodit.eval.results import MetricResult
 from lodit.files import read_json, write_json, write_jsonl
 from lodit.samplers.guidance import GuidanceConfig
 from lodit.samplers.sample import SamplerConfig
+
+log = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
 VOICES_FILE = "voices.json"  # the reference voices of the TTS samples made with one
@@ -244,9 +246,8 @@ def file_digest(path: str | os.PathLike) -> str:
 class StageBook:
     """``stage.json`` markers of the stage folders and the experiment's stage log."""
 
-    def __init__(self, root: Path, say: Callable[[str], None]):
+    def __init__(self, root: Path):
         self.root = root
-        self.say = say
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
     def is_done(self, folder: Path, spec: Any) -> bool:
@@ -261,7 +262,7 @@ class StageBook:
             state = {}
         if state.get("spec_hash") == spec_hash(spec):
             return state.get("status") == "done"
-        self.say(f"{folder}: made with other settings; redoing it")
+        log.info(f"{folder}: made with other settings; redoing it")
         shutil.rmtree(folder)
         return False
 
@@ -305,14 +306,11 @@ class ArmState:
 class ExperimentRunner:
     """Runs the stages of an experiment into ``out_dir`` (see the module docstring)."""
 
-    def __init__(
-        self, config: ExperimentConfig, out_dir: str | os.PathLike, *, say: Callable[[str], None] | None = None
-    ):
+    def __init__(self, config: ExperimentConfig, out_dir: str | os.PathLike):
         self.config = config
         self.out = Path(out_dir)
         self.layout = ExperimentLayout(self.out)
-        self.say = say or _print
-        self.book = StageBook(self.out, self.say)
+        self.book = StageBook(self.out)
         self.evaluator = Evaluator(config.evaluation.metric_config(), embedding_cache=self.layout.embeddings)
         self._text_encoder = None
         self._check_inputs()
@@ -337,7 +335,7 @@ class ExperimentRunner:
         results = collect_results(self.out, self.config)
         report = self._stage("report", self.layout.report_dir, {"results": spec_hash(results)},
                              lambda folder: write_report(results, folder))
-        self.say(f"experiment {self.config.name}: done in {time.monotonic() - started:.0f} s; report in {report}")
+        log.info(f"experiment {self.config.name}: done in {time.monotonic() - started:.0f} s; report in {report}")
         return report
 
     def _stage(self, name: str, folder: Path, spec: Any, work: Callable[[Path], Any]) -> Path:
@@ -346,7 +344,7 @@ class ExperimentRunner:
             self.book.log(name, "reused")
             return folder
         self.book.start(folder, spec)
-        self.say(f"{name}: running")
+        log.info(f"{name}: running")
         started = time.monotonic()
         work(folder)
         self.book.finish(name, folder, spec, time.monotonic() - started)
@@ -393,7 +391,7 @@ class ExperimentRunner:
                 raise LoditError(f"the {name[:-6]} set would be empty; "
                                  "add clips to data.train_manifest or give data.eval_manifest")
             write_manifest(folder / name, [replace(row, audio=portable_audio_path(row.audio, folder)) for row in rows])
-        self.say(f"data: {len(train)} training clips, {len(held_out)} evaluation clips")
+        log.info(f"data: {len(train)} training clips, {len(held_out)} evaluation clips")
 
     # --------------------------------------------------------------------------- tokenizer
 
@@ -424,7 +422,7 @@ class ExperimentRunner:
         run_dir = self.layout.sembo_dir(spec_hash(spec))
 
         def work(folder: Path) -> None:
-            self.say(f"[{arm.name}] training SemBo for {config.training.max_steps} steps")
+            log.info(f"[{arm.name}] training SemBo for {config.training.max_steps} steps")
             train_sembo(config, folder)
 
         self._stage(f"sembo/{run_dir.name}", run_dir, spec, work)
@@ -448,7 +446,7 @@ class ExperimentRunner:
         run_dir = self.layout.tokenizer_run(arm.name)
 
         def work(folder: Path) -> None:
-            self.say(f"[{arm.name}] training the tokenizer for {config.training.max_steps} steps")
+            log.info(f"[{arm.name}] training the tokenizer for {config.training.max_steps} steps")
             train_tokenizer(config, folder)
 
         self._stage(f"tokenizer/{arm.name}", run_dir, spec, work)
@@ -461,10 +459,10 @@ class ExperimentRunner:
         folder = self.layout.cache_dir(arm.name)
 
         def work(stage_dir: Path) -> None:
-            self.say(f"[{arm.name}] encoding the training set")
+            log.info(f"[{arm.name}] encoding the training set")
             summary = encode_manifest(state.tokenizer_dir, self.layout.train_manifest, stage_dir / "latents",
                                       overwrite=True, resume=True, progress=False)
-            self.say(f"[{arm.name}] {summary.line()}")
+            log.info(f"[{arm.name}] {summary.line()}")
 
         self._stage(f"encode/{arm.name}", folder, spec, work)
         state.cache_dir, state.cache_spec = folder / "latents", spec
@@ -569,7 +567,7 @@ class ExperimentRunner:
                 f"{run_dir}: trained past step {step} and its checkpoint there is gone (pruned), so step {step} "
                 "can't be evaluated; delete that DiT run folder to retrain it, or drop the step from eval_steps"
             )
-        self.say(f"training the DiT in {run_dir} to step {step} of {config.training.max_steps}")
+        log.info(f"training the DiT in {run_dir} to step {step} of {config.training.max_steps}")
         train_dit(config, run_dir, text_encoder=self._shared_text_encoder(config), stop_at=step)
         if not target.is_dir():
             raise LoditError(f"{run_dir}: training stopped without a checkpoint at step {step}")
@@ -623,7 +621,7 @@ class ExperimentRunner:
             metrics["metrics"] += [m.to_dict() for m in self.with_reference_metrics(voice_dir)]
         write_json(folder / METRICS_FILE, metrics)
         headline = ", ".join(_short(m) for m in metrics["metrics"] if m["name"] in ("fad", "clap_score", "wer"))
-        self.say(f"[{arm.name}] {samples_dir.parent.name}: {headline}")
+        log.info(f"[{arm.name}] {samples_dir.parent.name}: {headline}")
 
     def with_reference_metrics(self, voice_dir: Path) -> list[MetricResult]:
         """WER and speaker similarity of the samples made with a reference voice (SIM against that voice)."""
@@ -651,10 +649,6 @@ class ExperimentRunner:
 
 
 # ============================================================================ building blocks
-
-
-def _print(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _short(metric: dict[str, Any]) -> str:

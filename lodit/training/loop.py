@@ -27,10 +27,10 @@ should use the plain modules (``self.modules()``).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
-import sys
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -79,6 +79,8 @@ from lodit.training.progress import Progress
 from lodit.training.schedule import lr_factor, make_scheduler
 from lodit.training.seed import rng_state, seed_everything, set_rng_state
 from lodit.training.tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 LOG_DIR = "logs"
 RUN_CONFIG_FILE = "config.yaml"
@@ -272,7 +274,7 @@ class Trainer:
         for module in self.prepared.values():
             module.train()
         if acc.is_main_process and acc.device.type == "cpu":
-            print(f"train: {describe(self.loader.num_workers)}", file=sys.stderr)
+            log.info("train: %s", describe(self.loader.num_workers))
         progress = Progress(cfg.max_steps, initial=self.step, enabled=acc.is_main_process, print_every=cfg.log_every)
         window = _ScalarWindow()
         logged: dict[str, float] = {}
@@ -347,8 +349,8 @@ class Trainer:
         """
         if self._bad_run_length():
             if self.accelerator.is_main_process:
-                print(f"train: no checkpoint at step {self.step}: the last {self._bad_run_length()} steps were "
-                      "skipped as non-finite", file=sys.stderr, flush=True)
+                log.warning("train: no checkpoint at step %d: the last %d steps were skipped as non-finite",
+                            self.step, self._bad_run_length())
             return None
         return self.save_checkpoint()
 
@@ -473,7 +475,7 @@ class Trainer:
             else:
                 start = self._restore(folder)
             if acc.is_main_process:
-                print(f"resuming from {folder} (step {start})", file=sys.stderr, flush=True)
+                log.info("resuming from %s (step %d)", folder, start)
         if acc.is_main_process:
             save_config(self.resolved_config if self.resolved_config is not None else self.config,
                         self.run_dir / RUN_CONFIG_FILE)
@@ -515,8 +517,8 @@ class Trainer:
                 for bad, exc in damaged:
                     aside = bad.with_name(f"damaged-{bad.name}")
                     os.replace(bad, aside)  # out of the step-* names, so no later resume tries it again
-                    print(f"train: {bad} could not be loaded ({' '.join(str(exc).split())[:200]}); moved it to "
-                          f"{aside.name} and resumed from the previous checkpoint", file=sys.stderr, flush=True)
+                    log.warning("train: %s could not be loaded (%s); moved it to %s and resumed from the previous "
+                                "checkpoint", bad, " ".join(str(exc).split())[:200], aside.name)
             self.accelerator.wait_for_everyone()
             return folder, step
         raise damaged[0][1]
@@ -569,11 +571,8 @@ class Trainer:
         if len(rng_states) == acc.num_processes:
             set_rng_state(rng_states[acc.process_index])
         else:
-            warnings.warn(
-                f"{folder} was written by {len(rng_states)} process(es), this run has {acc.num_processes}: "
-                "random streams are re-seeded, so the run will not repeat the original one exactly",
-                stacklevel=2,
-            )
+            log.warning("%s was written by %d process(es), this run has %d: random streams are re-seeded, so the "
+                        "run will not repeat the original one exactly", folder, len(rng_states), acc.num_processes)
             seed_everything(self.config.seed + acc.process_index + 1_000_003 * step)
         return step
 
@@ -710,8 +709,7 @@ class _CtrlC:
             raise KeyboardInterrupt
         self.requested = True
         if self.announce:
-            print("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to exit at once)",
-                  file=sys.stderr, flush=True)
+            log.warning("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to exit at once)")
 
 
 class _ScalarWindow:
