@@ -114,7 +114,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_shipped_configs_resolve_from_any_folder(tmp_path, monkeypatch):
-    from lodit.dit.train import DiTTrainConfig
+    from lodit.dit.train_config import DiTTrainConfig
     from lodit.eval.experiment import load_experiment
 
     monkeypatch.chdir(tmp_path)  # no configs/ here
@@ -201,7 +201,7 @@ def test_encoder_keys_of_another_encoder_are_errors_naming_the_file(tmp_path):
 
 
 def test_dit_config_errors_name_the_yaml_file_when_it_is_read(tmp_path):
-    from lodit.dit.train import DiTTrainConfig
+    from lodit.dit.train_config import DiTTrainConfig
 
     path = tmp_path / "dit.yaml"
     path.write_text((REPO / "configs" / "dit" / "tiny.yaml").read_text())

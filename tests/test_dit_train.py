@@ -34,13 +34,9 @@ from lodit.dit.conditioned import (
 )
 from lodit.dit.generator import Generator
 from lodit.dit.model import DiTConfig
-from lodit.dit.train import (
-    DiTTask,
-    DiTTrainConfig,
-    build_training,
-    collate_dit,
-    train_dit,
-)
+from lodit.dit.train import DiTTask, build_training, train_dit
+from lodit.dit.train_config import DiTTrainConfig
+from lodit.dit.train_data import collate_dit
 from lodit.errors import ConfigError, LoditError
 from lodit.latent_tokenizer.tokenizer import Tokenizer
 

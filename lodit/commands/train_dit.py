@@ -15,7 +15,8 @@ from lodit.commands.training_options import (
     training_overrides,
 )
 from lodit.config import load_config
-from lodit.dit.train import DiTTrainConfig, train_dit
+from lodit.dit.train import train_dit
+from lodit.dit.train_config import DiTTrainConfig
 
 DATA_OPTION = DataOption("--cache", "data.cache", "latent cache folder")
 

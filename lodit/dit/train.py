@@ -1,4 +1,4 @@
-"""DiT training on a latent cache (TTA, TTM, TTS, or all three at once) and the ``lodit train-dit`` command.
+"""DiT training on a latent cache (TTA, TTM, TTS, or all three at once).
 
 :class:`DiTTrainConfig` is the whole run: the DiT (``dit``), the flow-matching objective
 (``flow``), the frozen caption encoder (``text_encoder``), TTS conditioning (``tts``), which
@@ -7,6 +7,8 @@ sampling defaults recorded in the checkpoint (``sampling``) and the TensorBoard 
 (``preview``). Widths that the data decides are filled in when the run starts
 (:func:`lodit.dit.conditioned.resolve_dit_config`): the latent width from the cache, the text
 width from the encoder, the per-frame width from ``tts``, the task embedding from ``tasks``.
+
+The config classes are in :mod:`lodit.dit.train_config`, the dataset in :mod:`lodit.dit.train_data`.
 
 Data: every clip of the cache whose task is trained (task = its manifest ``domain``: speech ->
 tts, music -> ttm, audio -> tta; ``data.default_task`` when it has none). Caption clips
@@ -39,36 +41,33 @@ import math
 import statistics
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from accelerate import PartialState
-from torch.utils.data import Dataset
 
-from lodit.conditioning.tasks import TASKS, task_from_domain, task_id
+from lodit.conditioning.tasks import TASKS, task_id
 from lodit.conditioning.text_cache import TextEmbeddingCache
-from lodit.conditioning.text_encoders import TextEncoderConfig, build_text_encoder
+from lodit.conditioning.text_encoders import build_text_encoder
 from lodit.conditioning.tts import PromptInfill, TextFrontEnd, random_prompt_mask
 from lodit.config import to_dict
 from lodit.data.batching import BucketBatchSampler, FixedBatchSampler
-from lodit.data.latent_cache import PRODUCER_FIELDS, LatentCache, LatentDataset, collate_latents
+from lodit.data.latent_cache import PRODUCER_FIELDS, LatentCache
 from lodit.dit.conditioned import (
     ConditionedDiT,
     Conditions,
-    TTSConfig,
     caption_states,
     resolve_dit_config,
 )
-from lodit.dit.flow import FlowMatching, FlowMatchingConfig, condition_dropout_mask, flow_matching_loss
+from lodit.dit.flow import FlowMatching, condition_dropout_mask, flow_matching_loss
 from lodit.dit.generator import Generator, GeneratorConfig, LatentSpace, check_tokenizer
-from lodit.dit.model import DiTConfig
+from lodit.dit.train_config import DiTTrainConfig
+from lodit.dit.train_data import DiTDataset, clip_task, collate_dit, resolve_tasks
 from lodit.errors import LoditError
 from lodit.latent_tokenizer.tokenizer import Tokenizer
-from lodit.samplers.sample import SamplerConfig
-from lodit.training.config import TrainingConfig
 from lodit.training.data import ResumableLoader
 from lodit.training.loop import Trainer, TrainResult, TrainTask
 from lodit.training.seed import seed_everything
@@ -78,111 +77,6 @@ log = logging.getLogger(__name__)
 
 # Transcripts sampled to estimate the training data's speaking rate (frames per text unit).
 RATE_SAMPLE = 2000
-
-
-# ============================================================================ config
-
-
-@dataclass
-class DiTDataConfig:
-    cache: str = ""  # latent cache folder (`lodit encode`); also --cache
-    crop_frames: int = 250  # TTA/TTM clips are cropped to this many frames (10 s at 25 Hz); TTS clips are whole
-    random_crop: bool = True
-    default_task: Literal["tta", "ttm", "tts"] = "tta"  # task of a clip with no domain
-    batching: Literal["bucket", "shuffle"] = "bucket"  # bucket: similar lengths share a batch
-    max_frames_per_batch: int = 0  # bucket: > 0 fills batches up to this many padded frames instead of batch_size
-    num_buckets: int = 10
-    text_cache: str = ""  # caption-state cache folder; "" = <run>/text_cache
-
-
-@dataclass
-class PreviewPrompt:
-    prompt: str = ""
-    transcript: str = ""
-    seconds: float = 0.0  # 0 = preview.seconds (TTS: the training data's speaking rate)
-
-
-@dataclass
-class PreviewConfig:
-    """Audio previews in TensorBoard every ``training.preview_every`` steps (EMA weights when on)."""
-
-    prompts: list[PreviewPrompt] = field(default_factory=list)  # empty = the first rows of the batch
-    max_items: int = 2  # rows taken from the batch when prompts is empty
-    seconds: float = 5.0
-    cfg_scales: list[float] = field(default_factory=lambda: [1.0, 3.0])
-    steps: int = 20
-    sampler: str = "euler"
-
-
-@dataclass
-class DiTTrainConfig:
-    dit: DiTConfig = field(default_factory=DiTConfig)
-    flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
-    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    tts: TTSConfig = field(default_factory=TTSConfig)
-    tasks: Literal["auto"] | list[str] = "auto"  # auto = every task the cache has clips for
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    data: DiTDataConfig = field(default_factory=DiTDataConfig)
-    sampling: SamplerConfig = field(default_factory=SamplerConfig)  # defaults recorded for `lodit sample`
-    preview: PreviewConfig = field(default_factory=PreviewConfig)
-
-
-# ============================================================================ data
-
-
-def clip_task(domain: str, default: str) -> str:
-    return task_from_domain(domain) if domain else default
-
-
-def resolve_tasks(requested: str | list[str], clip_tasks: Sequence[str], cache_root: Path) -> list[str]:
-    """The trained tasks, in :data:`TASKS` order: ``auto`` = those the cache has clips for."""
-    present = set(clip_tasks)
-    if requested == "auto":
-        tasks = [t for t in TASKS if t in present]
-    else:
-        for name in requested:
-            task_id(name)  # unknown names are an error naming the choices
-        tasks = [t for t in TASKS if t in requested]
-        missing = [t for t in tasks if t not in present]
-        if missing:
-            raise LoditError(f"tasks lists {', '.join(missing)} but latent cache {cache_root} has no clip for it "
-                             f"(clip domains decide the task); fix tasks or the cache")
-    if not tasks:
-        raise LoditError(f"latent cache {cache_root} has no clips for the requested tasks {requested}")
-    return tasks
-
-
-class DiTDataset(Dataset):
-    """The trained clips of a latent cache: caption clips cropped, speech clips whole, with their task."""
-
-    def __init__(
-        self, cache: LatentCache, indices: Sequence[int], tasks: Sequence[str], data: DiTDataConfig, seed: int
-    ):
-        self.indices = list(indices)
-        self.tasks = list(tasks)  # per selected clip
-        self.cropped = LatentDataset(cache, crop_frames=data.crop_frames, random_crop=data.random_crop, seed=seed)
-        self.whole = LatentDataset(cache, crop_frames=None, seed=seed)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.cropped.set_epoch(epoch)
-
-    @property
-    def lengths(self) -> list[int]:
-        cropped, whole = self.cropped.lengths, self.whole.lengths
-        return [whole[i] if task == "tts" else cropped[i] for i, task in zip(self.indices, self.tasks)]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int) -> dict:
-        task = self.tasks[position]
-        source = self.whole if task == "tts" else self.cropped
-        return {**source[self.indices[position]], "task": task}
-
-
-def collate_dit(items: Sequence[dict]) -> dict:
-    """:func:`collate_latents` plus each row's task name (``tasks``)."""
-    return {**collate_latents(items), "tasks": [item["task"] for item in items]}
 
 
 # ============================================================================ the task

@@ -498,7 +498,7 @@ class ExperimentRunner:
     # --------------------------------------------------------------------------- DiT, sampling, evaluation
 
     def dit_config(self, state: ArmState, seed: int):
-        from lodit.dit.train import DiTTrainConfig
+        from lodit.dit.train_config import DiTTrainConfig
 
         overrides = list(self.config.dit.overrides) + [
             f"data.cache={state.cache_dir.resolve()}",
