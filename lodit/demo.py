@@ -66,7 +66,7 @@ def demo_dataset(folder: Path, sizes: dict, seed: int = 0) -> Path:
 def run_demo(out: str | Path, *, profile: str = "default", config: str | Path | None = None, seed: int = 0) -> Path:
     """Dataset, then the comparison experiment at ``profile``'s size; returns the report folder."""
     from lodit.eval.compare import compare
-    from lodit.eval.experiment import load_experiment
+    from lodit.eval.experiment_config import load_experiment
 
     out = Path(out)
     config_path = resolve_config_path(config or DEMO_CONFIG)

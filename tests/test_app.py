@@ -42,7 +42,9 @@ from lodit.data.audio import load_audio, save_audio
 from lodit.dit.train import train_dit
 from lodit.errors import LoditError
 from lodit.eval import reconstruction
-from lodit.eval.experiment import ExperimentLayout, load_experiment, run_sampler
+from lodit.eval.experiment import run_sampler
+from lodit.eval.experiment_config import load_experiment
+from lodit.eval.layout import ExperimentLayout
 from lodit.eval.report import collect_results
 from lodit.eval.results import MetricResult
 from lodit.files import write_json

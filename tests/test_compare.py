@@ -21,7 +21,11 @@ from lodit.data.manifest import ManifestRow, read_manifest, write_manifest
 from lodit.data.synthetic import make_demo_dataset
 from lodit.errors import LoditError
 from lodit.eval import experiment as experiment_module
-from lodit.eval.experiment import ExperimentLayout, StageBook, load_experiment, read_stage_log, split_rows
+from lodit.eval.evaluate import EvaluationConfig
+from lodit.eval.experiment import split_rows
+from lodit.eval.experiment_config import load_experiment
+from lodit.eval.layout import ExperimentLayout
+from lodit.eval.stages import StageBook, read_stage_log
 from lodit.eval.summary import aggregate, t_interval
 from lodit.eval.tables import format_summary
 
@@ -260,7 +264,7 @@ def test_evaluate_command_writes_metrics_with_model_and_n(tmp_path, cheap_embedd
 
 def test_evaluate_needs_a_samples_index(tmp_path, dataset):
     with pytest.raises(LoditError, match="samples.json"):
-        experiment_module.Evaluator(experiment_module.EvaluationConfig()).evaluate(tmp_path, dataset)
+        experiment_module.Evaluator(EvaluationConfig()).evaluate(tmp_path, dataset)
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -399,7 +403,7 @@ def test_shipped_experiment_configs_resolve_every_arm(name):
     from pathlib import Path
 
     from lodit.config import load_config
-    from lodit.eval.experiment import load_experiment
+    from lodit.eval.experiment_config import load_experiment
     from lodit.latent_tokenizer.train import TokenizerTrainConfig
 
     config = load_experiment(Path(__file__).resolve().parents[1] / "configs" / name)
@@ -426,7 +430,7 @@ def test_sembo_stage_trains_once_and_feeds_the_losatok_arm(tmp_path, dataset):
     twin = {**arm, "name": "losatok_twin"}  # the same SemBo config: trained once, shared
     config = load_experiment(TINY, [f"data.train_manifest={dataset}", "tokenizer_steps=2"])
     from lodit.config import from_dict
-    from lodit.eval.experiment import ArmConfig
+    from lodit.eval.experiment_config import ArmConfig
 
     config.arms = [from_dict(ArmConfig, arm), from_dict(ArmConfig, twin)]
     runner = experiment_module.ExperimentRunner(config, tmp_path / "out")

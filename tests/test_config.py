@@ -115,7 +115,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_shipped_configs_resolve_from_any_folder(tmp_path, monkeypatch):
     from lodit.dit.train_config import DiTTrainConfig
-    from lodit.eval.experiment import load_experiment
+    from lodit.eval.experiment_config import load_experiment
 
     monkeypatch.chdir(tmp_path)  # no configs/ here
     config = load_config(DiTTrainConfig, "configs/dit/tiny.yaml")

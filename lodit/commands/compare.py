@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from lodit.eval.compare import compare
-from lodit.eval.experiment import load_experiment
+from lodit.eval.experiment_config import load_experiment
 from lodit.eval.report import headline
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lodit.eval.experiment import ExperimentConfig, ExperimentRunner
+from lodit.eval.experiment import ExperimentRunner
+from lodit.eval.experiment_config import ExperimentConfig
 
 
 def compare(config: ExperimentConfig, out: str | os.PathLike) -> Path:

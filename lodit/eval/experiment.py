@@ -34,23 +34,20 @@ from its newest checkpoint, other stages start over); one whose hash differs was
 settings and is redone from scratch, with a message. Every stage writes its outputs atomically and
 appends ``ran`` / ``reused`` to ``stages.jsonl`` in the output folder.
 
-Paths inside the experiment YAML are relative to the YAML's folder; paths given as command-line
-overrides are relative to the working directory.
+The config is :mod:`lodit.eval.experiment_config`, the stage bookkeeping :mod:`lodit.eval.stages`,
+the folder layout :mod:`lodit.eval.layout`.
 
 The output layout is :class:`~lodit.eval.layout.ExperimentLayout`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -58,18 +55,15 @@ from typing import Any
 import numpy as np
 
 from lodit.config import (
-    apply_overrides,
-    from_dict,
     load_config,
-    load_yaml,
-    resolve_config_path,
     save_config,
     to_dict,
 )
 from lodit.data.audio import audio_info, load_audio, save_audio
 from lodit.data.manifest import ManifestRow, portable_audio_path, read_manifest, write_manifest
 from lodit.errors import LoditError
-from lodit.eval.evaluate import EvaluationConfig, Evaluator
+from lodit.eval.evaluate import Evaluator
+from lodit.eval.experiment_config import ARM_PATH_KEYS, ArmConfig, ExperimentConfig, SamplingSettings
 from lodit.eval.layout import (
     LATENT_STATS_FILE,
     METRICS_FILE,
@@ -79,215 +73,12 @@ from lodit.eval.layout import (
     ExperimentLayout,
 )
 from lodit.eval.results import MetricResult
+from lodit.eval.stages import StageBook, file_digest, spec_hash
 from lodit.files import read_json, write_json, write_jsonl
-from lodit.samplers.guidance import GuidanceConfig
-from lodit.samplers.sample import SamplerConfig
 
 log = logging.getLogger(__name__)
 
-STAGE_FILE = "stage.json"
 VOICES_FILE = "voices.json"  # the reference voices of the TTS samples made with one
-_ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-# ============================================================================ config
-
-
-@dataclass
-class ArmConfig:
-    """One tokenizer under test: a training config (+ overrides) or an existing tokenizer folder."""
-
-    name: str = ""
-    tokenizer: str = ""  # tokenizer training config (YAML), trained by the experiment
-    overrides: list[str] = field(default_factory=list)  # key.sub=value overrides of that config
-    checkpoint: str = ""  # an already trained tokenizer folder (its final/ or a checkpoint); nothing is trained
-    description: str = ""  # shown in the report
-    # A SemBo training config (YAML) trained first (on the training set, once per distinct config
-    # across arms); its final/ becomes the tokenizer's tokenizer.encoder.semantic.sembo (LoSATok arms).
-    sembo: str = ""
-    sembo_overrides: list[str] = field(default_factory=list)
-
-    def __post_init__(self):
-        if not _ARM_NAME.match(self.name):
-            raise ValueError(f"arm name {self.name!r} must be a non-empty folder name (letters, digits, _ . -)")
-        if bool(self.tokenizer) == bool(self.checkpoint):
-            raise ValueError(f"arm {self.name!r} needs exactly one of tokenizer (a config to train) "
-                             "or checkpoint (a trained folder)")
-        if self.sembo and not self.tokenizer:
-            raise ValueError(f"arm {self.name!r}: sembo is trained for a tokenizer config; drop it or set tokenizer")
-
-
-@dataclass
-class DiTSpec:
-    config: str = ""  # DiT training config (YAML), shared by every arm
-    overrides: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ExperimentData:
-    train_manifest: str = ""
-    eval_manifest: str = ""  # the reference set; "" = hold out eval_fraction of train_manifest
-    eval_fraction: float = 0.1  # per domain, at least one clip of every domain with two or more
-    split_seed: int = 0
-
-    def __post_init__(self):
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ValueError(f"data.eval_fraction must be between 0 and 1, got {self.eval_fraction}")
-
-
-@dataclass
-class SamplingSettings(SamplerConfig):
-    """How every arm's DiT samples: a :class:`SamplerConfig` (solver, steps, schedule, guidance,
-    the same for all arms) plus the batch size, the first seed and which weights."""
-
-    guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(scale=3.0))
-    batch_size: int = 8
-    seed: int = 0  # noise seed of the first prompt (prompt i uses seed + i)
-    use_ema: bool = True
-
-
-@dataclass
-class ExperimentEvaluation(EvaluationConfig):
-    """The metric models (:class:`EvaluationConfig`) plus what is evaluated."""
-
-    num_prompts: int = 16  # evaluation prompts (from the evaluation set, round-robin over tasks)
-    seconds: float = 0.0  # length of caption samples; 0 = the reference clip's length (TTS: the speaking rate)
-    reconstruction_clips: int = 16  # evaluation clips in the reconstruction table (0 = all)
-    audio_examples: int = 3  # prompts per arm with audio players in the report
-
-    def __post_init__(self):
-        if self.num_prompts < 1:
-            raise ValueError(f"evaluation.num_prompts must be at least 1, got {self.num_prompts}")
-        if self.seconds < 0 or self.reconstruction_clips < 0 or self.audio_examples < 0:
-            raise ValueError("evaluation.seconds, reconstruction_clips and audio_examples must not be negative")
-
-    def metric_config(self) -> EvaluationConfig:
-        return EvaluationConfig(**{f.name: getattr(self, f.name) for f in fields(EvaluationConfig)})
-
-
-@dataclass
-class ExperimentConfig:
-    name: str = "experiment"
-    arms: list[ArmConfig] = field(default_factory=list)
-    dit: DiTSpec = field(default_factory=DiTSpec)
-    data: ExperimentData = field(default_factory=ExperimentData)
-    tokenizer_steps: int = 0  # tokenizer training steps; 0 = each tokenizer config's training.max_steps
-    dit_steps: int = 1000
-    eval_steps: list[int] = field(default_factory=list)  # DiT steps evaluated; dit_steps is always added
-    seeds: list[int] = field(default_factory=lambda: [0])  # DiT training seeds (one DiT per arm and seed)
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    evaluation: ExperimentEvaluation = field(default_factory=ExperimentEvaluation)
-
-    def __post_init__(self):
-        if not self.arms:
-            raise ValueError("arms: list at least one arm (name + tokenizer config or checkpoint)")
-        names = [arm.name for arm in self.arms]
-        if len(set(names)) != len(names):
-            raise ValueError(f"arms: names must be unique, got {names}")
-        if self.dit_steps < 1 or self.tokenizer_steps < 0:
-            raise ValueError("dit_steps must be at least 1 and tokenizer_steps not negative")
-        bad = [k for k in self.eval_steps if not 1 <= k <= self.dit_steps]
-        if bad:
-            raise ValueError(f"eval_steps {bad} lie outside 1..dit_steps ({self.dit_steps})")
-        self.eval_steps = sorted(set(self.eval_steps) | {self.dit_steps})
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must list at least one seed, each once; got {self.seeds}")
-
-
-# Keys holding file paths; in the YAML they are relative to the YAML's folder.
-_PATH_KEYS = (("dit", "config"), ("data", "train_manifest"), ("data", "eval_manifest"))
-_ARM_PATH_KEYS = ("tokenizer", "checkpoint", "sembo")
-
-
-def load_experiment(path: str | os.PathLike, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read an experiment YAML: its relative paths resolved against its folder, then the
-    command-line ``overrides`` applied (their relative paths stay relative to the working directory)."""
-    path = resolve_config_path(path)
-    data = load_yaml(path)
-    base = path.resolve().parent
-    for section, key in _PATH_KEYS:
-        node = data.get(section)
-        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
-            node[key] = _absolute(node[key], base)
-    for arm in data.get("arms") or []:
-        for key in _ARM_PATH_KEYS:
-            if isinstance(arm, dict) and isinstance(arm.get(key), str) and arm[key]:
-                arm[key] = _absolute(arm[key], base)
-    sampling = data.get("sampling")
-    if isinstance(sampling, dict) and "cfg" in sampling:
-        # configs written before the experiment used SamplerConfig name the guidance scale `cfg`
-        sampling.setdefault("guidance", {})["scale"] = sampling.pop("cfg")
-    data = apply_overrides(data, list(overrides))
-    where = str(path) if not overrides else f"{path} (with command-line overrides)"
-    return from_dict(ExperimentConfig, data, source=where)
-
-
-def _absolute(value: str, base: Path) -> str:
-    candidate = Path(os.path.expanduser(value))
-    return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
-
-
-# ============================================================================ stage bookkeeping
-
-
-def spec_hash(spec: Any) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """Content hash of a (manifest) file: moving the experiment does not invalidate its stages."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:20]
-
-
-class StageBook:
-    """``stage.json`` markers of the stage folders and the experiment's stage log."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-
-    def is_done(self, folder: Path, spec: Any) -> bool:
-        """True if ``folder`` holds this spec's finished output. A folder made with another spec is
-        deleted (its outputs are stale); one left ``running`` by this spec is kept to continue."""
-        marker = folder / STAGE_FILE
-        if not marker.is_file():
-            return False
-        try:
-            state = json.loads(marker.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            state = {}
-        if state.get("spec_hash") == spec_hash(spec):
-            return state.get("status") == "done"
-        log.info(f"{folder}: made with other settings; redoing it")
-        shutil.rmtree(folder)
-        return False
-
-    def start(self, folder: Path, spec: Any) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / STAGE_FILE, {"status": "running", "spec_hash": spec_hash(spec), "spec": spec})
-
-    def finish(self, name: str, folder: Path, spec: Any, seconds: float) -> None:
-        write_json(folder / STAGE_FILE, {"status": "done", "spec_hash": spec_hash(spec), "spec": spec,
-                                         "seconds": round(seconds, 3)})
-        self.log(name, "ran", seconds)
-
-    def log(self, name: str, action: str, seconds: float = 0.0) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        entry = {"run": self.run_id, "stage": name, "action": action, "seconds": round(seconds, 3),
-                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with open(ExperimentLayout(self.root).stage_log, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
-
-
-def read_stage_log(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    path = ExperimentLayout(Path(out_dir)).stage_log
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # ============================================================================ the runner
@@ -362,7 +153,7 @@ class ExperimentRunner:
             raise LoditError(f"data.eval_manifest: {cfg.data.eval_manifest} not found; "
                              "fix the path or leave it empty to split the training set")
         for arm in cfg.arms:
-            for key in _ARM_PATH_KEYS:
+            for key in ARM_PATH_KEYS:
                 source = getattr(arm, key)
                 if source and not Path(source).exists():
                     raise LoditError(f"arm {arm.name}: {key} {source} not found; fix arms[{arm.name}].{key}")
