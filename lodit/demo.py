@@ -16,13 +16,13 @@ finished.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from lodit.config import resolve_config_path
 from lodit.data.synthetic import make_demo_dataset
 from lodit.errors import LoditError
+from lodit.files import read_json
 
 DEMO_CONFIG = "configs/demo/demo.yaml"  # resolved against the shipped configs from any folder
 
@@ -56,7 +56,7 @@ def demo_dataset(folder: Path, sizes: dict, seed: int = 0) -> Path:
     manifest = folder / "manifest.jsonl"
     settings = folder / "dataset.json"
     if manifest.is_file() and settings.is_file():
-        made = json.loads(settings.read_text())
+        made = read_json(settings)
         wanted = {"audio": sizes["n_audio"], "music": sizes["n_music"], "speech": sizes["n_speech"]}
         if made.get("seed") == seed and made.get("seconds") == sizes["seconds"] and made.get("counts") == wanted:
             return manifest

@@ -12,6 +12,7 @@ from pathlib import Path
 from lodit.eval.compare import compare
 from lodit.eval.experiment_config import load_experiment
 from lodit.eval.report import headline
+from lodit.files import read_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_experiment(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / "compare" / config.name
     report = compare(config, out)
-    results = json.loads((report / "results.json").read_text(encoding="utf-8"))
+    results = read_json(report / "results.json")
     for line in headline(results):
         print(line)
     print(f"report: {report / 'report.html'} (and report.md, results.json, PNG plots)")

@@ -6,10 +6,10 @@ The work is done by :mod:`lodit.demo`; this module only parses the arguments.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 from lodit.demo import PROFILES, run_demo
+from lodit.files import read_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     report = run_demo(args.out, profile="quick" if args.quick else args.profile, config=args.config, seed=args.seed)
-    results = json.loads((report / "results.json").read_text(encoding="utf-8"))
+    results = read_json(report / "results.json")
     for line in headline(results):
         print(line)
     print(f"demo finished in {time.monotonic() - started:.0f} s; open {report / 'report.html'} "

@@ -42,7 +42,6 @@ The output layout is :class:`~lodit.eval.layout.ExperimentLayout`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -419,7 +418,7 @@ class ExperimentRunner:
         from lodit.eval.evaluate import read_samples
 
         names = TTS_VARIANTS["with_reference"]
-        voices = json.loads((voice_dir / VOICES_FILE).read_text(encoding="utf-8"))
+        voices = read_json(voice_dir / VOICES_FILE)
         skipped = len(voices["skipped"])
         if not voices["requests"]:
             reason = "no TTS prompt has another clip of its speaker (manifest 'speaker') to use as the reference voice"
@@ -594,7 +593,7 @@ def _tokenizer_fingerprint(folder: Path) -> dict[str, Any]:
     """Identity of a given tokenizer folder: its config hash and weight-file sizes."""
     from lodit.latent_tokenizer.tokenizer import Tokenizer
 
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     tokenizer_config = config.get("tokenizer", config) if isinstance(config, dict) else config
     sizes = {p.name: p.stat().st_size for p in sorted(folder.glob("*.safetensors"))}
     identity = Tokenizer.from_config(tokenizer_config, source=str(folder / "config.json"), saved=True).identity()

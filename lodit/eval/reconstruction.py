@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from lodit.data.audio import resample
+from lodit.data.audio import mono_clip, resample
 from lodit.errors import LoditError
 from lodit.eval.results import MetricResult
 from lodit.latent_tokenizer.losses import MultiResolutionMelLoss, MultiResolutionSTFTLoss, TokenizerLossConfig
@@ -51,15 +51,7 @@ def _clip_list(wavs: Clips, what: str) -> list[torch.Tensor]:
         clips = list(batch)
     else:
         clips = [torch.as_tensor(w) for w in wavs]
-    out = []
-    for i, clip in enumerate(clips):
-        clip = clip.detach().float().cpu()
-        if clip.dim() == 2 and clip.shape[0] == 1:
-            clip = clip[0]
-        if clip.dim() != 1 or clip.numel() == 0:
-            raise LoditError(f"{what}[{i}]: expected a non-empty mono clip (S,) or (1, S), got {tuple(clip.shape)}")
-        out.append(clip)
-    return out
+    return [mono_clip(clip, what=f"{what}[{i}]") for i, clip in enumerate(clips)]
 
 
 def _pairs(ref_wavs: Clips, rec_wavs: Clips) -> list[tuple[torch.Tensor, torch.Tensor]]:
