@@ -1,6 +1,7 @@
 # Two commands for a fresh machine (see README):
 #   make demo   -- install, then run the end-to-end pipeline on generated audio
 #   make test   -- install, then run the test suite
+#   make lint   -- install, then check the code with ruff (its rules are in pyproject.toml)
 #
 # Where it installs: into the active virtual environment (or conda environment) if there is one;
 # otherwise into a project-local one, $(VENV), created on first use. Systems whose Python is
@@ -20,7 +21,7 @@ ENV_READY := $(VENV)/bin/python
 endif
 PIP := $(ENV_PYTHON) -m pip
 
-.PHONY: install test demo
+.PHONY: install test lint demo
 
 $(VENV)/bin/python:
 	@echo "make: no virtual environment is active: creating $(VENV) with $(PYTHON) and installing lodit into it"
@@ -35,6 +36,9 @@ install: $(ENV_READY)
 
 test: install
 	$(ENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(ENV_PYTHON) -m ruff check .
 
 demo: install
 	$(ENV_PYTHON) -m lodit.cli demo --out demo_out

@@ -58,8 +58,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lodit.dit.model import DiT, dit_training_flops
 from machine import cpu_name  # benchmarks/machine.py (this script's folder is on sys.path)
+
+from lodit.dit.model import DiT, dit_training_flops
 from lodit.dit.presets import dit_config_from_preset
 
 
@@ -125,13 +126,13 @@ def build_models(args, device):
 
 def make_batch(args, cfg, device):
     g = torch.Generator().manual_seed(args.seed)
-    b, t, l = args.batch, args.frames, args.text_tokens
-    text_mask = torch.arange(l)[None, :] < torch.randint(l // 2, l + 1, (b, 1), generator=g)
+    b, t, n_text = args.batch, args.frames, args.text_tokens
+    text_mask = torch.arange(n_text)[None, :] < torch.randint(n_text // 2, n_text + 1, (b, 1), generator=g)
     batch = {
         "x": torch.randn(b, t, cfg.latent_dim, generator=g),
         "target": torch.randn(b, t, cfg.latent_dim, generator=g),
         "t": torch.rand(b, generator=g),
-        "text": torch.randn(b, l, cfg.text_dim, generator=g),
+        "text": torch.randn(b, n_text, cfg.text_dim, generator=g),
         "text_mask": text_mask,
         "duration": torch.full((b,), 10.0),
         "global": torch.randn(b, 1, cfg.width, generator=g),
@@ -298,14 +299,19 @@ def main(argv=None) -> int:
     print(json.dumps(result, indent=2))
     print()
     ratios = result["throughput_vs_diffusers"]
-    print("| model | MLP hidden | params (M) | step median (s) | step min (s) | step CPU time (s) | latent frames/s | vs diffusers | GFLOP/step "
-          "| achieved GFLOP/s | MFU | MFU best step |")
+    print(
+        "| model | MLP hidden | params (M) | step median (s) | step min (s) | step CPU time (s) | latent frames/s "
+        "| vs diffusers | GFLOP/step | achieved GFLOP/s | MFU | MFU best step |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         ratio = f"{ratios[name]:.2f}x" if name in ratios else "1.00x"
         label = f"{name} (compiled)" if r["compiled"] else name
-        print(f"| {label} | {r['mlp_hidden']} | {r['params_M']} | {r['step_s']} | {r['step_min_s']} | {r['step_cpu_time_s']} | {r['frames_per_s']} | {ratio} "
-              f"| {r['train_GFLOP_per_step']} | {r['achieved_GFLOP_s']} | {r['mfu']:.1%} | {r['mfu_best_step']:.1%} |")
+        print(
+            f"| {label} | {r['mlp_hidden']} | {r['params_M']} | {r['step_s']} | {r['step_min_s']} "
+            f"| {r['step_cpu_time_s']} | {r['frames_per_s']} | {ratio} "
+            f"| {r['train_GFLOP_per_step']} | {r['achieved_GFLOP_s']} | {r['mfu']:.1%} | {r['mfu_best_step']:.1%} |"
+        )
     best = result["throughput_vs_diffusers_best_step"]
     print("\nthroughput vs diffusers from the fastest step of each: "
           + ", ".join(f"{name} {value:.2f}x" for name, value in best.items()))

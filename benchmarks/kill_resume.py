@@ -120,7 +120,11 @@ def tensors_equal(a: Path, b: Path) -> bool:
 
 def same_outputs(command: str, ref: Path, out: Path) -> tuple[bool, str]:
     if command in ("train-tokenizer", "train-dit"):
-        files = [Path("final") / name for name in ("model.safetensors", "ema.safetensors") if (ref / "final" / name).is_file()]
+        files = [
+            Path("final") / name
+            for name in ("model.safetensors", "ema.safetensors")
+            if (ref / "final" / name).is_file()
+        ]
     elif command == "encode":
         files = sorted(p.relative_to(ref) for p in ref.iterdir())
     else:
@@ -161,14 +165,22 @@ def main() -> int:
     base = commands(data, work / "tok-ref" / "final", work / "cache-ref")
     # the tokenizer and cache the DiT and encode runs need are the references of the first two
     wanted = args.commands.split(",")
-    order = [c for c in ("train-tokenizer", "encode", "train-dit", "compare") if c in wanted or
-             (c == "train-tokenizer" and {"encode", "train-dit"} & set(wanted)) or (c == "encode" and "train-dit" in wanted)]
+    order = [
+        c
+        for c in ("train-tokenizer", "encode", "train-dit", "compare")
+        if c in wanted
+        or (c == "train-tokenizer" and {"encode", "train-dit"} & set(wanted))
+        or (c == "encode" and "train-dit" in wanted)
+    ]
     names = {"train-tokenizer": "tok", "encode": "cache", "train-dit": "dit", "compare": "cmp"}
     summary = []
     for command in order:
         ref = work / f"{names[command]}-ref"
-        wall = run_to_end(base[command](ref), log) if not (ref / "final").exists() and not (ref / "meta.json").exists() \
+        wall = (
+            run_to_end(base[command](ref), log)
+            if not (ref / "final").exists() and not (ref / "meta.json").exists()
             else float("nan")
+        )
         if command not in wanted:
             continue
         kills = runs = 0

@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/machine.py (this script's folder is on sys.path)
 
 from lodit.config import apply_overrides, load_yaml
 from lodit.latent_tokenizer.tokenizer import Tokenizer
-from machine import cpu_name  # benchmarks/machine.py (this script's folder is on sys.path)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tokenizer" / "default.yaml"
 

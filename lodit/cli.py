@@ -1,9 +1,10 @@
 """The ``lodit`` command.
 
-Each subcommand lives in the module that owns its work and exposes two functions:
-``add_arguments(parser)`` and ``run(args) -> int | None``. This file only maps names to modules
-(imported lazily, so ``lodit --help`` stays fast) and turns user mistakes
-(:class:`~lodit.errors.LoditError`) into one-line messages with a non-zero exit.
+Each subcommand is a module of :mod:`lodit.commands` with two functions, ``add_arguments(parser)``
+and ``run(args) -> int | None``, that parse arguments and call the library function doing the
+work. This file only maps names to those modules (imported lazily, so ``lodit --help`` stays fast)
+and turns user mistakes (:class:`~lodit.errors.LoditError`) into one-line messages with a
+non-zero exit.
 """
 
 from __future__ import annotations
@@ -21,32 +22,35 @@ from lodit.outputs import check_output_file, check_output_folder
 
 # name -> (module implementing it, one-line help). Order is the order of the data flow.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "make-dataset": ("lodit.data.synthetic", "generate the built-in captioned demo audio (sounds, music, speech)"),
-    "prepare": ("lodit.data.prepare", "build a manifest (JSONL) from a folder or a public dataset layout"),
-    "train-sembo": ("lodit.latent_tokenizer.sembo_train", "pre-train SemBo, LoSATok's semantic bottleneck"),
-    "train-tokenizer": ("lodit.latent_tokenizer.train", "train a latent tokenizer (autoencoder or LoSATok)"),
-    "reconstruct": ("lodit.latent_tokenizer.reconstruct", "encode and decode one audio file with a tokenizer"),
-    "encode": ("lodit.latent_tokenizer.encode", "encode a manifest into a latent cache"),
-    "train-repr": ("lodit.repr.train", "train F3's representation encoder (RQ-MTP) on a latent cache"),
-    "train-dit": ("lodit.dit.train", "train a flow-matching DiT on a latent cache"),
-    "sample": ("lodit.dit.sample_cli", "generate audio from text prompts with a trained DiT"),
-    "evaluate": ("lodit.eval.evaluate", "score generated audio against a reference set (FAD, CLAP, WER, SIM)"),
-    "compare": ("lodit.eval.compare", "run a latent-dimension comparison experiment and write its report"),
-    "demo": ("lodit.demo", "the whole pipeline on the built-in offline dataset, end to end"),
-    "app": ("lodit.app.command", "listen in a browser: generate, round-trip through a tokenizer, compare arms"),
+    "make-dataset": (
+        "lodit.commands.make_dataset",
+        "generate the built-in captioned demo audio (sounds, music, speech)",
+    ),
+    "prepare": ("lodit.commands.prepare", "build a manifest (JSONL) from a folder or a public dataset layout"),
+    "train-sembo": ("lodit.commands.train_sembo", "pre-train SemBo, LoSATok's semantic bottleneck"),
+    "train-tokenizer": ("lodit.commands.train_tokenizer", "train a latent tokenizer (autoencoder or LoSATok)"),
+    "reconstruct": ("lodit.commands.reconstruct", "encode and decode one audio file with a tokenizer"),
+    "encode": ("lodit.commands.encode", "encode a manifest into a latent cache"),
+    "train-repr": ("lodit.commands.train_repr", "train F3's representation encoder (RQ-MTP) on a latent cache"),
+    "train-dit": ("lodit.commands.train_dit", "train a flow-matching DiT on a latent cache"),
+    "sample": ("lodit.commands.sample", "generate audio from text prompts with a trained DiT"),
+    "evaluate": ("lodit.commands.evaluate", "score generated audio against a reference set (FAD, CLAP, WER, SIM)"),
+    "compare": ("lodit.commands.compare", "run a latent-dimension comparison experiment and write its report"),
+    "demo": ("lodit.commands.demo", "the whole pipeline on the built-in offline dataset, end to end"),
+    "app": ("lodit.commands.app", "listen in a browser: generate, round-trip through a tokenizer, compare arms"),
 }
 # Commands whose --out (or positional output) is a file; every other --out is a folder.
 OUTPUT_FILES = {"prepare": "out", "evaluate": "out", "reconstruct": "output"}
 # Commands that run models: they pick their CPU thread count from the idle cores (lodit.cores).
-COMPUTE_COMMANDS = {"train-sembo", "train-tokenizer", "train-repr", "reconstruct", "encode", "train-dit", "sample", "evaluate",
-                    "compare", "demo"}
+COMPUTE_COMMANDS = {"train-sembo", "train-tokenizer", "train-repr", "reconstruct", "encode", "train-dit", "sample",
+                    "evaluate", "compare", "demo"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lodit", description="DiT audio generation over compact latents.")
     parser.add_argument("--version", action="version", version=f"lodit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 
@@ -65,11 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, help_text = COMMANDS[name]
     command = argparse.ArgumentParser(prog=f"lodit {name}", description=help_text)
     module = importlib.import_module(module_name)
-    # Denormal floats (tiny activations early in training) make CPU maths 10-30x slower; flushing
-    # them to zero changes no result that matters and keeps CPU runs at full speed.
-    import torch
+    from lodit.devices import flush_denormals
+    from lodit.status import show_status
 
-    torch.set_flush_denormal(True)
+    flush_denormals()
+    show_status()  # the library's status messages (logging), one line each on stderr
     module.add_arguments(command)
     args = command.parse_args(argv[1:])
     try:

@@ -9,6 +9,7 @@ next to a run's outputs.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -21,14 +22,26 @@ from typing import Any, Literal, Mapping, Sequence, TypeVar, Union, get_args, ge
 
 import yaml
 
-from lodit.errors import ConfigError
+from lodit.errors import ConfigError, LoditError
+from lodit.files import write_text
 
 C = TypeVar("C")
 
 
-def from_dict(cls: type[C], data: Mapping[str, Any] | None, *, source: str = "<config>") -> C:
-    """Build dataclass ``cls`` from a plain mapping, checking keys and types."""
-    return _convert(cls, {} if data is None else data, key="", source=source)
+def from_dict(cls: type[C], data: Mapping[str, Any] | None, *, source: str = "<config>", saved: bool = False) -> C:
+    """Build dataclass ``cls`` from a plain mapping, checking keys and types.
+
+    ``saved``: ``data`` is a config lodit wrote itself (a checkpoint's ``config.json``), which lists
+    every field, so fields that don't apply to the chosen variant (e.g. an encoder's) are not refused.
+    """
+    token = _SAVED.set(saved)
+    try:
+        return _convert(cls, {} if data is None else data, key="", source=source)
+    finally:
+        _SAVED.reset(token)
+
+
+_SAVED: contextvars.ContextVar[bool] = contextvars.ContextVar("lodit_config_saved", default=False)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -151,10 +164,7 @@ def save_config(config: Any, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML (atomically) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def config_hash(config: Any) -> str:
@@ -272,7 +282,32 @@ def _convert_dataclass(cls: type, value: Mapping[str, Any], *, key: str, source:
         raise ConfigError(f"{source}: {key or 'config'}: {_one_line(exc)}") from None
     except ValueError as exc:  # __post_init__ validation
         raise ConfigError(f"{source}: {key or 'config'}: {_one_line(exc)}") from None
+    except LoditError as exc:  # __post_init__ validation whose message names its keys itself
+        raise ConfigError(f"{source}: {_one_line(exc)}") from None
+    _check_applicable(obj, value, fields, key=key, source=source)
     return obj
+
+
+def _check_applicable(obj: Any, given: Mapping[str, Any], fields: Mapping[str, dataclasses.Field], *, key: str,
+                      source: str) -> None:
+    """Refuse keys that don't apply to ``obj``'s variant (``obj.applicable_fields()``, e.g. the
+    encoder's ``strides`` for a mel encoder).
+
+    A key at its default value passes (a resolved ``config.yaml`` of a run lists every field); a
+    config lodit saved itself is not checked (:func:`from_dict`'s ``saved``).
+    """
+    applicable = getattr(obj, "applicable_fields", None)
+    if applicable is None or _SAVED.get():
+        return
+    allowed = applicable()
+    for name in given:
+        field = fields[name]
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if name not in allowed and _plain(getattr(obj, name)) != _plain(default):
+            where = f"{key}.{name}" if key else name
+            chosen = f"{key}.name" if key else "name"
+            raise ConfigError(f"{source}: {where!r} does not apply when {chosen} is {getattr(obj, 'name', None)!r} "
+                              f"(that takes: {', '.join(sorted(allowed))}); remove it")
 
 
 def _plain(value: Any) -> Any:

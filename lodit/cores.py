@@ -78,14 +78,18 @@ def choose_threads(cores: int | None = None, busy: float | None = None) -> Threa
             if not value.isdigit() or int(value) < 1:
                 from lodit.errors import LoditError
 
-                raise LoditError(f"{name}={value!r} is not a positive whole number; set it to a thread count or unset it")
+                raise LoditError(
+                    f"{name}={value!r} is not a positive whole number; set it to a thread count or unset it"
+                )
             return ThreadChoice(int(value), f"{name}={value}")
     cores = available_cores() if cores is None else cores
     busy = busy_cores() if busy is None else busy
     # Half a core of background noise is not worth giving up a thread for.
     taken = int(busy + 0.5)
     threads = max(1, cores - taken)
-    return ThreadChoice(threads, f"{cores} cores available, {busy:.1f} busy with other work; set {THREADS_ENV} to choose")
+    return ThreadChoice(
+        threads, f"{cores} cores available, {busy:.1f} busy with other work; set {THREADS_ENV} to choose"
+    )
 
 
 def choose_workers(requested: int, *, cores: int | None = None, on_gpu: bool = False) -> int:

@@ -16,15 +16,13 @@ finished.
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lodit.config import resolve_config_path
 from lodit.data.synthetic import make_demo_dataset
 from lodit.errors import LoditError
+from lodit.files import read_json
 
 DEMO_CONFIG = "configs/demo/demo.yaml"  # resolved against the shipped configs from any folder
 
@@ -58,7 +56,7 @@ def demo_dataset(folder: Path, sizes: dict, seed: int = 0) -> Path:
     manifest = folder / "manifest.jsonl"
     settings = folder / "dataset.json"
     if manifest.is_file() and settings.is_file():
-        made = json.loads(settings.read_text())
+        made = read_json(settings)
         wanted = {"audio": sizes["n_audio"], "music": sizes["n_music"], "speech": sizes["n_speech"]}
         if made.get("seed") == seed and made.get("seconds") == sizes["seconds"] and made.get("counts") == wanted:
             return manifest
@@ -68,7 +66,7 @@ def demo_dataset(folder: Path, sizes: dict, seed: int = 0) -> Path:
 def run_demo(out: str | Path, *, profile: str = "default", config: str | Path | None = None, seed: int = 0) -> Path:
     """Dataset, then the comparison experiment at ``profile``'s size; returns the report folder."""
     from lodit.eval.compare import compare
-    from lodit.eval.experiment import load_experiment
+    from lodit.eval.experiment_config import load_experiment
 
     out = Path(out)
     config_path = resolve_config_path(config or DEMO_CONFIG)
@@ -82,25 +80,3 @@ def run_demo(out: str | Path, *, profile: str = "default", config: str | Path | 
     overrides = [f"data.train_manifest={manifest.resolve()}", *chosen.overrides]
     experiment = load_experiment(config_path, overrides)
     return compare(experiment, out / f"compare-{profile}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    sizes = "; ".join(f"{name}: about {p.minutes} min on a 2-core CPU" for name, p in PROFILES.items())
-    parser.add_argument("--profile", choices=list(PROFILES), default="default", help=f"how big a run ({sizes})")
-    parser.add_argument("--quick", action="store_true", help="the same as --profile quick")
-    parser.add_argument("--config", help="experiment config (default: the shipped configs/demo/demo.yaml)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from lodit.eval.report import headline
-
-    started = time.monotonic()
-    report = run_demo(args.out, profile="quick" if args.quick else args.profile, config=args.config, seed=args.seed)
-    results = json.loads((report / "results.json").read_text(encoding="utf-8"))
-    for line in headline(results):
-        print(line)
-    print(f"demo finished in {time.monotonic() - started:.0f} s; open {report / 'report.html'} "
-          f"(also report.md, results.json and the PNG plots in {report})")
-    return 0

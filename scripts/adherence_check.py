@@ -50,9 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     manifests = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            manifests.append(make_demo_dataset(Path(tmp) / f"seed-{seed}", n_audio=counts["audio"], n_music=counts["music"],
-                                               n_speech=counts["speech"], seconds=args.seconds, seed=seed))
-        scores, items = reference_scores(manifests, None if args.snr_db is None else partial(add_noise, snr_db=args.snr_db))
+            manifests.append(
+                make_demo_dataset(
+                    Path(tmp) / f"seed-{seed}",
+                    n_audio=counts["audio"],
+                    n_music=counts["music"],
+                    n_speech=counts["speech"],
+                    seconds=args.seconds,
+                    seed=seed,
+                )
+            )
+        scores, items = reference_scores(
+            manifests, None if args.snr_db is None else partial(add_noise, snr_db=args.snr_db)
+        )
     seconds = time.perf_counter() - started
     noise = "" if args.snr_db is None else f", white noise added at {args.snr_db:g} dB SNR"
     print(f"estimator accuracy on the demo dataset's own clips: seeds {' '.join(map(str, args.seeds))}, "

@@ -287,7 +287,9 @@ def labelled(tmp_path_factory):
         entries.append({"file": f"{i:04d}.wav", "prompt": rows[i].caption, "transcript": "", "reference_audio": "",
                         "task": "ttm" if rows[i].domain == "music" else "tta", "seconds": 4.0, "nfe": 4,
                         "model_calls": 8})
-    (samples / "samples.json").write_text(json.dumps({"settings": {"sampler": "euler"}, "rtf": 0.5, "samples": entries}))
+    (samples / "samples.json").write_text(
+        json.dumps({"settings": {"sampler": "euler"}, "rtf": 0.5, "samples": entries})
+    )
     return {"manifest": manifest, "rows": rows, "order": order, "samples": samples}
 
 

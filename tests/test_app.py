@@ -42,10 +42,12 @@ from lodit.data.audio import load_audio, save_audio
 from lodit.dit.train import train_dit
 from lodit.errors import LoditError
 from lodit.eval import reconstruction
-from lodit.eval.evaluate import write_json
-from lodit.eval.experiment import ExperimentLayout, load_experiment, run_sampler
+from lodit.eval.experiment import run_sampler
+from lodit.eval.experiment_config import load_experiment
+from lodit.eval.layout import ExperimentLayout
 from lodit.eval.report import collect_results
 from lodit.eval.results import MetricResult
+from lodit.files import write_json
 from lodit.latent_tokenizer.reconstruct import round_trip
 from lodit.latent_tokenizer.tokenizer import Tokenizer
 
@@ -165,7 +167,8 @@ def test_generate_writes_clips_mels_settings_and_a_zip(state, generator):
     # Progress: 1 - t at each of the 3 Euler evaluations (t = 1, 2/3, 1/3), then done.
     assert seen[-1] == 1.0 and [round(f, 3) for f in seen if 0 < f < 1] == [0.333, 0.667]
     # The same audio the library gives for the same request.
-    direct = generator.generate(["a high beep"] * 2, seconds=0.6, steps=3, cfg=3.0, seed=5, task="tta")
+    direct = generator.generate(["a high beep"] * 2, seconds=0.6, seed=5, task="tta",
+                                sampling=generator.config.sampling.with_changes(steps=3, cfg=3.0))
     for clip, wav in zip(output.clips, direct.waveforms):
         written, _ = sf.read(clip.wav, dtype="float32")
         np.testing.assert_allclose(written, wav[0].numpy(), atol=1e-4)
@@ -213,24 +216,34 @@ def _wav(tmp_path: Path, name: str, seconds: float, rate: int) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"prompt": "  "}, "the prompt is empty"),
-    ({"prompt": "a beep", "task": "tts"}, "needs a transcript"),
-    ({"prompt": "a beep", "task": "asr"}, "unknown task 'asr'"),
-    ({"prompt": "a beep", "sampler": "ddim"}, "unknown sampler 'ddim'; choose one of: adaptive, euler"),
-    ({"prompt": "a beep", "batch": 9}, "batch must be between 1 and 8"),
-    ({"prompt": "a beep", "steps": 0}, "steps must be between 1"),
-    ({"prompt": "a beep", "seconds": -1}, "seconds must be between 0"),
-    ({"prompt": "a beep", "cfg_interval": (0.8, 0.2)}, "CFG interval must satisfy 0 <= from <= to <= 1"),
-    ({"transcript": "hi", "reference_audio": "REF"}, "needs its transcript"),
-    ({"prompt": "a beep", "reference_audio": "REF", "reference_transcript": "x"}, "only used for speech"),
-    ({"transcript": "hi", "reference_audio": "LOW", "reference_transcript": "x"}, "recorded at 8000 Hz, below the model's 16000 Hz"),
-    ({"transcript": "hi", "reference_audio": "REF", "reference_transcript": "x", "seconds": 0.4},
-     r"the reference \(1.00 s\) is longer than the speech to generate \(0.40 s\)"),
-    ({"transcript": "hi", "reference_audio": "REF", "reference_transcript": "hello there, this is long"},
-     r"is longer than the speech to generate \(0.08 s\)"),
-    ({"transcript": "hi", "reference_audio": "MISSING", "reference_transcript": "x"}, "audio file not found"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"prompt": "  "}, "the prompt is empty"),
+        ({"prompt": "a beep", "task": "tts"}, "needs a transcript"),
+        ({"prompt": "a beep", "task": "asr"}, "unknown task 'asr'"),
+        ({"prompt": "a beep", "sampler": "ddim"}, "unknown sampler 'ddim'; choose one of: adaptive, euler"),
+        ({"prompt": "a beep", "batch": 9}, "batch must be between 1 and 8"),
+        ({"prompt": "a beep", "steps": 0}, "steps must be between 1"),
+        ({"prompt": "a beep", "seconds": -1}, "seconds must be between 0"),
+        ({"prompt": "a beep", "cfg_interval": (0.8, 0.2)}, "CFG interval must satisfy 0 <= from <= to <= 1"),
+        ({"transcript": "hi", "reference_audio": "REF"}, "needs its transcript"),
+        ({"prompt": "a beep", "reference_audio": "REF", "reference_transcript": "x"}, "only used for speech"),
+        (
+            {"transcript": "hi", "reference_audio": "LOW", "reference_transcript": "x"},
+            "recorded at 8000 Hz, below the model's 16000 Hz",
+        ),
+        (
+            {"transcript": "hi", "reference_audio": "REF", "reference_transcript": "x", "seconds": 0.4},
+            r"the reference \(1.00 s\) is longer than the speech to generate \(0.40 s\)",
+        ),
+        (
+            {"transcript": "hi", "reference_audio": "REF", "reference_transcript": "hello there, this is long"},
+            r"is longer than the speech to generate \(0.08 s\)",
+        ),
+        ({"transcript": "hi", "reference_audio": "MISSING", "reference_transcript": "x"}, "audio file not found"),
+    ],
+)
 def test_bad_generate_input_is_one_clear_line(generator, tmp_path, fields, message):
     files = {"REF": _wav(tmp_path, "ref.wav", 1.0, SAMPLE_RATE), "LOW": _wav(tmp_path, "low.wav", 1.0, 8000),
              "MISSING": str(tmp_path / "nope.wav")}
@@ -339,7 +352,11 @@ def test_blind_ab_records_verdicts_and_tallies(compare_dir, tmp_path):
     expected_a, _ = sf.read(listing.clips[(trial.arm_a, 0, 4, trial.prompt)], dtype="float32")
     assert rate_a == rate_b == SAMPLE_RATE and np.allclose(a, expected_a, atol=1e-4)
     counts = listening.record_preference(listing, trial, "A")
-    assert counts["verdicts"] == 1 and counts["arms"][trial.arm_a]["wins"] == 1 and counts["arms"][trial.arm_b]["losses"] == 1
+    assert (
+        counts["verdicts"] == 1
+        and counts["arms"][trial.arm_a]["wins"] == 1
+        and counts["arms"][trial.arm_b]["losses"] == 1
+    )
     second = listening.new_trial(listing, rng, step=2, prompt=1)
     assert (second.step, second.prompt) == (2, 1)
     counts = listening.record_preference(listing, second, "same", listener="ears")

@@ -4,6 +4,7 @@ import argparse
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,12 @@ def test_cli_reference_is_current():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert (root / "docs" / "cli.md").read_text() == module.render(), "run: python scripts/cli_reference.py"
+
+
+def test_pyproject_lists_every_package():
+    """pyproject.toml names the packages (configs/ is installed as lodit.configs): none may be missing."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(root).parts) for p in (root / "lodit").rglob("__init__.py")}
+    assert listed == on_disk | {"lodit.configs"}

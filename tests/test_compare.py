@@ -21,8 +21,13 @@ from lodit.data.manifest import ManifestRow, read_manifest, write_manifest
 from lodit.data.synthetic import make_demo_dataset
 from lodit.errors import LoditError
 from lodit.eval import experiment as experiment_module
-from lodit.eval.experiment import ExperimentLayout, StageBook, load_experiment, read_stage_log, split_rows
-from lodit.eval.report import aggregate, format_summary, t_interval
+from lodit.eval.evaluate import EvaluationConfig
+from lodit.eval.experiment import split_rows
+from lodit.eval.experiment_config import load_experiment
+from lodit.eval.layout import ExperimentLayout
+from lodit.eval.stages import StageBook, read_stage_log
+from lodit.eval.summary import aggregate, t_interval
+from lodit.eval.tables import format_summary
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "experiments" / "tiny.yaml"
@@ -100,14 +105,23 @@ def test_compare_writes_every_report_file(experiment):
     for name in REPORT_FILES:
         assert (report / name).is_file() and (report / name).stat().st_size > 0, name
     wavs = sorted(p.name for p in (report / "audio").glob("*.wav"))
-    assert wavs == ["dim_16-0.wav", "dim_16-1.wav", "dim_64-0.wav", "dim_64-1.wav", "reference-0.wav", "reference-1.wav"]
+    assert wavs == [
+        "dim_16-0.wav",
+        "dim_16-1.wav",
+        "dim_64-0.wav",
+        "dim_64-1.wav",
+        "reference-0.wav",
+        "reference-1.wav",
+    ]
     assert (report / "convergence_fad.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_results_hold_every_number_with_model_and_n(experiment):
     results = json.loads((experiment["out"] / "report" / "results.json").read_text())
     assert [arm["name"] for arm in results["arms"]] == ["dim_16", "dim_64"]
-    assert {(run["arm"], run["step"]) for run in results["runs"]} == {(a, s) for a in ("dim_16", "dim_64") for s in (2, 4)}
+    assert {(run["arm"], run["step"]) for run in results["runs"]} == {
+        (a, s) for a in ("dim_16", "dim_64") for s in (2, 4)
+    }
     for run in results["runs"]:
         names = {m["name"] for m in run["metrics"]}
         assert {"fad", "clap_score", "wer", "speaker_similarity", "rtf", "nfe"} <= names
@@ -170,7 +184,9 @@ def test_tts_is_scored_with_and_without_a_reference_voice(experiment, dataset):
     voice = json.loads((voiced / "voices.json").read_text())["references"][0]["voice"]
     assert voice["set"] == "training" and voice["transcript"] == train_speech.transcript
     source = next(r for r in rows.rows if r.transcript == train_speech.transcript)
-    torch.testing.assert_close(load_audio(entry["reference_audio"]), load_audio(rows.audio_path(source)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        load_audio(entry["reference_audio"]), load_audio(rows.audio_path(source)), atol=1e-4, rtol=0
+    )
     plain = json.loads((voiced.parent / "samples" / "samples.json").read_text())["samples"]
     assert [s["reference_audio"] for s in plain if s["task"] == "tts"] == [""]  # the text-only variant
 
@@ -248,7 +264,7 @@ def test_evaluate_command_writes_metrics_with_model_and_n(tmp_path, cheap_embedd
 
 def test_evaluate_needs_a_samples_index(tmp_path, dataset):
     with pytest.raises(LoditError, match="samples.json"):
-        experiment_module.Evaluator(experiment_module.EvaluationConfig()).evaluate(tmp_path, dataset)
+        experiment_module.Evaluator(EvaluationConfig()).evaluate(tmp_path, dataset)
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -264,12 +280,17 @@ def test_t_interval_on_hand_numbers():
 
 def test_aggregate_over_seeds():
     def run(seed, step, fad, clap=None):
-        clap_metric = ({"name": "clap_score", "value": clap, "n": 4, "model": "clap x", "details": {}} if clap is not None
-                       else {"name": "clap_score", "value": None, "n": 4, "model": "", "details": {"unavailable": "no model"}})
+        clap_metric = (
+            {"name": "clap_score", "value": clap, "n": 4, "model": "clap x", "details": {}}
+            if clap is not None
+            else {"name": "clap_score", "value": None, "n": 4, "model": "", "details": {"unavailable": "no model"}}
+        )
         return {"arm": "a", "seed": seed, "step": step,
                 "metrics": [{"name": "fad", "value": fad, "n": 8, "model": "whisper", "details": {}}, clap_metric]}
 
-    rows = {(r["step"], r["metric"]): r for r in aggregate([run(0, 10, 4.0, 0.2), run(1, 10, 6.0), run(2, 10, 8.0, 0.4)])}
+    rows = {
+        (r["step"], r["metric"]): r for r in aggregate([run(0, 10, 4.0, 0.2), run(1, 10, 6.0), run(2, 10, 8.0, 0.4)])
+    }
     fad = rows[(10, "fad")]
     assert fad["mean"] == 6.0 and fad["n_seeds"] == 3 and fad["n"] == 8 and fad["model"] == "whisper"
     assert fad["ci_high"] - 6.0 == pytest.approx(4.302653 * 2.0 / math.sqrt(3), rel=1e-6)
@@ -342,7 +363,7 @@ def test_split_keeps_every_domain_in_both_parts():
 
 
 def test_stage_with_other_settings_is_redone(tmp_path):
-    book = StageBook(tmp_path, lambda message: None)
+    book = StageBook(tmp_path)
     folder = tmp_path / "stage"
     book.start(folder, {"a": 1})
     (folder / "output.txt").write_text("x")
@@ -382,7 +403,7 @@ def test_shipped_experiment_configs_resolve_every_arm(name):
     from pathlib import Path
 
     from lodit.config import load_config
-    from lodit.eval.experiment import load_experiment
+    from lodit.eval.experiment_config import load_experiment
     from lodit.latent_tokenizer.train import TokenizerTrainConfig
 
     config = load_experiment(Path(__file__).resolve().parents[1] / "configs" / name)
@@ -409,10 +430,10 @@ def test_sembo_stage_trains_once_and_feeds_the_losatok_arm(tmp_path, dataset):
     twin = {**arm, "name": "losatok_twin"}  # the same SemBo config: trained once, shared
     config = load_experiment(TINY, [f"data.train_manifest={dataset}", "tokenizer_steps=2"])
     from lodit.config import from_dict
-    from lodit.eval.experiment import ArmConfig
+    from lodit.eval.experiment_config import ArmConfig
 
     config.arms = [from_dict(ArmConfig, arm), from_dict(ArmConfig, twin)]
-    runner = experiment_module.ExperimentRunner(config, tmp_path / "out", say=lambda message: None)
+    runner = experiment_module.ExperimentRunner(config, tmp_path / "out")
     data_spec = runner.prepare_data()
     states = [runner.tokenizer(a, data_spec) for a in config.arms]
     sembo_runs = list((tmp_path / "out" / "sembo").iterdir())

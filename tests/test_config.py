@@ -114,8 +114,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_shipped_configs_resolve_from_any_folder(tmp_path, monkeypatch):
-    from lodit.dit.train import DiTTrainConfig
-    from lodit.eval.experiment import load_experiment
+    from lodit.dit.train_config import DiTTrainConfig
+    from lodit.eval.experiment_config import load_experiment
 
     monkeypatch.chdir(tmp_path)  # no configs/ here
     config = load_config(DiTTrainConfig, "configs/dit/tiny.yaml")
@@ -134,14 +134,26 @@ def test_wheel_ships_every_config_and_finds_them_installed(tmp_path):
     # Build from a copy of the sources: an in-tree build would leave build/ in the checkout.
     source = tmp_path / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
     for name in ("lodit", "configs"):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     wheel_dir = tmp_path / "wheel"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(source)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = wheel_dir.glob("lodit-*.whl")
@@ -149,7 +161,9 @@ def test_wheel_ships_every_config_and_finds_them_installed(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(installed)
     shipped = sorted(p.relative_to(REPO / "configs") for p in (REPO / "configs").rglob("*.yaml"))
-    packaged = sorted(p.relative_to(installed / "lodit" / "configs") for p in (installed / "lodit" / "configs").rglob("*.yaml"))
+    packaged = sorted(
+        p.relative_to(installed / "lodit" / "configs") for p in (installed / "lodit" / "configs").rglob("*.yaml")
+    )
     assert shipped and packaged == shipped
     # Imported from the unpacked wheel (outside the checkout), lodit finds its own copy.
     probe = subprocess.run(
@@ -158,3 +172,40 @@ def test_wheel_ships_every_config_and_finds_them_installed(tmp_path):
     )
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert Path(probe.stdout.strip()) == installed / "lodit" / "configs"
+    # The HTML report's template is package data too.
+    assert (installed / "lodit" / "eval" / "templates" / "report.html.j2").is_file()
+
+
+def test_encoder_keys_of_another_encoder_are_errors_naming_the_file(tmp_path):
+    from lodit.latent_tokenizer.tokenizer import Tokenizer
+    from lodit.latent_tokenizer.train import TokenizerTrainConfig
+
+    path = tmp_path / "tok.yaml"
+    path.write_text((REPO / "configs" / "tokenizer" / "tiny.yaml").read_text())
+    load_config(TokenizerTrainConfig, path)  # the shipped config itself is fine
+    with pytest.raises(ConfigError, match=r"tok.yaml.*'tokenizer.encoder.strides' does not apply when "
+                                          r"tokenizer.encoder.name is 'mel_convnext' \(that takes: .*mel_hop.*\); "
+                                          r"remove it"):
+        load_config(TokenizerTrainConfig, path, ["tokenizer.encoder.strides=[4,4,40]"])
+    losatok = "'tokenizer.encoder.dim' does not apply when tokenizer.encoder.name is 'losatok'"
+    with pytest.raises(ConfigError, match=losatok):
+        load_config(TokenizerTrainConfig, REPO / "configs" / "tokenizer" / "losatok_tiny.yaml",
+                    ["tokenizer.encoder.dim=64"])
+    # A key of another encoder left at its default is accepted (resolved configs list every field) ...
+    load_config(TokenizerTrainConfig, path, ["tokenizer.encoder.channels=32"])
+    # ... and so is anything in a config lodit saved itself (older checkpoints wrote every field as set).
+    config = load_config(TokenizerTrainConfig, path).tokenizer
+    saved = to_dict(config)
+    saved["encoder"]["channels"] = 8
+    assert Tokenizer.from_config(saved, saved=True).config.encoder.channels == 8
+
+
+def test_dit_config_errors_name_the_yaml_file_when_it_is_read(tmp_path):
+    from lodit.dit.train_config import DiTTrainConfig
+
+    path = tmp_path / "dit.yaml"
+    path.write_text((REPO / "configs" / "dit" / "tiny.yaml").read_text())
+    with pytest.raises(ConfigError, match=r"dit.yaml.*dit.width=30 must be divisible by dit.heads=4"):
+        load_config(DiTTrainConfig, path, ["dit.width=30"])
+    with pytest.raises(ConfigError, match=r"dit.yaml.*dit.depth=0 must be >= 1"):
+        load_config(DiTTrainConfig, path, ["dit.depth=0"])

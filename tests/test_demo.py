@@ -8,7 +8,7 @@ import pytest
 from lodit.config import load_config, resolve_config_path
 from lodit.demo import DEMO_CONFIG, PROFILES, run_demo
 from lodit.errors import LoditError
-from lodit.eval.experiment import load_experiment
+from lodit.eval.experiment_config import load_experiment
 from lodit.latent_tokenizer.sembo_train import SemBoTrainConfig
 from lodit.latent_tokenizer.train import TokenizerTrainConfig
 

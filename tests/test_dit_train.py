@@ -1,5 +1,5 @@
 """Tests for DiT training on a latent cache, sampling and the Generator API (lodit.dit.train,
-lodit.dit.conditioned, lodit.dit.generator, lodit.dit.sample_cli).
+lodit.dit.conditioned, lodit.dit.generator, lodit.dit.prompts, lodit.commands.sample).
 
 Everything is tiny and random: a tiny tokenizer (saved to tmp) encodes generated clips into a
 latent cache, a tiny random T5 (saved to tmp) encodes captions, and a tiny DiT trains on CPU.
@@ -34,13 +34,9 @@ from lodit.dit.conditioned import (
 )
 from lodit.dit.generator import Generator
 from lodit.dit.model import DiTConfig
-from lodit.dit.train import (
-    DiTTask,
-    DiTTrainConfig,
-    build_training,
-    collate_dit,
-    train_dit,
-)
+from lodit.dit.train import DiTTask, build_training, train_dit
+from lodit.dit.train_config import DiTTrainConfig
+from lodit.dit.train_data import collate_dit
 from lodit.errors import ConfigError, LoditError
 from lodit.latent_tokenizer.tokenizer import Tokenizer
 
@@ -155,7 +151,9 @@ def run_command(name: str, argv: list[str], capsys) -> tuple[int, str]:
     if name in cli.COMMANDS:
         code = cli.main([name, *argv])
     else:  # not registered yet: same parsing and error handling as lodit.cli.main
-        module = importlib.import_module({"train-dit": "lodit.dit.train", "sample": "lodit.dit.sample_cli"}[name])
+        module = importlib.import_module(
+            {"train-dit": "lodit.commands.train_dit", "sample": "lodit.commands.sample"}[name]
+        )
         parser = argparse.ArgumentParser(prog=f"lodit {name}")
         module.add_arguments(parser)
         try:
@@ -174,7 +172,9 @@ def test_tts_conditioning_shapes_and_masks(mixed_cache, tiny_t5, encoder, tmp_pa
                          "tts.mask_max_frac=0.6", "tts.prompt_drop_prob=0.0")
     task, loader = build_training(config, tmp_path, text_encoder=encoder)
     assert task.tasks == ["tta", "ttm", "tts"] and task.dit_config.num_tasks == 3
-    assert task.dit_config.frame_cond_dim == config.tts.text_dim + LATENT_DIM and task.dit_config.text_dim == encoder.dim
+    assert (
+        task.dit_config.frame_cond_dim == config.tts.text_dim + LATENT_DIM and task.dit_config.text_dim == encoder.dim
+    )
     speech = [i for i in range(len(loader.dataset)) if loader.dataset.tasks[i] == "tts"]
     caption = [i for i in range(len(loader.dataset)) if loader.dataset.tasks[i] != "tts"][:1]
     batch = collate_dit([loader.dataset[i] for i in speech + caption])
@@ -321,7 +321,8 @@ def test_tiny_dit_overfits_one_clip_and_sampling_returns_it(overfit_run):
     assert generator.tasks == ["tta"] and generator.sample_rate == SAMPLE_RATE
     target = normalize(cache.read(0), cache.mean, cache.std)  # (T, D), unit variance per channel
     for seed in (0, 3):
-        out = generator.generate(["a high beep"], seconds=1.0, steps=20, cfg=1.0, sampler="euler", seed=seed)
+        out = generator.generate(["a high beep"], seconds=1.0, seed=seed,
+                                 sampling=generator.config.sampling.with_changes(steps=20, cfg=1.0, sampler="euler"))
         generated = normalize(out.latents[0], cache.mean, cache.std)
         assert generated.shape == target.shape == (25, LATENT_DIM)
         error = (generated - target).pow(2).mean() / target.pow(2).mean()
@@ -336,7 +337,8 @@ def test_same_seed_same_audio_other_seed_other_audio(mixed_cache, tiny_t5, encod
     train_dit(config, tmp_path / "run", text_encoder=encoder)
     generator = Generator.from_pretrained(tmp_path / "run", device="cpu")
     prompts = ["a high beep", ""]
-    kwargs = {"seconds": [0.6, 0.8], "transcripts": ["", "hello world"], "steps": 4, "cfg": 3.0}
+    kwargs = {"seconds": [0.6, 0.8], "transcripts": ["", "hello world"],
+              "sampling": generator.config.sampling.with_changes(steps=4, cfg=3.0)}
     first = generator.generate(prompts, seed=7, **kwargs)
     again = generator.generate(prompts, seed=7, **kwargs)
     other = generator.generate(prompts, seed=8, **kwargs)
@@ -348,7 +350,7 @@ def test_same_seed_same_audio_other_seed_other_audio(mixed_cache, tiny_t5, encod
     torch.testing.assert_close(alone.waveforms[0], first.waveforms[1], atol=1e-5, rtol=1e-4)  # seed + i per request
 
     # One task per request: a batch mixing TTM and TTA gives each row what it gives alone under its task.
-    music = {"seconds": 0.6, "steps": 4, "cfg": 3.0}
+    music = {"seconds": 0.6, "sampling": generator.config.sampling.with_changes(steps=4, cfg=3.0)}
     mixed = generator.generate(["slow piano melody"] * 2, task=["ttm", "tta"], seed=[3, 3], **music)
     assert mixed.settings["tasks"] == ["ttm", "tta"]
     as_ttm = generator.generate(["slow piano melody"], task="ttm", seed=3, **music)
@@ -375,11 +377,14 @@ def test_text_only_tts_trains_and_samples_at_the_requested_length(mixed_cache, t
     assert generator.config.tts.prompt_drop_prob == 0.3
 
     # A transcript and no reference: no prompt frames, the whole length is generated.
-    out = generator.generate([""], transcripts="hello world", seconds=0.8, steps=2, cfg=2.0, seed=1)
+    out = generator.generate([""], transcripts="hello world", seconds=0.8, seed=1,
+                             sampling=generator.config.sampling.with_changes(steps=2, cfg=2.0))
     assert out.settings["tasks"] == ["tts"] and out.waveforms[0].shape == (1, round(0.8 * SAMPLE_RATE))
     assert out.latents[0].shape == (math.ceil(0.8 * FRAME_RATE), LATENT_DIM) and out.waveforms[0].abs().max() > 0
     rate = generator.config.tts_frames_per_unit  # without a length: the training data's speaking rate
-    out = generator.generate([""], transcripts="hello world", steps=2, seed=1)
+    out = generator.generate(
+        [""], transcripts="hello world", seed=1, sampling=generator.config.sampling.with_changes(steps=2)
+    )
     frames = round(rate * len("hello world"))
     assert out.latents[0].shape[0] == frames and out.waveforms[0].shape == (1, frames * HOP)
 
@@ -515,8 +520,12 @@ def test_train_dit_then_sample_end_to_end(mixed_cache, tokenizer_dir, tiny_t5, t
     save_audio(tmp_path / "voice.wav", _clip("speech", 1.0, 9)[None], SAMPLE_RATE)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
-        json.dumps({"transcript": "hello world", "reference_audio": "voice.wav", "reference_transcript": "the quick fox"})
-        + "\n" + json.dumps({"prompt": "a man speaks", "transcript": "hello", "seconds": 0.8}) + "\n"
+        json.dumps(
+            {"transcript": "hello world", "reference_audio": "voice.wav", "reference_transcript": "the quick fox"}
+        )
+        + "\n"
+        + json.dumps({"prompt": "a man speaks", "transcript": "hello", "seconds": 0.8})
+        + "\n"
     )
     code, err = run_command("sample", ["--checkpoint", str(run), "--prompts-file", str(prompts), "--steps", "2",
                                        "--out", str(out / "tts")], capsys)
@@ -564,15 +573,22 @@ def test_bad_inputs_give_one_line_errors(mixed_cache, tiny_t5, tmp_path, capsys,
     train_dit(tiny_config(mixed_cache, tiny_t5, "training.max_steps=1", "tasks=[tta, ttm]"), run)
     other = tmp_path / "other_tokenizer"
     Tokenizer.from_config({**TOKENIZER, "name": "another"}).save_pretrained(other)
-    fails("sample", ["--checkpoint", str(run), "--prompt", "x", "--tokenizer", str(other), "--out", str(tmp_path / "s")],
-          "pass the tokenizer the latent cache was made with")
+    fails(
+        "sample",
+        ["--checkpoint", str(run), "--prompt", "x", "--tokenizer", str(other), "--out", str(tmp_path / "s")],
+        "pass the tokenizer the latent cache was made with",
+    )
     (tmp_path / "empty.txt").write_text("\n  \n")
     fails("sample", ["--checkpoint", str(run), "--prompts-file", str(tmp_path / "empty.txt")], "is empty")
     bad_task = tmp_path / "bad_task.jsonl"
     bad_task.write_text('{"prompt": "a high beep", "task": "ttm"}\n\n{"prompt": "x", "task": "asr"}\n')
     fails("sample", ["--checkpoint", str(run), "--prompts-file", str(bad_task)], f"{bad_task}:3: unknown task 'asr'")
     bad_task.write_text('{"prompt": "a man speaks", "task": "tts"}\n')
-    fails("sample", ["--checkpoint", str(run), "--prompts-file", str(bad_task)], f"{bad_task}:1: task tts needs a transcript")
+    fails(
+        "sample",
+        ["--checkpoint", str(run), "--prompts-file", str(bad_task)],
+        f"{bad_task}:1: task tts needs a transcript",
+    )
     bad_task.write_text('{"prompt": "a high beep"}\n{"prompt": "x", "transcript": "hello", "task": "tts"}\n')
     fails("sample", ["--checkpoint", str(run), "--prompts-file", str(bad_task), "--out", str(tmp_path / "s")],
           "request 1 asks for tts but this DiT was trained for tta, ttm")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import lodit.eval.reconstruction as reconstruction_module
 from lodit.data.audio import save_audio
 from lodit.errors import LoditError
 from lodit.eval.asr import normalize_text, word_error_rate
@@ -29,7 +30,6 @@ from lodit.eval.probes import (
     silhouette_score,
     token_histograms,
 )
-import lodit.eval.reconstruction as reconstruction_module
 from lodit.eval.reconstruction import (
     level_ratio,
     multiscale_mel_distance,
@@ -64,7 +64,9 @@ def test_frechet_distance_matches_closed_form_for_commuting_covariances():
     expected = np.sum((mu1 - mu2) ** 2) + np.sum(a + b - 2 * np.sqrt(a * b))
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
     # Diagonal covariances: sum of (sqrt(a) - sqrt(b))^2.
-    assert frechet_distance(mu1, np.diag(a), mu1, np.diag(b)) == pytest.approx(np.sum((np.sqrt(a) - np.sqrt(b)) ** 2), rel=1e-9)
+    assert frechet_distance(mu1, np.diag(a), mu1, np.diag(b)) == pytest.approx(
+        np.sum((np.sqrt(a) - np.sqrt(b)) ** 2), rel=1e-9
+    )
 
 
 def test_frechet_distance_matches_eigendecomposition_for_full_covariances():
@@ -231,7 +233,9 @@ def test_silhouette_matches_scikit_learn():
     rng = np.random.default_rng(6)
     X = rng.normal(size=(120, 5))
     labels = rng.integers(0, 4, 120)
-    assert silhouette_score(X, labels.tolist(), chunk=17) == pytest.approx(metrics.silhouette_score(X, labels), rel=1e-9)
+    assert silhouette_score(X, labels.tolist(), chunk=17) == pytest.approx(
+        metrics.silhouette_score(X, labels), rel=1e-9
+    )
 
 
 def test_purity_and_clustering_scores():

@@ -96,22 +96,70 @@ def test_cli_train_repr_and_encode_features(tmp_path):
     rows = []
     for i in range(3):
         t = np.arange(16000) / 16000
-        save_audio(tmp_path / f"{i}.wav", torch.from_numpy((0.3 * np.sin(2 * np.pi * 300 * (i + 1) * t)).astype(np.float32))[None], 16000)
+        save_audio(
+            tmp_path / f"{i}.wav",
+            torch.from_numpy((0.3 * np.sin(2 * np.pi * 300 * (i + 1) * t)).astype(np.float32))[None],
+            16000,
+        )
         rows.append(f'{{"audio": "{i}.wav", "caption": "tone {i}"}}')
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(rows) + "\n")
-    assert cli.main(["encode", "--tokenizer", str(ae), "--manifest", str(manifest), "--out", str(tmp_path / "c"),
-                     "--no-progress"]) == 0
-    assert cli.main(["train-repr", "--config", "configs/repr/f3_tiny.yaml", "--cache", str(tmp_path / "c"),
-                     "--out", str(tmp_path / "run"), "training.max_steps=2", "data.segment_frames=10"]) == 0
-    assert cli.main(["encode", "--features", str(tmp_path / "run" / "final"), "--manifest", str(manifest),
-                     "--out", str(tmp_path / "f"), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "encode",
+                "--tokenizer",
+                str(ae),
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(tmp_path / "c"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "train-repr",
+                "--config",
+                "configs/repr/f3_tiny.yaml",
+                "--cache",
+                str(tmp_path / "c"),
+                "--out",
+                str(tmp_path / "run"),
+                "training.max_steps=2",
+                "data.segment_frames=10",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "encode",
+                "--features",
+                str(tmp_path / "run" / "final"),
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(tmp_path / "f"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     features = LatentCache(tmp_path / "f")
     assert features.dim == 64 and features.producer["content"] == "f3_features" and len(features) == 3
     assert features[0].latents.shape == (25, 64)
     # a latent cache is not a model folder: one line, exit 2
-    assert cli.main(["encode", "--features", str(tmp_path / "c"), "--manifest", str(manifest),
-                     "--out", str(tmp_path / "g")]) == 2
+    assert (
+        cli.main(
+            ["encode", "--features", str(tmp_path / "c"), "--manifest", str(manifest), "--out", str(tmp_path / "g")]
+        )
+        == 2
+    )
 
 
 @pytest.mark.parametrize("path", ["configs/uniaudio/large_v3.yaml", "configs/uniaudio/tiny.yaml"])
@@ -138,8 +186,9 @@ def test_f3_large_config_builds_on_the_meta_device():
 
 def test_text_supervision_only_where_captions_exist():
     torch.manual_seed(0)
-    model = F3Encoder(F3Config(latent_dim=4, width=16, depth=1, heads=2, horizon=2, codebook_size=8,
-                               text_weight=0.5, text_dim=6))
+    model = F3Encoder(
+        F3Config(latent_dim=4, width=16, depth=1, heads=2, horizon=2, codebook_size=8, text_weight=0.5, text_dim=6)
+    )
     latents, mask = torch.randn(3, 10, 4), torch.ones(3, 10, dtype=torch.bool)
     text = torch.randn(3, 6)
     none = torch.zeros(3, dtype=torch.bool)

@@ -7,7 +7,6 @@ import pickle
 import pytest
 import torch
 
-from lodit.data import latent_cache as cache_module
 from lodit.data.batching import BucketBatchSampler
 from lodit.data.dataset import crop_start
 from lodit.data.latent_cache import (
@@ -18,6 +17,7 @@ from lodit.data.latent_cache import (
     denormalize,
     normalize,
 )
+from lodit.data.latent_cache import reader as cache_module
 from lodit.errors import LoditError
 
 DIM = 4

@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import save_tiny_whisper
 import torch
 import torch.nn.functional as F
+from conftest import save_tiny_whisper
 
 from lodit import cli
 from lodit.config import load_config

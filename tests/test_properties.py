@@ -25,7 +25,11 @@ from lodit.training.config import TrainingConfig
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_subnormal=False) | st.text(max_size=12),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_subnormal=False)
+    | st.text(max_size=12),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=8,
 )
@@ -80,11 +84,18 @@ def test_override_parser_gives_a_config_or_a_lodit_error(overrides):
 
 
 @SETTINGS
-@given(st.one_of(
-    st.binary(max_size=200),
-    st.lists(st.floats(width=32, allow_subnormal=False), min_size=0, max_size=64).map(lambda samples: ("float", samples)),
-    st.lists(st.integers(-32768, 32767), min_size=0, max_size=64).map(lambda samples: ("pcm", samples)),
-), st.sampled_from([None, 8000, 16000]), st.floats(0, 2, allow_subnormal=False), st.one_of(st.none(), st.floats(0.001, 2)))
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.lists(st.floats(width=32, allow_subnormal=False), min_size=0, max_size=64).map(
+            lambda samples: ("float", samples)
+        ),
+        st.lists(st.integers(-32768, 32767), min_size=0, max_size=64).map(lambda samples: ("pcm", samples)),
+    ),
+    st.sampled_from([None, 8000, 16000]),
+    st.floats(0, 2, allow_subnormal=False),
+    st.one_of(st.none(), st.floats(0.001, 2)),
+)
 def test_audio_loader_gives_finite_audio_or_a_lodit_error(content, rate, offset, duration):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "clip.wav"

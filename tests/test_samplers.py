@@ -233,7 +233,9 @@ def test_cfg_rescale_matches_the_conditional_std():
     v_c, v_u = model(x, t, cond), model(x, t, uncond)
     plain = v_u + 5.0 * (v_c - v_u)
     full = guided_velocity(model, cond, uncond, GuidanceConfig(scale=5.0, rescale=1.0))(x, t)
-    std = lambda v: v.flatten(1).std(dim=1, correction=0)
+    def std(v):
+        return v.flatten(1).std(dim=1, correction=0)
+
     assert torch.allclose(std(full), std(v_c), atol=1e-5)
     assert torch.allclose(full / plain, (std(v_c) / std(plain)).reshape(-1, 1, 1).expand_as(full), atol=1e-4)
     half = guided_velocity(model, cond, uncond, GuidanceConfig(scale=5.0, rescale=0.5))(x, t)
@@ -281,7 +283,9 @@ def test_negative_prompt_and_unstackable_conditions():
     assert torch.equal(guided(x, t), model_fn(x, t, text))  # scale 1 never needs the uncond
     with pytest.raises(LoditError, match="unconditional"):
         guided_velocity(model_fn, text, None, GuidanceConfig(scale=2.0))
-    call = lambda x, t, c: model_fn(x, t, c["text"])
+    def call(x, t, c):
+        return model_fn(x, t, c["text"])
+
     split = guided_velocity(call, {"text": text}, {"text": None}, GuidanceConfig(scale=2.0))
     assert torch.allclose(split(x, t), 2 * model_fn(x, t, text), atol=1e-6)
     assert split.model_calls == 2 and split.guided_evaluations == 1

@@ -279,12 +279,16 @@ def test_dasheng_loads_audio_encoder_through_remote_code(tmp_path):
     features = encoder(wav)
     assert features.shape == (2, 38, 8)
     # The conv drops the last partial hop: frame 37 repeats frame 36; the others are the encoder's.
-    expected = F.conv1d(wav[:, None], weights["audio_encoder.proj.weight"], weights["audio_encoder.proj.bias"], stride=640)
+    expected = F.conv1d(
+        wav[:, None], weights["audio_encoder.proj.weight"], weights["audio_encoder.proj.bias"], stride=640
+    )
     torch.testing.assert_close(features[:, :37], expected.transpose(1, 2), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(features[:, 37], features[:, 36])
     assert all(not p.requires_grad for p in encoder.parameters())
     with pytest.raises(LoditError, match="only its final output"):
-        build_semantic_encoder(SemanticEncoderConfig(name="dasheng", model=str(folder), trust_remote_code=True, layer=3))
+        build_semantic_encoder(
+            SemanticEncoderConfig(name="dasheng", model=str(folder), trust_remote_code=True, layer=3)
+        )
 
 
 # --------------------------------------------------------------------------- CTranslate2 conversion

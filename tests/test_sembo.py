@@ -29,7 +29,9 @@ def _structured_features(batch=8, frames=32, dim=64, rank=6, seed=0):
     basis = torch.randn(rank, dim, generator=gen)
     walk = 0.3 * torch.cumsum(torch.randn(batch, frames, rank, generator=gen), dim=1)
     latent = walk + torch.randn(batch, 1, rank, generator=gen)
-    return latent @ basis + 0.5 * torch.randn(dim, generator=gen) + 0.05 * torch.randn(batch, frames, dim, generator=gen)
+    return (
+        latent @ basis + 0.5 * torch.randn(dim, generator=gen) + 0.05 * torch.randn(batch, frames, dim, generator=gen)
+    )
 
 
 # --------------------------------------------------------------------------- losses
@@ -135,7 +137,9 @@ def test_sembo_save_and_load_roundtrip(tmp_path):
 def test_pca_reconstructs_low_rank_input_exactly():
     gen = torch.Generator().manual_seed(0)
     rank, dim = 5, 40
-    features = torch.randn(300, rank, generator=gen) @ torch.randn(rank, dim, generator=gen) + torch.randn(dim, generator=gen)
+    features = torch.randn(300, rank, generator=gen) @ torch.randn(rank, dim, generator=gen) + torch.randn(
+        dim, generator=gen
+    )
     pca = PCABaseline(low_dim=8).fit(features)
     z = pca.compress(features)
     assert z.shape == (300, 8) and pca.components.shape == (8, dim)

@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 import pytest
-from conftest import save_tiny_whisper
 import torch
+from conftest import save_tiny_whisper
 from safetensors.torch import load_file
 
 from lodit.config import load_config
@@ -66,13 +66,25 @@ def manifest(tmp_path_factory):
 
 
 def _config(whisper_dir, manifest, cache, *extra) -> TokenizerTrainConfig:
-    return load_config(TokenizerTrainConfig, CONFIG, [
-        f"data.manifest={manifest}", f"data.teacher_cache={cache}", "data.segment_seconds=0.5",
-        f"tokenizer.encoder.semantic.teacher.model={whisper_dir}", f"tokenizer.encoder.semantic.teacher_dim={TEACHER_DIM}",
-        "tokenizer.encoder.semantic.d_high=24", "tokenizer.latent_dim=24", "tokenizer.encoder.n_mels=32",
-        "tokenizer.decoder.dim=16", "tokenizer.decoder.intermediate_dim=32", "tokenizer.decoder.depth=1",
-        "training.batch_size=2", *extra,
-    ])
+    return load_config(
+        TokenizerTrainConfig,
+        CONFIG,
+        [
+            f"data.manifest={manifest}",
+            f"data.teacher_cache={cache}",
+            "data.segment_seconds=0.5",
+            f"tokenizer.encoder.semantic.teacher.model={whisper_dir}",
+            f"tokenizer.encoder.semantic.teacher_dim={TEACHER_DIM}",
+            "tokenizer.encoder.semantic.d_high=24",
+            "tokenizer.latent_dim=24",
+            "tokenizer.encoder.n_mels=32",
+            "tokenizer.decoder.dim=16",
+            "tokenizer.decoder.intermediate_dim=32",
+            "tokenizer.decoder.depth=1",
+            "training.batch_size=2",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture

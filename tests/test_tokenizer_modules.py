@@ -12,10 +12,11 @@ import torch
 
 from lodit.config import from_dict, load_yaml
 from lodit.errors import ConfigError, LoditError
+from lodit.latent_tokenizer.blocks import DepthwiseConv1d
 from lodit.latent_tokenizer.bottleneck import BottleneckConfig, build_bottleneck, gaussian_kl
-from lodit.latent_tokenizer.decoder import DecoderConfig, DepthwiseConv1d
+from lodit.latent_tokenizer.decoder import DecoderConfig
 from lodit.latent_tokenizer.discriminators import DiscriminatorConfig, Discriminators
-from lodit.latent_tokenizer.encoder import ENCODERS, EncoderConfig
+from lodit.latent_tokenizer.encoder import EncoderConfig
 from lodit.latent_tokenizer.frontend import LogMel
 from lodit.latent_tokenizer.losses import (
     MultiResolutionMelLoss,
@@ -26,7 +27,7 @@ from lodit.latent_tokenizer.losses import (
     hinge_discriminator_loss,
     hinge_generator_loss,
 )
-from lodit.latent_tokenizer.tokenizer import Tokenizer, TokenizerConfig
+from lodit.latent_tokenizer.tokenizer import ENCODERS, Tokenizer, TokenizerConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "tokenizer"
 SR = 16000
@@ -89,7 +90,8 @@ def test_log_mel_shape_and_floor():
 def test_mel_encoder_feeds_the_standardised_log_mel_to_its_first_layer():
     cfg = tiny_config()
     cfg.encoder.mel_mean, cfg.encoder.mel_std = -6.0, 2.5
-    encoder = ENCODERS.get("mel_convnext")(cfg.encoder, cfg)
+    encoder = ENCODERS.get("mel_convnext")(cfg.encoder, sample_rate=cfg.sample_rate, hop_length=cfg.hop_length,
+                                            latent_dim=cfg.latent_dim)
     seen = []
     encoder.embed.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
     wav = chord(seconds=0.64)  # 16 latent frames -> 64 mel frames at hop 160
@@ -513,3 +515,21 @@ def test_tiny_autoencoder_learns_a_chord():
         optimizer.step()
     after = distance()
     assert after < before / 3, (before, after)
+
+
+def test_loading_models_for_inference_does_not_import_accelerate(tmp_path):
+    """Tokenizer and DiT loading import no training machinery (accelerate comes with the Trainer only)."""
+    import os
+    import subprocess
+    import sys
+
+    Tokenizer(tiny_config()).save_pretrained(tmp_path / "tok")
+    script = ("import sys\n"
+              "from lodit.latent_tokenizer.tokenizer import Tokenizer\n"
+              "import lodit.dit.generator\n"
+              f"Tokenizer.from_pretrained({str(tmp_path / 'tok')!r})\n"
+              "print('accelerate' in sys.modules)\n")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, check=True,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.stdout.strip() == "False"

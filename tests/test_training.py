@@ -330,7 +330,7 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
     assert latest_checkpoint(tmp_path) is None
 
 
-def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     straight = make_trainer(tmp_path / "a")
     straight.fit()
     first = make_trainer(tmp_path / "b", checkpoint_every=2, keep_checkpoints=3)
@@ -338,8 +338,9 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     newest = tmp_path / "b/checkpoints/step-00000006"
     (newest / "model.safetensors").write_bytes(b"\0" * 10)  # truncated by a failing disk
     resumed = make_trainer(tmp_path / "b", seed_model=3)
-    resumed.fit()
-    err = capsys.readouterr().err
+    with caplog.at_level("INFO", logger="lodit"):
+        resumed.fit()
+    err = caplog.text  # the Trainer reports through logging (lodit.status)
     assert "step-00000006" in err and "moved it to damaged-step-00000006" in err
     assert "resuming from" in err and "step-00000004 (step 4)" in err
     assert (tmp_path / "b/checkpoints/damaged-step-00000006").is_dir()
@@ -432,7 +433,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint_module, "save_file", fail_on_discriminator)
     # a full disk is a one-line user error that says the earlier checkpoints are intact
-    with pytest.raises(LoditError, match="step-00000002: could not be written .disk full.; earlier checkpoints are intact"):
+    with pytest.raises(
+        LoditError, match="step-00000002: could not be written .disk full.; earlier checkpoints are intact"
+    ):
         _tiny_checkpoint(root / "step-00000002", 2.0, step=2)
     with pytest.raises(LoditError, match="disk full"):
         _tiny_checkpoint(good, 3.0)  # overwriting an existing checkpoint fails half-way too
@@ -653,3 +656,25 @@ def test_no_budget_means_no_time_stop(tmp_path):
 def test_negative_budget_is_refused():
     with pytest.raises(ValueError, match="max_minutes"):
         TrainingConfig(max_minutes=-1)
+
+
+def test_weight_decay_only_on_tensors_with_two_or_more_dims_and_resume_across_groupings(tmp_path):
+    decayed = make_trainer(tmp_path / "decay", weight_decay=0.1, max_steps=4)
+    for optimizer in decayed.optimizers.values():
+        matrices, vectors = optimizer.param_groups
+        assert matrices["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in matrices["params"])
+        assert vectors["weight_decay"] == 0.0 and all(p.dim() < 2 for p in vectors["params"]) and vectors["params"]
+    plain = make_trainer(tmp_path / "plain", max_steps=4)
+    assert all(len(o.param_groups) == 1 for o in plain.optimizers.values())
+
+    # A run saved without decay (one group) resumes with decay: every parameter keeps its moments.
+    plain.fit()
+    saved = {name: {id(p): optimizer.state[p]["exp_avg"].clone() for p in optimizer.param_groups[0]["params"]}
+             for name, optimizer in plain.optimizers.items()}
+    order = {name: list(plain.trainable[name]) for name in plain.trainable}
+    resumed = make_trainer(tmp_path / "plain", weight_decay=0.1, max_steps=8)
+    resumed._start()
+    for name, optimizer in resumed.optimizers.items():
+        assert len(optimizer.param_groups) == 2
+        for before, after in zip(order[name], resumed.trainable[name]):
+            torch.testing.assert_close(optimizer.state[after]["exp_avg"], saved[name][id(before)], rtol=0, atol=0)

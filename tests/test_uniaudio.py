@@ -221,42 +221,103 @@ def test_cli_train_encode_tokens_and_reconstruct(whisper_dir, manifest, tmp_path
     from lodit.latent_tokenizer.tokenizer import Tokenizer
 
     torch.manual_seed(0)
-    autoencoder = Tokenizer.from_config(load_yaml("configs/tokenizer/tiny.yaml")["tokenizer"]).save_pretrained(tmp_path / "ae")
-    small = [f"uniaudio.teacher.model={whisper_dir}", "uniaudio.teacher_dim=32", "uniaudio.teacher_layers=2",
-             "uniaudio.sae.gate_hidden=32", "uniaudio.sae.adapter_hidden=32", "uniaudio.codebook.size=16",
-             "uniaudio.trainable_layers=1", "uniaudio.teacher_heads=2", "uniaudio.teacher_ffn=64",
-             "uniaudio.trainable_lr_scale=0.05",
-             f"decoder.autoencoder={autoencoder}", "training.max_steps=4", "decoder_training.max_steps=3",
-             "training.batch_size=2", "decoder_training.batch_size=2"]
+    tiny = load_yaml("configs/tokenizer/tiny.yaml")["tokenizer"]
+    autoencoder = Tokenizer.from_config(tiny).save_pretrained(tmp_path / "ae")
+    small = [
+        f"uniaudio.teacher.model={whisper_dir}",
+        "uniaudio.teacher_dim=32",
+        "uniaudio.teacher_layers=2",
+        "uniaudio.sae.gate_hidden=32",
+        "uniaudio.sae.adapter_hidden=32",
+        "uniaudio.codebook.size=16",
+        "uniaudio.trainable_layers=1",
+        "uniaudio.teacher_heads=2",
+        "uniaudio.teacher_ffn=64",
+        "uniaudio.trainable_lr_scale=0.05",
+        f"decoder.autoencoder={autoencoder}",
+        "training.max_steps=4",
+        "decoder_training.max_steps=3",
+        "training.batch_size=2",
+        "decoder_training.batch_size=2",
+    ]
     run = tmp_path / "run"
-    assert cli.main(["train-tokenizer", "--config", "configs/uniaudio/tiny.yaml", "--manifest", str(manifest),
-                     "--out", str(run), *small]) == 0
+    assert (
+        cli.main(
+            [
+                "train-tokenizer",
+                "--config",
+                "configs/uniaudio/tiny.yaml",
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(run),
+                *small,
+            ]
+        )
+        == 0
+    )
     model = load_uniaudio(run / "final")
     assert model.config.vocabulary.vocal == {"speaker": ["a", "b"], "gender": ["female", "male"]}
-    assert cli.main(["encode", "--tokens", str(run / "final"), "--manifest", str(manifest),
-                     "--out", str(tmp_path / "tokens"), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "encode",
+                "--tokens",
+                str(run / "final"),
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(tmp_path / "tokens"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cache = LatentCache(tmp_path / "tokens")
     assert cache.producer["codebook_hash"] == model.quantizer.codebook_hash() and cache.producer["codebook_size"] == 16
     ids = cache[0].latents
     assert ids.shape == (25, 1) and torch.equal(ids, ids.round()) and 0 <= ids.min() and ids.max() < 16
     from lodit.eval.understanding import uniaudio_statistics
 
-    stats = {m.name: m for m in uniaudio_statistics(run / "final", [manifest.parent / "0.wav", manifest.parent / "2.wav"])}
+    stats = {
+        m.name: m for m in uniaudio_statistics(run / "final", [manifest.parent / "0.wav", manifest.parent / "2.wav"])
+    }
     assert 0 < stats["sae_gate"].value < 1 and stats["sae_gate"].n == 2
     assert 0 < stats["codebook_usage"].value <= 1 and 1 <= stats["codebook_perplexity"].value <= 16
-    assert cli.main(["encode", "--tokenizer", str(run / "final"), "--manifest", str(manifest),
-                     "--out", str(tmp_path / "wrong")]) == 2  # points at --tokens
+    assert (
+        cli.main(
+            ["encode", "--tokenizer", str(run / "final"), "--manifest", str(manifest), "--out", str(tmp_path / "wrong")]
+        )
+        == 2
+    )  # points at --tokens
     out = tmp_path / "rec.wav"
     assert cli.main(["reconstruct", "--tokenizer", str(run / "final"), str(manifest.parent / "0.wav"), str(out)]) == 0
     assert out.is_file()
     # the tokenizer alone (no decoder stage) can't reconstruct: one clear line, exit 2
-    assert cli.main(["reconstruct", "--tokenizer", str(run / "tokenizer" / "final"), str(manifest.parent / "0.wav"),
-                     str(tmp_path / "x.wav")]) == 2
+    assert (
+        cli.main(
+            [
+                "reconstruct",
+                "--tokenizer",
+                str(run / "tokenizer" / "final"),
+                str(manifest.parent / "0.wav"),
+                str(tmp_path / "x.wav"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_cli_bad_uniaudio_configs_are_one_line_errors(manifest, tmp_path, capsys):
-    base = ["train-tokenizer", "--config", "configs/uniaudio/tiny.yaml", "--manifest", str(manifest),
-            "--out", str(tmp_path / "run")]
+    base = [
+        "train-tokenizer",
+        "--config",
+        "configs/uniaudio/tiny.yaml",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert cli.main([*base, "uniaudio.sae.bogus=1"]) == 2
     err = capsys.readouterr().err
     assert "tiny.yaml" in err and "bogus" in err and "Traceback" not in err
@@ -277,9 +338,16 @@ def test_trainable_top_blocks_start_as_the_pretrained_encoder(whisper_dir):
     )
     from lodit.latent_tokenizer.vq import CodebookConfig
 
-    config = UniAudioTokenConfig(teacher=SemanticEncoderConfig(model=str(whisper_dir)), teacher_dim=32, teacher_layers=2,
-                                 trainable_layers=1, teacher_heads=2, teacher_ffn=64,
-                                 codebook=CodebookConfig(size=8), sae=SAEConfig(shallow_layer=1))
+    config = UniAudioTokenConfig(
+        teacher=SemanticEncoderConfig(model=str(whisper_dir)),
+        teacher_dim=32,
+        teacher_layers=2,
+        trainable_layers=1,
+        teacher_heads=2,
+        teacher_ffn=64,
+        codebook=CodebookConfig(size=8),
+        sae=SAEConfig(shallow_layer=1),
+    )
     assert config.layers == (1, 1) and config.teacher_deep_layer == 1
     teacher = build_teacher(config)
     model = UniAudioToken(config)
@@ -300,8 +368,9 @@ def test_trainable_top_blocks_start_as_the_pretrained_encoder(whisper_dir):
     (out.quantized.sum() + out.commitment_loss).backward()
     assert all(p.grad is not None for p in model.top.parameters())
     with pytest.raises(ValueError, match="sae.shallow_layer <= 0"):
-        UniAudioTokenConfig(teacher_layers=2, trainable_layers=2, teacher_dim=32, teacher_heads=2,
-                            sae=SAEConfig(shallow_layer=1))
+        UniAudioTokenConfig(
+            teacher_layers=2, trainable_layers=2, teacher_dim=32, teacher_heads=2, sae=SAEConfig(shallow_layer=1)
+        )
 
 
 def test_trainable_lr_scale_slows_the_fine_tuned_blocks_only():
@@ -310,12 +379,29 @@ def test_trainable_lr_scale_slows_the_fine_tuned_blocks_only():
 
     def moved(scale: float) -> float:
         torch.manual_seed(0)
-        config = UniAudioTokenConfig(teacher_dim=16, teacher_layers=2, trainable_layers=1, teacher_heads=2,
-                                     teacher_ffn=32, trainable_lr_scale=scale, sae=SAEConfig(shallow_layer=1))
+        config = UniAudioTokenConfig(
+            teacher_dim=16,
+            teacher_layers=2,
+            trainable_layers=1,
+            teacher_heads=2,
+            teacher_ffn=32,
+            trainable_lr_scale=scale,
+            sae=SAEConfig(shallow_layer=1),
+        )
         top = TopBlocks(config)
-        reference = TopBlocks(UniAudioTokenConfig(teacher_dim=16, teacher_layers=2, trainable_layers=1, teacher_heads=2,
-                                                  teacher_ffn=32, sae=SAEConfig(shallow_layer=1)))
-        top.load_from(type("Encoder", (), {"layers": [None, reference.layers[0]], "layer_norm": reference.layer_norm})())
+        reference = TopBlocks(
+            UniAudioTokenConfig(
+                teacher_dim=16,
+                teacher_layers=2,
+                trainable_layers=1,
+                teacher_heads=2,
+                teacher_ffn=32,
+                sae=SAEConfig(shallow_layer=1),
+            )
+        )
+        top.load_from(
+            type("Encoder", (), {"layers": [None, reference.layers[0]], "layer_norm": reference.layer_norm})()
+        )
         before = top.layers[0].fc1.weight.detach().clone()
         assert torch.allclose(before, reference.layers[0].fc1.weight)  # loading sets the effective weight
         optimizer = torch.optim.Adam(top.parameters(), lr=1e-2)

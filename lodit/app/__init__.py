@@ -14,8 +14,8 @@ tests call them directly:
   seed and evaluation step, and a blind A/B test recording preferences to JSON);
 - :mod:`lodit.app.ui`: the gradio layout, which only wires widgets to those functions; gradio is
   imported there, lazily (``pip install "lodit[app]"``);
-- :mod:`lodit.app.command`: the ``lodit app`` command.
+The ``lodit app`` command that starts it is :mod:`lodit.commands.app`.
 
-It sits beside :mod:`lodit.cli` at the top of the dependency order: it may import every other
-subpackage, and nothing imports it.
+It sits just below :mod:`lodit.commands` in the dependency order: it may import every other
+subpackage, and only its command imports it.
 """

@@ -18,10 +18,9 @@ continue an utterance from a prompt that is a minority of it (``tts.mask_min_fra
 from __future__ import annotations
 
 import copy
-import json
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from lodit.app.media import AudioInput, mel_image, read_audio_input, write_wav
 from lodit.conditioning.tasks import TASKS
 from lodit.conditioning.tts import estimate_total_frames
 from lodit.errors import LoditError
-from lodit.samplers.guidance import GuidanceConfig
+from lodit.files import write_json
 from lodit.samplers.schedules import SCHEDULES
 from lodit.samplers.solvers import SOLVERS
 
@@ -146,17 +145,17 @@ def generate(
     seconds = float(request.seconds) or None
     batch = int(request.batch)
     report(0.0, "sampling")
-    result = _guided(generator, request, report).generate(
+    sampling = generator.config.sampling.with_changes(
+        steps=int(request.steps), cfg=float(request.cfg), sampler=request.sampler, schedule=request.schedule,
+        cfg_interval=request.cfg_interval)
+    result = _reporting(generator, report).generate(
         [request.prompt.strip()] * batch,
         seconds=seconds,
         transcripts=request.transcript.strip() if task == "tts" else None,
         reference_audio=reference,
         reference_transcripts=request.reference_transcript.strip() if reference is not None else None,
         task=task,
-        steps=int(request.steps),
-        cfg=float(request.cfg),
-        sampler=request.sampler,
-        schedule=request.schedule,
+        sampling=sampling,
         seed=int(request.seed),
     )
     report(1.0, "writing files")
@@ -168,10 +167,12 @@ def generate(
                           title=f"sample {i}: seed {result.settings['seeds'][i]}"),
             seconds=result.settings["seconds"][i], seed=result.settings["seeds"][i], task=result.settings["tasks"][i]))
     request_fields = {k: v for k, v in asdict(request).items() if k != "reference_audio"}
-    request_fields["reference_audio"] = None if reference is None else f"{reference.shape[-1] / result.sample_rate:.2f} s"
+    request_fields["reference_audio"] = (
+        None if reference is None else f"{reference.shape[-1] / result.sample_rate:.2f} s"
+    )
     settings = {**result.settings, "cfg_interval": list(request.cfg_interval), "request": request_fields}
     settings_path = folder / "settings.json"
-    settings_path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(settings_path, settings, allow_nan=True)
     archive = folder / ARCHIVE
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for clip in clips:
@@ -221,16 +222,12 @@ class _ProgressModel:
         return self._model.velocity_fn(x, t, condition)
 
 
-def _guided(generator, request: GenerateRequest, report: Progress):
-    """A shallow copy of ``generator`` with the request's CFG interval and progress reports.
+def _reporting(generator, report: Progress):
+    """A shallow copy of ``generator`` whose network reports progress.
 
     The copy shares the loaded network, text encoder and tokenizer (nothing is loaded again) and
-    leaves the shared generator untouched, so requests don't see each other's settings.
+    leaves the shared generator untouched, so requests don't see each other's progress callbacks.
     """
     view = copy.copy(generator)
-    sampling = generator.config.sampling
-    guidance = GuidanceConfig(scale=sampling.guidance.scale, interval=tuple(float(v) for v in request.cfg_interval),
-                              rescale=sampling.guidance.rescale)
-    view.config = replace(generator.config, sampling=replace(sampling, guidance=guidance))
     view.model = _ProgressModel(generator.model, report)
     return view

@@ -26,8 +26,9 @@ import numpy as np
 
 from lodit.data.audio import load_audio
 from lodit.errors import LoditError
-from lodit.eval.evaluate import write_json
-from lodit.eval.report import RECONSTRUCTION_METRICS, RESULTS_FORMAT, format_value, label, read_compare_json
+from lodit.eval.report import RECONSTRUCTION_METRICS, RESULTS_FORMAT, read_compare_json
+from lodit.eval.tables import format_value, label
+from lodit.files import write_json
 
 RESULTS = Path("report") / "results.json"
 PREFERENCES = Path("listening") / "preferences.json"
@@ -68,12 +69,16 @@ def experiment_folder(path: str | os.PathLike) -> Path:
     """The experiment folder from it or its ``report/`` folder; a clear error for anything else."""
     folder = Path(path)
     if not folder.is_dir():
-        raise LoditError(f"{folder}: folder not found; pass the --out folder of `lodit compare` (or `lodit demo`'s compare-*)")
+        raise LoditError(
+            f"{folder}: folder not found; pass the --out folder of `lodit compare` (or `lodit demo`'s compare-*)"
+        )
     if (folder / RESULTS).is_file():
         return folder
     if (folder / RESULTS.name).is_file() and (folder.parent / "arms").is_dir():
         return folder.parent
-    raise LoditError(f"{folder}: no {RESULTS} here; pass a folder that `lodit compare` finished (it writes the report last)")
+    raise LoditError(
+        f"{folder}: no {RESULTS} here; pass a folder that `lodit compare` finished (it writes the report last)"
+    )
 
 
 def open_compare(path: str | os.PathLike) -> CompareListing:
@@ -153,7 +158,9 @@ def reference_audio(listing: CompareListing, index: int) -> tuple[int, np.ndarra
     folder ``lodit compare`` was usually run from)."""
     reference = _prompt(listing, index).reference
     written = Path(reference["audio"])
-    candidates = [written] if written.is_absolute() else [written, listing.folder / written, listing.folder.parent / written]
+    candidates = (
+        [written] if written.is_absolute() else [written, listing.folder / written, listing.folder.parent / written]
+    )
     for candidate in candidates:
         if candidate.is_file():
             return clip_array(candidate, offset=reference.get("offset") or 0.0, duration=reference.get("duration"))
@@ -161,7 +168,9 @@ def reference_audio(listing: CompareListing, index: int) -> tuple[int, np.ndarra
                      f"open the comparison from the machine and folder it was made in")
 
 
-def clip_array(path: str | os.PathLike, *, offset: float = 0.0, duration: float | None = None) -> tuple[int, np.ndarray]:
+def clip_array(
+    path: str | os.PathLike, *, offset: float = 0.0, duration: float | None = None
+) -> tuple[int, np.ndarray]:
     """A wav as ``(rate, mono float32 samples)``, the form the page's players take without file access."""
     from lodit.data.audio import audio_info
 
@@ -191,7 +200,9 @@ def new_trial(listing: CompareListing, rng: random.Random, *, step: int | None =
         raise LoditError("a blind A/B test needs at least two arms; this comparison has one")
     step = listing.steps[-1] if step is None else int(step)
     if step not in listing.steps:
-        raise LoditError(f"step {step} is not an evaluation step here; choose one of: {', '.join(map(str, listing.steps))}")
+        raise LoditError(
+            f"step {step} is not an evaluation step here; choose one of: {', '.join(map(str, listing.steps))}"
+        )
     seed = listing.seeds[0]
     index = rng.randrange(len(listing.prompts)) if prompt is None else _prompt(listing, prompt).index
     available = [arm for arm in listing.arms if (arm, seed, step, index) in listing.clips]

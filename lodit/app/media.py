@@ -21,6 +21,7 @@ import torch
 
 from lodit.data.audio import audio_info, load_audio, resample_np, save_audio
 from lodit.errors import LoditError
+from lodit.files import write_atomically
 
 AudioInput = Any  # a path, (sample_rate, np.ndarray), or None
 
@@ -63,7 +64,9 @@ def read_audio_input(
         if max_seconds is not None and data.shape[-1] / rate > max_seconds:
             raise _too_long(what, data.shape[-1] / rate, max_seconds)
         mono = data.mean(axis=0, keepdims=True)
-        wav = torch.from_numpy(np.ascontiguousarray(resample_np(mono, rate, sample_rate) if rate != sample_rate else mono))
+        wav = torch.from_numpy(
+            np.ascontiguousarray(resample_np(mono, rate, sample_rate) if rate != sample_rate else mono)
+        )
     else:
         raise LoditError(f"{what}: expected an audio file or (sample_rate, samples), got {type(value).__name__}")
     if wav.shape[-1] == 0:
@@ -127,7 +130,4 @@ def mel_image(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -79,9 +79,16 @@ def _metrics(wav: torch.Tensor, recon: torch.Tensor, rate: int) -> dict[str, Any
     unavailable: dict[str, str] = {}
     scores = [
         ("mel_distance", lambda: reconstruction.multiscale_mel_distance([wav], [recon], rate)),
-        (f"mel_distance_{reconstruction.FLOOR_ROBUST_RANGE_DB:g}db", lambda: reconstruction.multiscale_mel_distance(
-            [wav], [recon], rate, dynamic_range_db=reconstruction.FLOOR_ROBUST_RANGE_DB)),
-        ("level_ratio_db", lambda: reconstruction.level_ratio([wav], [recon])),  # the unit in the name: a bare number on the page
+        (
+            f"mel_distance_{reconstruction.FLOOR_ROBUST_RANGE_DB:g}db",
+            lambda: reconstruction.multiscale_mel_distance(
+                [wav], [recon], rate, dynamic_range_db=reconstruction.FLOOR_ROBUST_RANGE_DB
+            ),
+        ),
+        (
+            "level_ratio_db",
+            lambda: reconstruction.level_ratio([wav], [recon]),
+        ),  # the unit in the name: a bare number on the page
         ("stft_distance", lambda: reconstruction.stft_distance([wav], [recon])),
         ("si_sdr_db", lambda: reconstruction.si_sdr([wav], [recon])),
         ("pesq", lambda: reconstruction.pesq_score([wav], [recon], rate)),

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from lodit.devices import choose_device
 from lodit.errors import LoditError
-from lodit.latent_tokenizer.encode import resolve_device
 
 
 @dataclass
@@ -60,10 +60,12 @@ class AppState:
 
         out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="lodit-app-"))
         out.mkdir(parents=True, exist_ok=True)
-        state = cls(device=resolve_device(device), out_dir=out)
+        state = cls(device=choose_device(device, option="--device"), out_dir=out)
         given_tokenizer = Path(tokenizer) if tokenizer is not None else None
         if given_tokenizer is not None:
-            state.tokenizers[f"{given_tokenizer} (--tokenizer)"] = ModelSpec(f"{given_tokenizer} (--tokenizer)", given_tokenizer)
+            state.tokenizers[f"{given_tokenizer} (--tokenizer)"] = ModelSpec(
+                f"{given_tokenizer} (--tokenizer)", given_tokenizer
+            )
         if checkpoint is not None:
             label = f"{Path(checkpoint)} (--checkpoint)"
             state.checkpoints[label] = ModelSpec(label, Path(checkpoint), given_tokenizer)
@@ -101,7 +103,9 @@ class AppState:
         with self.lock:
             if spec.label not in self._generators:
                 tokenizer = self._tokenizer_object(spec.tokenizer) if spec.tokenizer is not None else None
-                self._generators[spec.label] = Generator.from_pretrained(spec.path, tokenizer=tokenizer, device=self.device)
+                self._generators[spec.label] = Generator.from_pretrained(
+                    spec.path, tokenizer=tokenizer, device=self.device
+                )
             return self._generators[spec.label]
 
     def tokenizer(self, label: str | None):

@@ -116,13 +116,23 @@ def _generate_tab(gr, state: AppState) -> None:
             download = gr.DownloadButton("download wavs + settings (zip)", visible=False)
 
     def run(label, prompt_, transcript_, reference_, reference_text_, task_, seconds_, sampler_, schedule_, steps_,
-            cfg_, lo, hi, seed_, batch_, progress=gr.Progress()):
+            cfg_, lo, hi, seed_, batch_, progress=gr.Progress()):  # noqa: B008 (gradio finds its tracker by this default)
         generator = state.generator(label)
         request = generate_mod.GenerateRequest(
-            prompt=prompt_ or "", transcript=transcript_ or "", reference_audio=reference_ or None,
-            reference_transcript=reference_text_ or "", task=task_ or "auto", seconds=float(seconds_ or 0.0),
-            sampler=sampler_, steps=int(steps_), schedule=schedule_, cfg=float(cfg_), cfg_interval=(float(lo), float(hi)),
-            seed=int(seed_ or 0), batch=int(batch_))
+            prompt=prompt_ or "",
+            transcript=transcript_ or "",
+            reference_audio=reference_ or None,
+            reference_transcript=reference_text_ or "",
+            task=task_ or "auto",
+            seconds=float(seconds_ or 0.0),
+            sampler=sampler_,
+            steps=int(steps_),
+            schedule=schedule_,
+            cfg=float(cfg_),
+            cfg_interval=(float(lo), float(hi)),
+            seed=int(seed_ or 0),
+            batch=int(batch_),
+        )
         generate_mod.check_request(request, generator)  # before taking the lock: bad input answers at once
         with state.lock:
             output = generate_mod.generate(generator, request, state.request_dir("generate"),
@@ -207,7 +217,9 @@ def _compare_tab(gr, state: AppState) -> None:
             gr.Markdown(f"**{exc}**")
             return
         item = listing.prompts[int(index)]
-        text = f"**{item.task.upper()}**: {item.caption or '—'}" + (f" · transcript: *{item.transcript}*" if item.transcript else "")
+        text = f"**{item.task.upper()}**: {item.caption or '—'}" + (
+            f" · transcript: *{item.transcript}*" if item.transcript else ""
+        )
         gr.Markdown(text)
         gr.Audio(value=_pcm16(reference), label="reference", interactive=False)
         for row in rows_:
@@ -257,7 +269,10 @@ def _compare_tab(gr, state: AppState) -> None:
                 raise LoditError("draw a pair first (New pair)")
             counts = listening.record_preference(listing, current, choice)
             lines = [f"A was **{current.arm_a}**, B was **{current.arm_b}**. Verdicts so far: {counts['verdicts']}."]
-            lines += [f"- {arm}: {c['wins']} wins, {c['losses']} losses, {c['ties']} ties" for arm, c in counts["arms"].items()]
+            lines += [
+                f"- {arm}: {c['wins']} wins, {c['losses']} losses, {c['ties']} ties"
+                for arm, c in counts["arms"].items()
+            ]
             return None, "\n".join(lines)
         return handler
 

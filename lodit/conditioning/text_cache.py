@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from lodit.conditioning.text_encoders import TextEncoder
+from lodit.files import write_atomically
 
 
 class TextEmbeddingCache:
@@ -41,14 +41,7 @@ class TextEmbeddingCache:
 
     def _store(self, path: Path, states: torch.Tensor) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file({"states": states.contiguous()}, temporary)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomically(path, lambda tmp: save_file({"states": states.contiguous()}, str(tmp)))
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``states (B, L, dim)`` float32 (zero at padding) and ``mask (B, L)`` bool, like the encoder.

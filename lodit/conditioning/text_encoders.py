@@ -21,7 +21,6 @@ input) still gives the tokenizer's special tokens, so every row has at least one
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lodit.devices import choose_device
 from lodit.errors import LoditError
+from lodit.fingerprints import weights_fingerprint
 from lodit.registry import Registry
 
 
@@ -70,7 +71,7 @@ class TextEncoder(nn.Module):
         self.max_length = int(max_length)
         self._fingerprint: str | None = None
         self.requires_grad_(False)
-        self.to(_resolve_device(device))
+        self.to(choose_device(device, option="text_encoder.device"))
         self.eval()
 
     def train(self, mode: bool = True) -> TextEncoder:
@@ -105,12 +106,7 @@ class TextEncoder(nn.Module):
     def identity(self) -> str:
         """Encoder name, model, max length and a SHA-256 of the weights: equal identities encode equally."""
         if self._fingerprint is None:
-            digest = hashlib.sha256()
-            for key, tensor in sorted(self.backbone.state_dict().items()):
-                flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-                digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-                digest.update(flat.view(torch.uint8).numpy().tobytes())
-            self._fingerprint = digest.hexdigest()[:16]
+            self._fingerprint = weights_fingerprint(self.backbone)
         return f"{self.name}|{self.model_label}|max_length={self.max_length}|weights={self._fingerprint}"
 
 
@@ -122,15 +118,6 @@ def build_text_encoder(cfg: TextEncoderConfig) -> TextEncoder:
     if cfg.max_length < 1:
         raise LoditError(f"text_encoder.max_length must be at least 1, got {cfg.max_length}")
     return TEXT_ENCODERS.get(cfg.name)(cfg)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise LoditError(f"text_encoder.device {device!r} is not a device; use auto, cpu or cuda") from None
 
 
 def _model_label(source: str) -> str:

@@ -16,6 +16,7 @@ import soxr
 import torch
 
 from lodit.errors import LoditError
+from lodit.files import write_atomically
 from lodit.outputs import check_output_folder
 
 ChannelPolicy = Literal["mix", "first", "keep"]
@@ -87,21 +88,28 @@ def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_r
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         check_output_folder(path.parent, "audio output folder")
-        raise LoditError(f"{path}: cannot create its folder ({_reason(exc)}); choose a folder you can write to") from None
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # same suffix: soundfile picks the format from it
+        raise LoditError(
+            f"{path}: cannot create its folder ({_reason(exc)}); choose a folder you can write to"
+        ) from None
     try:
-        sf.write(str(tmp), np.clip(data.T, -1.0, 1.0), sample_rate)
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: sf.write(str(tmp), np.clip(data.T, -1.0, 1.0), sample_rate))
     except (TypeError, ValueError, sf.LibsndfileError, OSError) as exc:
-        tmp.unlink(missing_ok=True)
         check_output_folder(path.parent, "audio output folder")  # a folder we can't write: say that
         if isinstance(exc, OSError):  # the folder is writable: the disk is full or failing
             raise LoditError(f"{path}: cannot write audio ({_reason(exc)}); check the free disk space") from None
         raise LoditError(f"{path}: cannot write audio ({_reason(exc)}); use a .wav, .flac, .ogg or .mp3 name") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
+
+
+def mono_clip(wav: torch.Tensor | np.ndarray, *, what: str) -> torch.Tensor:
+    """A non-empty mono clip as float32 ``(S,)`` on the CPU, from ``(S,)``, ``(1, S)`` or any shape
+    whose other dimensions are 1; anything else is a LoditError that starts with ``what``."""
+    wav = torch.as_tensor(np.asarray(wav) if isinstance(wav, np.ndarray) else wav).detach().float().cpu()
+    if wav.dim() > 1 and sum(n > 1 for n in wav.shape) <= 1:
+        wav = wav.reshape(-1)
+    if wav.dim() != 1 or wav.numel() == 0:
+        raise LoditError(f"{what}: expected a non-empty mono clip (S,) or (1, S), got shape {tuple(wav.shape)}")
+    return wav
 
 
 def apply_channel_policy(wav: np.ndarray, policy: ChannelPolicy) -> np.ndarray:

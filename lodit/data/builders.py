@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import json
 import os
 import string
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 from lodit.data.audio import audio_info
 from lodit.data.manifest import DOMAINS, ROW_FIELDS, ManifestRow, RowError
 from lodit.errors import LoditError
+from lodit.files import InvalidJSON, read_json
 from lodit.registry import Registry
 
 BuildResult = tuple[str, "ManifestRow | str"]
@@ -172,7 +172,7 @@ def build_wavcaps(
     """
     folder = _audio_folder(source, audio_dir)
     _check_patterns(patterns, None, str(source))
-    document = _read_json_document(source)
+    document = read_json(source, hint="is it a WavCaps metadata file?")
     entries = document.get("data") if isinstance(document, dict) else document
     if not isinstance(entries, list):
         raise LoditError(f'{source}: expected WavCaps JSON {{"data": [...]}} (a list of entries)')
@@ -433,13 +433,6 @@ def _read_text(path: Path) -> str:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RowError(f"{path.name} is not valid JSON ({exc})") from None
-
-
-def _read_json_document(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LoditError(f"{path}: not valid JSON ({exc}); is it a WavCaps metadata file?") from None
+        return read_json(path)
+    except InvalidJSON as exc:
+        raise RowError(f"{path.name} is not valid JSON ({exc.reason})") from None

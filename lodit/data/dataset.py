@@ -280,7 +280,7 @@ class AudioClipDataset(Dataset):
             self.records.append(record)
             clip_lengths.append(samples)
         if self.num_too_short:
-            log.info("skipped %d clips shorter than %.3g s (or empty)", self.num_too_short, min_seconds)
+            log.debug("skipped %d clips shorter than %.3g s (or empty)", self.num_too_short, min_seconds)
         self.clip_lengths = torch.tensor(clip_lengths, dtype=torch.long)  # whole clips, in samples
         self.epoch = 0
 
@@ -374,7 +374,7 @@ class IterableAudioDataset(IterableDataset):
                 continue
             yield self.loader.load(record, index, self.epoch, samples)
         if too_short:
-            log.info("reader %d skipped %d clips shorter than min_seconds (or empty)", reader, too_short)
+            log.debug("reader %d skipped %d clips shorter than min_seconds (or empty)", reader, too_short)
 
     def _records_of_reader(self, reader: int, readers: int) -> Iterator[tuple[int, ClipRecord]]:
         rows, root = iter_numbered_rows(self.manifest, self.on_error)

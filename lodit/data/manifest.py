@@ -16,13 +16,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from lodit.errors import LoditError
+from lodit.files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -304,11 +304,11 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow | dict]) 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
-    try:
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; a manifest is an ordinary file
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+
+    def write(tmp: Path) -> None:
+        nonlocal count
+        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
             for row in rows:
                 try:  # validate objects too, so whatever is written reads back
                     row = ManifestRow.from_dict(row.to_dict() if isinstance(row, ManifestRow) else row)
@@ -316,19 +316,10 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow | dict]) 
                     raise LoditError(f"{path}: row {count + 1} is invalid: {exc}") from None
                 handle.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
                 count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    write_atomically(path, write, sync=True)
     return count
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _seconds(mapping: dict, name: str) -> float | None:

@@ -8,7 +8,6 @@ the target path. Prints ``kept N rows, dropped M (where: reason; ...)``.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lodit.data.builders import LAYOUTS
-from lodit.data.manifest import DOMAINS, SKIP_HINT, ManifestReport, OnError, portable_audio_path, write_manifest
+from lodit.data.manifest import SKIP_HINT, ManifestReport, OnError, portable_audio_path, write_manifest
 from lodit.errors import LoditError
 
 # builder keyword -> the command-line flag that sets it (for errors about options a layout lacks)
@@ -84,50 +83,3 @@ def _check_options(layout: str, builder: Any, options: dict[str, Any]) -> None:
             flag = OPTION_FLAGS.get(name, name)
             takes = ", ".join(OPTION_FLAGS.get(a, a) for a in sorted(accepted)) or "no options"
             raise LoditError(f"{flag} does not apply to the {layout} layout (it takes: {takes})")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("layout", help=f"dataset layout: {', '.join(LAYOUTS.names())}")
-    parser.add_argument(
-        "source",
-        help="the dataset: its folder (folder, libritts, esc50) or metadata (audiocaps/musiccaps CSV, wavcaps JSON)",
-    )
-    parser.add_argument("--out", required=True, help="manifest to write (JSON Lines), e.g. data/manifest.jsonl")
-    parser.add_argument(
-        "--on-error",
-        choices=("fail", "skip"),
-        default="fail",
-        help="a bad row stops the build (fail, default) or is reported and left out (skip)",
-    )
-    parser.add_argument("--audio-dir", help="folder holding the audio (audiocaps, wavcaps, musiccaps, esc50)")
-    parser.add_argument(
-        "--text-field",
-        choices=("caption", "transcript"),
-        help="folder layout: what a .txt sidecar holds (default caption)",
-    )
-    parser.add_argument(
-        "--domain", choices=DOMAINS, help="folder layout: domain of rows without a .json sidecar saying so"
-    )
-    parser.add_argument(
-        "--pattern",
-        action="append",
-        dest="patterns",
-        metavar="TEMPLATE",
-        help="audio filename template over the metadata's fields, e.g. '{ytid}.wav' (repeat to try several)",
-    )
-    parser.add_argument(
-        "--full-track",
-        action="store_true",
-        default=None,
-        help="audiocaps/musiccaps: the audio files are whole tracks; read the annotated segment from them",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    options = {name: getattr(args, name) for name in OPTION_FLAGS if getattr(args, name) is not None}
-    report = prepare_manifest(
-        args.layout, args.source, args.out, on_error=args.on_error, progress=not args.no_progress, **options
-    )
-    print(f"wrote {args.out}: {report.summary()}")
-    return 0

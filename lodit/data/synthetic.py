@@ -17,9 +17,7 @@ does not change when the other counts do. Also the ``lodit make-dataset`` comman
 
 from __future__ import annotations
 
-import argparse
-import json
-import warnings
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,9 @@ from scipy import signal
 from lodit.data.audio import resample_np, save_audio
 from lodit.data.manifest import ManifestRow, write_manifest
 from lodit.errors import LoditError
+from lodit.files import write_json
+
+log = logging.getLogger(__name__)
 
 DOMAIN_CODES = {"audio": 0, "music": 1, "speech": 2}
 FILE_PREFIX = {"audio": "sound", "music": "music", "speech": "speech"}
@@ -453,7 +454,7 @@ def make_demo_dataset(
             message = "espeak-ng could not be loaded (pip install espeakng-loader)"
             if require_speech:
                 raise LoditError(f"{message}; speech clips were requested: install it or set speech=0")
-            warnings.warn(f"{message}: the demo dataset has no speech clips", stacklevel=2)
+            log.warning("%s: the demo dataset has no speech clips", message)
             counts["speech"] = 0
     if sum(counts.values()) == 0:
         raise LoditError("the demo dataset would be empty; ask for at least one clip")
@@ -479,7 +480,7 @@ def make_demo_dataset(
                 )
             )
     settings = {"seed": seed, "counts": counts, "seconds": seconds, "sample_rate": sample_rate}
-    (out_dir / "dataset.json").write_text(json.dumps(settings, indent=2) + "\n")
+    write_json(out_dir / "dataset.json", settings)
     manifest = out_dir / "manifest.jsonl"
     write_manifest(manifest, rows)
     return manifest
@@ -498,30 +499,3 @@ def parse_counts(text: str) -> dict[str, int]:
             raise LoditError(f"--counts {text!r}: write domain=N pairs like audio=12,music=12,speech=8")
         counts[name] = int(value)
     return counts
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="folder to write audio/, manifest.jsonl and dataset.json into")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
-    default = ",".join(f"{k}={v}" for k, v in DEFAULT_COUNTS.items())
-    parser.add_argument("--counts", help=f"clips per domain, e.g. {default} (the default)")
-    parser.add_argument("--seconds", type=float, default=4.0, help="clip length in seconds (default 4)")
-    parser.add_argument("--sample-rate", type=int, default=16000, help="default 16000")
-
-
-def run(args: argparse.Namespace) -> int:
-    counts = DEFAULT_COUNTS if args.counts is None else parse_counts(args.counts)
-    manifest = make_demo_dataset(
-        args.out,
-        n_audio=counts["audio"],
-        n_music=counts["music"],
-        n_speech=counts["speech"],
-        seconds=args.seconds,
-        sample_rate=args.sample_rate,
-        seed=args.seed,
-        require_speech=args.counts is not None and counts["speech"] > 0,
-    )
-    with open(manifest, encoding="utf-8") as handle:
-        n_rows = sum(1 for _ in handle)
-    print(f"wrote {manifest} with {n_rows} clips")
-    return 0

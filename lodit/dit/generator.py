@@ -24,7 +24,6 @@ gives the same audio whichever batch it is in.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -41,11 +40,12 @@ from lodit.conditioning.tts import PromptInfill, TextFrontEnd, estimate_total_fr
 from lodit.config import from_dict, to_dict
 from lodit.data.audio import load_audio
 from lodit.data.latent_cache import denormalize, normalize
+from lodit.devices import choose_device
 from lodit.dit.conditioned import ConditionedDiT, Conditions, TTSConfig, caption_states
 from lodit.dit.model import DiTConfig
 from lodit.errors import LoditError
+from lodit.files import read_json
 from lodit.latent_tokenizer.tokenizer import Tokenizer
-from lodit.samplers.guidance import GuidanceConfig
 from lodit.samplers.sample import SamplerConfig, initial_noise, sample
 from lodit.training.checkpoint import (
     CONFIG_FILE,
@@ -127,16 +127,13 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def read_generator_config(folder: str | os.PathLike) -> GeneratorConfig:
     """A DiT checkpoint's :class:`GeneratorConfig`; a folder of something else is a clear error."""
     path = Path(folder) / CONFIG_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LoditError(f"{path}: missing; a DiT checkpoint needs its config.json") from None
-    except json.JSONDecodeError as exc:
-        raise LoditError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(path, missing=f"{path}: missing; a DiT checkpoint needs its config.json")
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise LoditError(f"{path}: not a DiT checkpoint config (format {data.get('format') if isinstance(data, dict) else None!r}); "
-                         f"pass a folder written by `lodit train-dit`")
-    return from_dict(GeneratorConfig, data, source=str(path))
+        raise LoditError(
+            f"{path}: not a DiT checkpoint config (format {data.get('format') if isinstance(data, dict) else None!r}); "
+            f"pass a folder written by `lodit train-dit`"
+        )
+    return from_dict(GeneratorConfig, data, source=str(path), saved=True)
 
 
 def check_tokenizer(tokenizer: Tokenizer, producer: dict[str, Any], where: str) -> None:
@@ -185,6 +182,15 @@ def _frames_for_seconds(seconds: float, frame_rate: float) -> int:
         raise LoditError(f"a duration of {seconds:g} s is too long: at most {MAX_SECONDS:g} s per request; "
                          "generate long audio in parts")
     return max(1, math.ceil(seconds * frame_rate - 1e-6))
+
+
+def _checked(config: SamplerConfig) -> SamplerConfig:
+    """``config`` if its step count and guidance scale are usable; a one-line error if not."""
+    if not 1 <= config.steps <= MAX_STEPS:
+        raise LoditError(f"steps must be between 1 and {MAX_STEPS}, got {config.steps}")
+    if not math.isfinite(float(config.guidance.scale)):
+        raise LoditError(f"the guidance scale must be a finite number, got {config.guidance.scale}")
+    return config
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -243,7 +249,7 @@ class Generator:
         """
         folder = resolve_checkpoint(path)
         config = read_generator_config(folder)
-        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = choose_device(device)
 
         model = ConditionedDiT(config.dit, config.tts)
         weights = folder / f"{EMA_NAME}.safetensors"
@@ -303,13 +309,14 @@ class Generator:
         *,
         seconds: float | Sequence[float | None] | None = None,
         transcripts: Sequence[str | None] | None = None,
-        reference_audio: Sequence[str | os.PathLike | torch.Tensor | None] | str | os.PathLike | torch.Tensor | None = None,
+        reference_audio: Sequence[str | os.PathLike | torch.Tensor | None]
+        | str
+        | os.PathLike
+        | torch.Tensor
+        | None = None,
         reference_transcripts: Sequence[str | None] | str | None = None,
         task: str | Sequence[str | None] | None = None,
-        steps: int | None = None,
-        cfg: float | None = None,
-        sampler: str | None = None,
-        schedule: str | None = None,
+        sampling: SamplerConfig | None = None,
         seed: int | Sequence[int] = 0,
         negative_prompt: str | None = None,
     ) -> GenerationResult:
@@ -319,8 +326,9 @@ class Generator:
         the tokenizer's sample rate), ``reference_transcripts`` and ``task`` take one value for all
         requests or one per request. ``task`` is ``tta``/``ttm``/``tts``; where it is None: ``tts``
         for a request with a transcript, otherwise the checkpoint's first caption task (a batch may
-        mix tasks, e.g. TTA and TTM prompts for a multi-task DiT). ``steps``/``cfg``/``sampler``/
-        ``schedule`` default to the checkpoint's sampling settings. ``seed`` is the first request's
+        mix tasks, e.g. TTA and TTM prompts for a multi-task DiT). ``sampling``: the solver, steps,
+        schedule and guidance (default: the checkpoint's; change a few with
+        ``generator.config.sampling.with_changes(steps=..., cfg=...)``). ``seed`` is the first request's
         seed (request ``i`` uses ``seed + i``) or one seed per request. ``settings`` in the result
         records all of it plus ``nfe``, ``model_calls``, ``seconds`` per request and ``rtf``
         (wall time / seconds of audio produced).
@@ -339,7 +347,7 @@ class Generator:
         tasks = [self._task_for(i, chosen, text)
                  for i, (chosen, text) in enumerate(zip(_per_request(task, count, "task"), transcripts_))]
 
-        sampler_config = self._sampler_config(steps, cfg, sampler, schedule)
+        sampler_config = _checked(sampling or self.config.sampling)
         started = time.perf_counter()
         with torch.no_grad():
             prompt_latents = [self._reference_latents(ref, i) if ref is not None else None
@@ -395,23 +403,6 @@ class Generator:
             raise LoditError(f"prompt {index}: a TTS request needs a transcript (--transcript)")
         return chosen
 
-    def _sampler_config(self, steps, cfg, sampler, schedule) -> SamplerConfig:
-        base = self.config.sampling
-        guidance = GuidanceConfig(**{**to_dict(base.guidance), **({"scale": float(cfg)} if cfg is not None else {})})
-        guidance.interval = tuple(guidance.interval)
-        config = SamplerConfig(**{**to_dict(base), "guidance": guidance})
-        if steps is not None:
-            if not 1 <= steps <= MAX_STEPS:
-                raise LoditError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
-            config.steps = int(steps)
-        if cfg is not None and not math.isfinite(float(cfg)):
-            raise LoditError(f"the guidance scale must be a finite number, got {cfg}")
-        if sampler is not None:
-            config.sampler = sampler
-        if schedule is not None:
-            config.schedule = schedule
-        return config
-
     def _check_memory(self, plan: list[dict[str, Any]]) -> None:
         """Refuse, before allocating anything, a batch that can't fit in the device's free memory."""
         free = available_memory(self.device)
@@ -458,7 +449,9 @@ class Generator:
             if task != "tts":
                 generated = _frames_for_seconds(self.config.default_seconds, self.frame_rate)
             elif prompt is not None:
-                generated = estimate_total_frames(prompt_frames, reference_text, transcript, self.front_end) - prompt_frames
+                generated = (
+                    estimate_total_frames(prompt_frames, reference_text, transcript, self.front_end) - prompt_frames
+                )
             elif self.config.tts_frames_per_unit > 0:
                 units = len(self.front_end.units(transcript))
                 generated = max(1, round(self.config.tts_frames_per_unit * units))

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lodit.dit.attention import RotaryEmbedding, check_backend
+from lodit.dit.attention import ATTENTION_BACKENDS, RotaryEmbedding, check_backend
 from lodit.dit.layers import (
     DiTBlock,
     FinalLayer,
@@ -90,12 +90,12 @@ class DiTConfig:
     def mlp_hidden(self) -> int:
         return gated_hidden_size(self.width, self.mlp_ratio)
 
-    def validate(self) -> None:
-        """Raise a one-line :class:`LoditError` naming the ``dit.*`` key at fault."""
-        if self.latent_dim <= 0:
-            raise LoditError(
-                "dit.latent_dim is 0: build the DiT with config.with_latent_dim(<latent cache width>)"
-            )
+    def __post_init__(self) -> None:
+        self.check()  # when the config is read, so the error names its file
+
+    def check(self) -> None:
+        """Raise a one-line :class:`LoditError` naming the ``dit.*`` key at fault (the widths that
+        come from the data, and whether an attention backend is installed, are checked at build)."""
         for key in ("width", "depth", "heads", "patch_size"):
             if getattr(self, key) < 1:
                 raise LoditError(f"dit.{key}={getattr(self, key)} must be >= 1")
@@ -112,6 +112,17 @@ class DiTConfig:
             raise LoditError(f"dit.mlp_ratio={self.mlp_ratio} must be > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise LoditError(f"dit.dropout={self.dropout} must be in [0, 1)")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise LoditError(f"dit.attention_backend={self.attention_backend!r} is unknown; "
+                             f"choose one of: {', '.join(ATTENTION_BACKENDS)}")
+
+    def validate(self) -> None:
+        """:meth:`check`, plus what a DiT needs to be built: its latent width and the attention backend."""
+        if self.latent_dim <= 0:
+            raise LoditError(
+                "dit.latent_dim is 0: build the DiT with config.with_latent_dim(<latent cache width>)"
+            )
+        self.check()
         check_backend(self.attention_backend)
 
 

@@ -1,4 +1,4 @@
-"""DiT training on a latent cache (TTA, TTM, TTS, or all three at once) and the ``lodit train-dit`` command.
+"""DiT training on a latent cache (TTA, TTM, TTS, or all three at once).
 
 :class:`DiTTrainConfig` is the whole run: the DiT (``dit``), the flow-matching objective
 (``flow``), the frozen caption encoder (``text_encoder``), TTS conditioning (``tts``), which
@@ -7,6 +7,8 @@ sampling defaults recorded in the checkpoint (``sampling``) and the TensorBoard 
 (``preview``). Widths that the data decides are filled in when the run starts
 (:func:`lodit.dit.conditioned.resolve_dit_config`): the latent width from the cache, the text
 width from the encoder, the per-frame width from ``tts``, the task embedding from ``tasks``.
+
+The config classes are in :mod:`lodit.dit.train_config`, the dataset in :mod:`lodit.dit.train_data`.
 
 Data: every clip of the cache whose task is trained (task = its manifest ``domain``: speech ->
 tts, music -> ttm, audio -> tta; ``data.default_task`` when it has none). Caption clips
@@ -33,44 +35,39 @@ invocation after step N (e.g. a job with a time limit) without shortening the LR
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import statistics
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from accelerate import PartialState
-from torch.utils.data import Dataset
 
-from lodit.conditioning.tasks import TASKS, task_from_domain, task_id
+from lodit.conditioning.tasks import TASKS, task_id
 from lodit.conditioning.text_cache import TextEmbeddingCache
-from lodit.conditioning.text_encoders import TextEncoderConfig, build_text_encoder
+from lodit.conditioning.text_encoders import build_text_encoder
 from lodit.conditioning.tts import PromptInfill, TextFrontEnd, random_prompt_mask
-from lodit.config import load_config, to_dict
+from lodit.config import to_dict
 from lodit.data.batching import BucketBatchSampler, FixedBatchSampler
-from lodit.data.latent_cache import PRODUCER_FIELDS, LatentCache, LatentDataset, collate_latents
+from lodit.data.latent_cache import PRODUCER_FIELDS, LatentCache
 from lodit.dit.conditioned import (
     ConditionedDiT,
     Conditions,
-    TTSConfig,
     caption_states,
     resolve_dit_config,
 )
-from lodit.dit.flow import FlowMatching, FlowMatchingConfig, condition_dropout_mask, flow_matching_loss
+from lodit.dit.flow import FlowMatching, condition_dropout_mask, flow_matching_loss
 from lodit.dit.generator import Generator, GeneratorConfig, LatentSpace, check_tokenizer
-from lodit.dit.model import DiTConfig
+from lodit.dit.train_config import DiTTrainConfig
+from lodit.dit.train_data import DiTDataset, clip_task, collate_dit, resolve_tasks
 from lodit.errors import LoditError
 from lodit.latent_tokenizer.tokenizer import Tokenizer
-from lodit.samplers.sample import SamplerConfig
-from lodit.training.command import DataOption, add_training_arguments, report_result, run_folder, training_overrides
-from lodit.training.config import TrainingConfig
 from lodit.training.data import ResumableLoader
 from lodit.training.loop import Trainer, TrainResult, TrainTask
 from lodit.training.seed import seed_everything
@@ -80,109 +77,6 @@ log = logging.getLogger(__name__)
 
 # Transcripts sampled to estimate the training data's speaking rate (frames per text unit).
 RATE_SAMPLE = 2000
-
-
-# ============================================================================ config
-
-
-@dataclass
-class DiTDataConfig:
-    cache: str = ""  # latent cache folder (`lodit encode`); also --cache
-    crop_frames: int = 250  # TTA/TTM clips are cropped to this many frames (10 s at 25 Hz); TTS clips are whole
-    random_crop: bool = True
-    default_task: Literal["tta", "ttm", "tts"] = "tta"  # task of a clip with no domain
-    batching: Literal["bucket", "shuffle"] = "bucket"  # bucket: similar lengths share a batch
-    max_frames_per_batch: int = 0  # bucket: > 0 fills batches up to this many padded frames instead of batch_size
-    num_buckets: int = 10
-    text_cache: str = ""  # caption-state cache folder; "" = <run>/text_cache
-
-
-@dataclass
-class PreviewPrompt:
-    prompt: str = ""
-    transcript: str = ""
-    seconds: float = 0.0  # 0 = preview.seconds (TTS: the training data's speaking rate)
-
-
-@dataclass
-class PreviewConfig:
-    """Audio previews in TensorBoard every ``training.preview_every`` steps (EMA weights when on)."""
-
-    prompts: list[PreviewPrompt] = field(default_factory=list)  # empty = the first rows of the batch
-    max_items: int = 2  # rows taken from the batch when prompts is empty
-    seconds: float = 5.0
-    cfg_scales: list[float] = field(default_factory=lambda: [1.0, 3.0])
-    steps: int = 20
-    sampler: str = "euler"
-
-
-@dataclass
-class DiTTrainConfig:
-    dit: DiTConfig = field(default_factory=DiTConfig)
-    flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
-    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    tts: TTSConfig = field(default_factory=TTSConfig)
-    tasks: Literal["auto"] | list[str] = "auto"  # auto = every task the cache has clips for
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    data: DiTDataConfig = field(default_factory=DiTDataConfig)
-    sampling: SamplerConfig = field(default_factory=SamplerConfig)  # defaults recorded for `lodit sample`
-    preview: PreviewConfig = field(default_factory=PreviewConfig)
-
-
-# ============================================================================ data
-
-
-def clip_task(domain: str, default: str) -> str:
-    return task_from_domain(domain) if domain else default
-
-
-def resolve_tasks(requested: str | list[str], clip_tasks: Sequence[str], cache_root: Path) -> list[str]:
-    """The trained tasks, in :data:`TASKS` order: ``auto`` = those the cache has clips for."""
-    present = set(clip_tasks)
-    if requested == "auto":
-        tasks = [t for t in TASKS if t in present]
-    else:
-        for name in requested:
-            task_id(name)  # unknown names are an error naming the choices
-        tasks = [t for t in TASKS if t in requested]
-        missing = [t for t in tasks if t not in present]
-        if missing:
-            raise LoditError(f"tasks lists {', '.join(missing)} but latent cache {cache_root} has no clip for it "
-                             f"(clip domains decide the task); fix tasks or the cache")
-    if not tasks:
-        raise LoditError(f"latent cache {cache_root} has no clips for the requested tasks {requested}")
-    return tasks
-
-
-class DiTDataset(Dataset):
-    """The trained clips of a latent cache: caption clips cropped, speech clips whole, with their task."""
-
-    def __init__(self, cache: LatentCache, indices: Sequence[int], tasks: Sequence[str], data: DiTDataConfig, seed: int):
-        self.indices = list(indices)
-        self.tasks = list(tasks)  # per selected clip
-        self.cropped = LatentDataset(cache, crop_frames=data.crop_frames, random_crop=data.random_crop, seed=seed)
-        self.whole = LatentDataset(cache, crop_frames=None, seed=seed)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.cropped.set_epoch(epoch)
-
-    @property
-    def lengths(self) -> list[int]:
-        cropped, whole = self.cropped.lengths, self.whole.lengths
-        return [whole[i] if task == "tts" else cropped[i] for i, task in zip(self.indices, self.tasks)]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int) -> dict:
-        task = self.tasks[position]
-        source = self.whole if task == "tts" else self.cropped
-        return {**source[self.indices[position]], "task": task}
-
-
-def collate_dit(items: Sequence[dict]) -> dict:
-    """:func:`collate_latents` plus each row's task name (``tasks``)."""
-    return {**collate_latents(items), "tasks": [item["task"] for item in items]}
 
 
 # ============================================================================ the task
@@ -259,7 +153,9 @@ class DiTTask(TrainTask):
         with torch.no_grad():
             for task in set(batch["tasks"]):
                 rows = torch.tensor([t == task for t in batch["tasks"]], device=pred.device)
-                scalars[f"loss_{task}"] = float(flow_matching_loss(pred[rows], inputs.target[rows], inputs.loss_mask[rows]))
+                scalars[f"loss_{task}"] = float(
+                    flow_matching_loss(pred[rows], inputs.target[rows], inputs.loss_mask[rows])
+                )
         if self.front_end is not None:
             scalars["tts_truncated"] = float(inputs.truncated)
             speech = torch.tensor([t == "tts" for t in batch["tasks"]], device=pred.device)
@@ -282,8 +178,9 @@ class DiTTask(TrainTask):
             generator = Generator(model, self.generator_config(), text_encoder=self.text, tokenizer=tokenizer,
                                   device=self.device)
             for scale in cfg.cfg_scales:
-                result = generator.generate(prompts, seconds=seconds, transcripts=transcripts, cfg=scale,
-                                            steps=cfg.steps, sampler=cfg.sampler, seed=0)
+                sampling = generator.config.sampling.with_changes(cfg=scale, steps=cfg.steps, sampler=cfg.sampler)
+                result = generator.generate(prompts, seconds=seconds, transcripts=transcripts, sampling=sampling,
+                                            seed=0)
                 for row, wav in enumerate(result.waveforms):
                     tracker.log_audio(f"preview/{row}/cfg_{scale:g}", wav, result.sample_rate, step)
 
@@ -395,7 +292,9 @@ def speaking_rate(cache: LatentCache, indices: Sequence[int], front_end: TextFro
     return frames / units if units else 0.0
 
 
-def build_training(config: DiTTrainConfig, run_dir: str | Path, *, text_encoder: Any = None) -> tuple[DiTTask, ResumableLoader]:
+def build_training(
+    config: DiTTrainConfig, run_dir: str | Path, *, text_encoder: Any = None
+) -> tuple[DiTTask, ResumableLoader]:
     """The task and data loader of a run (``text_encoder``: an already built encoder to reuse)."""
     if not config.data.cache:
         raise LoditError("no latent cache given: pass --cache DIR or set data.cache in the config")
@@ -416,7 +315,7 @@ def build_training(config: DiTTrainConfig, run_dir: str | Path, *, text_encoder:
     if not indices:
         raise LoditError(f"latent cache {cache.root} has no usable clips for tasks {', '.join(tasks)}")
     if len(indices) < len(cache):
-        log.info("training on %d of %d clips (tasks %s)", len(indices), len(cache), ", ".join(tasks))
+        log.debug("training on %d of %d clips (tasks %s)", len(indices), len(cache), ", ".join(tasks))
 
     encoder = text_encoder
     if encoder is None:
@@ -449,7 +348,9 @@ def build_training(config: DiTTrainConfig, run_dir: str | Path, *, text_encoder:
         sampler = BucketBatchSampler(dataset.lengths, num_buckets=config.data.num_buckets, seed=train.seed, **sizes)
     else:
         sampler = FixedBatchSampler(len(dataset), train.batch_size, seed=train.seed)
-    loader = ResumableLoader(dataset, collate_dit, batch_sampler=sampler, seed=train.seed, num_workers=train.num_workers)
+    loader = ResumableLoader(
+        dataset, collate_dit, batch_sampler=sampler, seed=train.seed, num_workers=train.num_workers
+    )
     return task, loader
 
 
@@ -466,18 +367,3 @@ def train_dit(config: DiTTrainConfig, run_dir: str | Path, *, resume: bool | str
 
 
 # ============================================================================ the command
-
-
-DATA_OPTION = DataOption("--cache", "data.cache", "latent cache folder")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_training_arguments(parser, config_example="configs/dit/tta.yaml", data=DATA_OPTION,
-                           out_default="runs/<config name>", override_example="training.max_steps=1000 dit.depth=8")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = load_config(DiTTrainConfig, args.config, training_overrides(args, DATA_OPTION))
-    result = train_dit(config, run_folder(args), resume=not args.no_resume, stop_at=args.max_steps)
-    report_result(result, config.training.max_steps, "final model")
-    return 0

@@ -20,7 +20,6 @@ May import: torch, ``lodit.data``, ``lodit.training``, ``lodit.latent_tokenizer`
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -30,13 +29,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lodit.config import from_dict, load_config, to_dict
+from lodit.config import from_dict, load_yaml, to_dict
 from lodit.data.audio import load_audio, save_audio
 from lodit.data.batching import pad_sequences
 from lodit.data.dataset import crop_start
+from lodit.devices import choose_device
 from lodit.dit.token_decoder import TokenDecoder
 from lodit.errors import LoditError
-from lodit.latent_tokenizer.encode import resolve_device
 from lodit.latent_tokenizer.reconstruct import (
     RoundTrip,
     level_db,
@@ -77,7 +76,13 @@ class TokenLatentCrops(Dataset):
     """Aligned crops of each clip's token ids ``(T,)`` and autoencoder latents ``(T, D)``."""
 
     def __init__(self, ids: Sequence[torch.Tensor], latents: Sequence[torch.Tensor], segment: int, seed: int):
-        self.ids, self.latents, self.segment, self.seed, self.epoch = list(ids), list(latents), int(segment), int(seed), 0
+        self.ids, self.latents, self.segment, self.seed, self.epoch = (
+            list(ids),
+            list(latents),
+            int(segment),
+            int(seed),
+            0,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -99,8 +104,9 @@ def collate_token_latents(items: Sequence[dict]) -> dict:
 
 
 @torch.no_grad()
-def token_latent_pairs(config: UniAudioTrainConfig, run_dir: Path, tokenizer: UniAudioToken,
-                       autoencoder: Tokenizer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def token_latent_pairs(
+    config: UniAudioTrainConfig, run_dir: Path, tokenizer: UniAudioToken, autoencoder: Tokenizer
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Every clip's token ids (from the cached encoder features) and autoencoder latents, aligned."""
     clips, _ = clip_rows(config)
     cache, keys = teacher_cache_keys(config, run_dir / STAGE_DIRS["tokenizer"], clips)
@@ -109,8 +115,9 @@ def token_latent_pairs(config: UniAudioTrainConfig, run_dir: Path, tokenizer: Un
     for key, record in zip(keys, clips.records):
         features = cache.get(key, lambda: torch.zeros(0))[:max_frames].float()
         clip_ids = tokenizer(features[None]).ids[0]  # (T,)
-        wav = load_audio(record.path, autoencoder.sample_rate, channels="mix", offset=record.offset,
-                         duration=record.duration)
+        wav = load_audio(
+            record.path, autoencoder.sample_rate, channels="mix", offset=record.offset, duration=record.duration
+        )
         clip_latents = autoencoder.encode(wav[None]).float()[0]  # (T', D)
         frames = min(clip_ids.shape[0], clip_latents.shape[0])
         ids.append(clip_ids[:frames].cpu())
@@ -122,8 +129,10 @@ def load_autoencoder(folder: str) -> Tokenizer:
     """The frozen autoencoder whose latents the token decoder generates (25 Hz, like the tokens)."""
     autoencoder = Tokenizer.from_pretrained(folder)
     if abs(autoencoder.latent_rate - 25.0) > 1e-9:
-        raise LoditError(f"decoder.autoencoder={folder} makes {autoencoder.latent_rate:g} Hz latents; the token decoder "
-                         "needs 25 Hz latents, one per token: pick a 25 Hz lodit tokenizer")
+        raise LoditError(
+            f"decoder.autoencoder={folder} makes {autoencoder.latent_rate:g} Hz latents; the token decoder "
+            "needs 25 Hz latents, one per token: pick a 25 Hz lodit tokenizer"
+        )
     return autoencoder
 
 
@@ -151,18 +160,23 @@ class TokenDecoderTask(TrainTask):
         return {"model": self.model}
 
     def loss(self, phase: str, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = self.trained()(batch["ids"].to(self.device), batch["latents"].to(self.device), batch["mask"].to(self.device))
+        loss = self.trained()(
+            batch["ids"].to(self.device), batch["latents"].to(self.device), batch["mask"].to(self.device)
+        )
         return loss, {"flow": float(loss.detach())}
 
     def export_config(self) -> dict:
         return {CONFIG_KEY: to_dict(self.config.uniaudio), DECODER_KEY: to_dict(self.config.decoder)}
 
 
-def train_decoder_stage(config: UniAudioTrainConfig, run_dir: Path, *, resume: bool | str | Path = True,
-                        stop_at: int | None = None) -> TrainResult:
+def train_decoder_stage(
+    config: UniAudioTrainConfig, run_dir: Path, *, resume: bool | str | Path = True, stop_at: int | None = None
+) -> TrainResult:
     tokenizer_dir = run_dir / STAGE_DIRS["tokenizer"] / "final"
     if not (tokenizer_dir / "config.json").is_file():
-        raise LoditError(f"{tokenizer_dir}: no trained tokenizer stage; run stage 'tokenizer' first (stages: [tokenizer, decoder])")
+        raise LoditError(
+            f"{tokenizer_dir}: no trained tokenizer stage; run stage 'tokenizer' first (stages: [tokenizer, decoder])"
+        )
     tokenizer = load_uniaudio(tokenizer_dir)
     config = replace(config, uniaudio=tokenizer.config)  # with the vocabularies the tokenizer stage read
     autoencoder = load_autoencoder(config.decoder.autoencoder)
@@ -174,8 +188,9 @@ def train_decoder_stage(config: UniAudioTrainConfig, run_dir: Path, *, resume: b
     dataset = TokenLatentCrops(ids, latents, config.decoder.segment_frames, config.decoder_training.seed)
     loader = ResumableLoader.from_config(dataset, collate_token_latents, config.decoder_training)
     task = TokenDecoderTask(decoder, config)
-    trainer = Trainer(config.decoder_training, run_dir / STAGE_DIRS["decoder"], task, loader,
-                      resolved_config=config, resume=resume)
+    trainer = Trainer(
+        config.decoder_training, run_dir / STAGE_DIRS["decoder"], task, loader, resolved_config=config, resume=resume
+    )
     return trainer.fit(stop_at=stop_at)
 
 
@@ -188,13 +203,16 @@ class StagesResult:
     final: Path | None  # RUN/final once every stage finished
 
 
-def train_uniaudio(config: UniAudioTrainConfig, run_dir: str | Path, *, resume: bool | str | Path = True,
-                   stop_at: int | None = None) -> StagesResult:
+def train_uniaudio(
+    config: UniAudioTrainConfig, run_dir: str | Path, *, resume: bool | str | Path = True, stop_at: int | None = None
+) -> StagesResult:
     """Run (or resume) the config's stages in order; ``stop_at`` applies to the stage running now."""
     run_dir = Path(run_dir)
     if "decoder" in config.stages and not config.decoder.autoencoder:
-        raise LoditError("stage 'decoder' needs decoder.autoencoder (a 25 Hz lodit tokenizer folder whose latents it "
-                         "generates); set decoder.autoencoder=FOLDER or stages=[tokenizer]")
+        raise LoditError(
+            "stage 'decoder' needs decoder.autoencoder (a 25 Hz lodit tokenizer folder whose latents it "
+            "generates); set decoder.autoencoder=FOLDER or stages=[tokenizer]"
+        )
     config = absolute_paths(config)
     results: dict[str, TrainResult] = {}
     for stage in config.stages:
@@ -230,21 +248,25 @@ class UniAudioCodec:
         folder = Path(folder)
         data = read_folder_config(folder)
         if DECODER_KEY not in data:
-            raise LoditError(f"{folder}: this UniAudio-Token has no decoder stage, so its tokens can't be turned back into "
-                             "audio; train it with stages: [tokenizer, decoder] and decoder.autoencoder set")
-        device = resolve_device(device)
+            raise LoditError(
+                f"{folder}: this UniAudio-Token has no decoder stage, so its tokens can't be turned back into "
+                "audio; train it with stages: [tokenizer, decoder] and decoder.autoencoder set"
+            )
+        device = choose_device(device, option="--device")
         self.tokenizer = load_uniaudio(folder, map_location=device)
         self.decoder_config = from_dict(TokenDecoderConfig, data[DECODER_KEY], source=str(folder / "config.json"))
         self.autoencoder = load_autoencoder(self.decoder_config.autoencoder).to(device)
         self.decoder = TokenDecoder(self.tokenizer.codebook_size, self.autoencoder.latent_dim, self.decoder_config)
-        state = {k[len("decoder."):]: v for k, v in read_weights(folder).items() if k.startswith("decoder.")}
+        state = {k[len("decoder.") :]: v for k, v in read_weights(folder).items() if k.startswith("decoder.")}
         self.decoder.load_state_dict(state, strict=True)
         self.decoder.to(device).eval()
         self.teacher = build_teacher(self.tokenizer.config).to(device)
         self.device = device
 
     @torch.no_grad()
-    def round_trip(self, wav: torch.Tensor, reference: torch.Tensor | None = None, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def round_trip(
+        self, wav: torch.Tensor, reference: torch.Tensor | None = None, *, seed: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """16 kHz mono ``wav (1, S)`` -> (token ids ``(1, T)``, reconstruction ``(1, S)`` at the autoencoder's rate).
         ``reference`` (1, S') gives the prompt (default: ``wav`` itself)."""
         ids = self.tokenizer.tokens(self.teacher, wav.to(self.device)[None])  # (1, T)
@@ -257,40 +279,45 @@ class UniAudioCodec:
         return ids.cpu(), recon
 
 
-def reconstruct_uniaudio(folder: str | Path, source: str | Path, target: str | Path, *, reference: str | Path | None = None,
-                         device: str | None = None, seed: int = 0) -> RoundTrip:
+def is_uniaudio_config(path: str | Path) -> bool:
+    """Whether the YAML at ``path`` is a UniAudio-Token training config (top-level ``uniaudio:``)."""
+    data = load_yaml(path)
+    return isinstance(data, dict) and "uniaudio" in data
+
+
+def reconstruct_uniaudio(
+    folder: str | Path,
+    source: str | Path,
+    target: str | Path,
+    *,
+    reference: str | Path | None = None,
+    device: str | None = None,
+    seed: int = 0,
+) -> RoundTrip:
     """``lodit reconstruct`` for a UniAudio-Token folder: audio -> tokens -> generated latents -> audio."""
     if Path(target).resolve() == Path(source).resolve():
         raise LoditError(f"{target}: is the input file; write the reconstruction to another path")
     codec = UniAudioCodec(folder, device)
     rate = codec.autoencoder.sample_rate
     if rate != SAMPLE_RATE:
-        raise LoditError(f"the decoder's autoencoder runs at {rate} Hz; UniAudio-Token reconstruction needs a 16 kHz autoencoder")
+        raise LoditError(
+            f"the decoder's autoencoder runs at {rate} Hz; UniAudio-Token reconstruction needs a 16 kHz autoencoder"
+        )
     wav = load_audio(source, SAMPLE_RATE, channels="mix")
     if wav.shape[-1] == 0:
         raise LoditError(f"{source}: the file holds no audio samples; give a non-empty recording")
     ref = load_audio(reference, SAMPLE_RATE, channels="mix") if reference else None
     ids, recon = codec.round_trip(wav, ref, seed=seed)
     save_audio(target, recon, rate)
-    return RoundTrip(recon=recon, sample_rate=rate, frames=ids.shape[1], latent_dim=1,
-                     mel_distance=mel_distance(wav, recon, rate), level_db=level_db(wav, recon), si_sdr=si_sdr_db(wav, recon))
+    return RoundTrip(
+        recon=recon,
+        sample_rate=rate,
+        frames=ids.shape[1],
+        latent_dim=1,
+        mel_distance=mel_distance(wav, recon, rate),
+        level_db=level_db(wav, recon),
+        si_sdr=si_sdr_db(wav, recon),
+    )
 
 
 # ============================================================================ the command
-
-
-def run_train(args: argparse.Namespace, overrides: list[str], run_dir: Path) -> int:
-    """``lodit train-tokenizer`` with a UniAudio-Token config (called by that command)."""
-    config = load_config(UniAudioTrainConfig, args.config, overrides)
-    outcome = train_uniaudio(config, run_dir, resume=not args.no_resume, stop_at=args.max_steps)
-    for stage, result in outcome.results.items():
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.scalars.items())
-                          if k.split("/")[-1] in ("loss", "gate", "usage", "perplexity", "flow"))
-        print(f"stage {stage}: step {result.step} ({shown})")
-    if outcome.final is None:
-        print(f"stopped before the last stage finished; run the same command again to continue ({run_dir})")
-    else:
-        print(f"UniAudio-Token in {outcome.final} (lodit encode --tokens {outcome.final}; "
-              f"lodit reconstruct --tokenizer {outcome.final} IN OUT)")
-    return 0
-

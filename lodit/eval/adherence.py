@@ -639,7 +639,9 @@ def attribute_scores(expected: Sequence[dict[str, Any]], estimated: Sequence[dic
                "no_estimate": sum(got is None for _, got in pairs)}
         if attribute.ordinal:
             row["tolerance"] = attribute.tolerance
-            row["accuracy_tolerant"] = float(np.mean([matches(name, got, label, tolerant=True) for label, got in pairs]))
+            row["accuracy_tolerant"] = float(
+                np.mean([matches(name, got, label, tolerant=True) for label, got in pairs])
+            )
             row["chance_tolerant"] = chance_level(name, labels, known, tolerant=True)
         scores.append(row)
     return scores
@@ -684,7 +686,9 @@ def _caption_key(caption: str) -> str:
     return " ".join(caption.lower().split())
 
 
-def adherence_section(samples: Sequence[tuple[str | os.PathLike, str]], references: Sequence[Any]) -> dict[str, Any] | None:
+def adherence_section(
+    samples: Sequence[tuple[str | os.PathLike, str]], references: Sequence[Any]
+) -> dict[str, Any] | None:
     """Per-attribute adherence of generated clips to their prompts, or None when no reference clip
     carries demo labels (an unlabelled manifest has nothing to judge against).
 
@@ -722,10 +726,19 @@ def adherence_section(samples: Sequence[tuple[str | os.PathLike, str]], referenc
     estimated = [estimate_attributes(read_clip(path), SAMPLE_RATE, list(wanted)) for (path, _, _), wanted
                  in zip(matched, expected)]
     keys = sorted({key for _, _, key in matched})
-    checked = [(clip, wanted_by_caption[key]) for key in keys for clip in clips_by_caption[key][:REFERENCES_PER_CAPTION]]
-    reference = {row["name"]: row for row in attribute_scores(
-        [wanted for _, wanted in checked],
-        [estimate_attributes(read_clip(clip.path, *clip.segment), SAMPLE_RATE, list(wanted)) for clip, wanted in checked])}
+    checked = [
+        (clip, wanted_by_caption[key]) for key in keys for clip in clips_by_caption[key][:REFERENCES_PER_CAPTION]
+    ]
+    reference = {
+        row["name"]: row
+        for row in attribute_scores(
+            [wanted for _, wanted in checked],
+            [
+                estimate_attributes(read_clip(clip.path, *clip.segment), SAMPLE_RATE, list(wanted))
+                for clip, wanted in checked
+            ],
+        )
+    }
     for row in attribute_scores(expected, estimated, population):
         trust = reference[row["name"]]
         row["reference_n"], row["reference_accuracy"] = trust["n"], trust["accuracy"]
@@ -745,8 +758,11 @@ def format_adherence(section: dict[str, Any]) -> list[str]:
         return [f"{head} ({section['unavailable']})"]
     lines = [head]
     for row in section["attributes"]:
-        tolerant = (f", within ±{row['tolerance']:g}: {row['accuracy_tolerant']:.2f} (chance {row['chance_tolerant']:.2f})"
-                    if "accuracy_tolerant" in row else "")
+        tolerant = (
+            f", within ±{row['tolerance']:g}: {row['accuracy_tolerant']:.2f} (chance {row['chance_tolerant']:.2f})"
+            if "accuracy_tolerant" in row
+            else ""
+        )
         flag = " [estimator below its trust level]" if row["flagged"] else ""
         lines.append(f"  {row['name']}: {row['accuracy']:.2f} (n={row['n']}, chance {row['chance']:.2f}{tolerant}; "
                      f"estimator on references {row['reference_accuracy']:.2f}, n={row['reference_n']}){flag}")
@@ -765,7 +781,7 @@ def adherence_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     report's mean and confidence interval over seeds per (arm, step, attribute) (tolerant accuracies
     as ``"<attribute> ±<tolerance>"``), with per attribute the chance level and the estimators'
     accuracy on the reference clips (the lowest over runs). None when no run has adherence."""
-    from lodit.eval.report import aggregate
+    from lodit.eval.summary import aggregate
 
     per_run, attributes = [], {}
     for run in runs:
@@ -774,7 +790,9 @@ def adherence_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         for row in rows:
             columns = [(row["name"], "accuracy", "chance", "reference_accuracy")]
             if "accuracy_tolerant" in row:
-                columns.append((_tolerant_name(row), "accuracy_tolerant", "chance_tolerant", "reference_accuracy_tolerant"))
+                columns.append(
+                    (_tolerant_name(row), "accuracy_tolerant", "chance_tolerant", "reference_accuracy_tolerant")
+                )
             for name, accuracy, chance, reference in columns:
                 metrics.append({"name": name, "value": row[accuracy], "n": row["n"], "model": "", "details": {}})
                 seen = attributes.setdefault(name, {"chance": [], "reference_accuracy": [], "reference_n": []})
@@ -794,10 +812,10 @@ def adherence_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def adherence_table(results: dict[str, Any]):
-    """The report's adherence table (a :class:`lodit.eval.report.Table`): one row per arm and DiT
+    """The report's adherence table (a :class:`lodit.eval.tables.Table`): one row per arm and DiT
     step, one column per attribute, then the chance level and the estimators' reference accuracy;
     None when the results have no adherence."""
-    from lodit.eval.report import Table, format_summary
+    from lodit.eval.tables import Table, format_summary
 
     summary = results.get("adherence")
     if not summary:
@@ -819,4 +837,6 @@ def adherence_table(results: dict[str, Any]):
             "attribute with the reference clips' label frequencies. The last row is the estimators' accuracy on the "
             f"reference clips of the same captions; ⚠ marks an attribute under {TRUSTED_ACCURACY:.0%} there, whose "
             "numbers are less trustworthy.")
-    return Table("Text adherence (caption attributes recovered from the audio)", ["arm", "DiT step"] + names, rows, note)
+    return Table(
+        "Text adherence (caption attributes recovered from the audio)", ["arm", "DiT step"] + names, rows, note
+    )

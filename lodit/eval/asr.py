@@ -143,7 +143,10 @@ class WERScorer:
             return str(find_offline_bundle(model[len(OFFLINE_PREFIX):]))
         path = Path(model).expanduser()
         if path.exists() and not (path / "model.bin").is_file():
-            raise LoditError(f"{path}: not a CTranslate2 Whisper folder (no model.bin); convert the model with ct2-transformers-converter")
+            raise LoditError(
+                f"{path}: not a CTranslate2 Whisper folder (no model.bin); "
+                "convert the model with ct2-transformers-converter"
+            )
         return str(path) if path.exists() else model
 
     def transcribe(self, audio: Sequence[str | os.PathLike | np.ndarray | torch.Tensor]) -> list[str]:
@@ -164,7 +167,9 @@ class WERScorer:
             texts.append(" ".join(segment.text.strip() for segment in segments).strip())
         return texts
 
-    def score(self, audio: Sequence[str | os.PathLike | np.ndarray | torch.Tensor], refs: Sequence[str]) -> MetricResult:
+    def score(
+        self, audio: Sequence[str | os.PathLike | np.ndarray | torch.Tensor], refs: Sequence[str]
+    ) -> MetricResult:
         """Transcribe ``audio`` and return the corpus WER against ``refs``."""
         if len(audio) != len(refs):
             raise LoditError(f"WER: {len(audio)} clips but {len(refs)} reference transcripts")

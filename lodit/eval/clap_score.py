@@ -54,7 +54,9 @@ def clap_score(
     """
     texts, audio = list(texts), list(audio)
     if len(texts) != len(audio):
-        raise LoditError(f"CLAP score pairs prompts with clips one to one: got {len(texts)} prompts and {len(audio)} clips")
+        raise LoditError(
+            f"CLAP score pairs prompts with clips one to one: got {len(texts)} prompts and {len(audio)} clips"
+        )
     if not texts:
         raise LoditError("CLAP score needs at least one (prompt, clip) pair")
     if not model_name_or_path:

@@ -31,23 +31,31 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lodit.data.audio import audio_info, load_audio, resample
+from lodit.data.audio import audio_info, load_audio, mono_clip, resample
+from lodit.devices import choose_device
 from lodit.errors import LoditError
+from lodit.fingerprints import files_fingerprint, weights_fingerprint
 from lodit.registry import Registry
 
-if TYPE_CHECKING:
-    from lodit.eval.embedding_cache import EmbeddingCache
+
+class EmbeddingStore(Protocol):
+    """Where :meth:`Embedder.embed_files` may keep embeddings (e.g. an
+    :class:`~lodit.eval.embedding_cache.EmbeddingCache`)."""
+
+    def embed_set(self, embedder: Embedder, paths: Sequence[str | os.PathLike], *,
+                  segments: Sequence[tuple[float, float | None]] | None = None, progress: bool = False) -> torch.Tensor:
+        """``(N, dim)`` embeddings of ``paths`` by ``embedder``, computing only the ones not stored."""
+
 
 NO_CLAP_MODEL = (
     "no CLAP model given (a hub name or local folder: --clap-model for lodit evaluate, "
@@ -95,7 +103,7 @@ class Embedder(abc.ABC):
     def embed_files(
         self,
         paths: Sequence[str | os.PathLike],
-        cache: EmbeddingCache | None = None,
+        cache: EmbeddingStore | None = None,
         *,
         segments: Sequence[tuple[float, float | None]] | None = None,
         progress: bool = False,
@@ -109,12 +117,7 @@ class Embedder(abc.ABC):
         return torch.stack([self.embed(self.load(p, *seg)) for p, seg in _progress(items, progress, self.name)])
 
     def _mono(self, wav: torch.Tensor) -> torch.Tensor:
-        wav = torch.as_tensor(wav).detach().float().cpu()
-        if wav.dim() == 2 and wav.shape[0] == 1:
-            wav = wav[0]
-        if wav.dim() != 1 or wav.numel() == 0:
-            raise LoditError(f"embedder {self.name}: expected a non-empty mono clip (S,) or (1, S), got {tuple(wav.shape)}")
-        return wav
+        return mono_clip(wav, what=f"embedder {self.name}")
 
 
 EMBEDDERS: Registry[Callable[[EmbedderConfig], Embedder]] = Registry("embedder")
@@ -172,15 +175,6 @@ def _require_model(cfg: EmbedderConfig, example: str) -> str:
     return cfg.model
 
 
-def _folder_fingerprint(folder: Path) -> str:
-    """Names, sizes and modification times of a folder's files (cheap; changes when weights do)."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in folder.iterdir() if p.is_file()):
-        stat = file.stat()
-        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
-
-
 # ----------------------------------------------------------------------------- loading helpers
 
 
@@ -200,29 +194,10 @@ def quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise LoditError(f"device {device!r} is not a device; use auto, cpu or cuda") from None
-
-
 def model_label(source: str) -> str:
     """A hub name as given, a local folder by its own name."""
     path = Path(source).expanduser()
     return path.resolve().name if path.exists() else source
-
-
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """A short SHA-256 of a module's weights: equal fingerprints embed equally."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _pooled(output) -> torch.Tensor:
@@ -245,11 +220,15 @@ class ClapAudioText:
                 self.processor = ClapProcessor.from_pretrained(model, local_files_only=local)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise LoditError(f"cannot load the CLAP model {model!r} ({reason}); pass a local folder or a hub name") from None
+            raise LoditError(
+                f"cannot load the CLAP model {model!r} ({reason}); pass a local folder or a hub name"
+            ) from None
         missing = [k for k in info["missing_keys"] if "position_ids" not in k]
         if missing:
-            raise LoditError(f"{model!r} is not a full CLAP checkpoint ({len(missing)} weights missing, e.g. {missing[0]})")
-        self.device = resolve_device(device)
+            raise LoditError(
+                f"{model!r} is not a full CLAP checkpoint ({len(missing)} weights missing, e.g. {missing[0]})"
+            )
+        self.device = choose_device(device, option="embedder device")
         self.model = self.model.to(self.device).eval().requires_grad_(False)
         extractor = self.processor.feature_extractor
         self.sample_rate = int(extractor.sampling_rate)
@@ -316,7 +295,7 @@ class WhisperEmbedder(Embedder):
 
         self.encoder = build_semantic_encoder(
             SemanticEncoderConfig(name="whisper", model=cfg.model, layer=cfg.layer, target_rate=50.0)
-        ).to(resolve_device(cfg.device))
+        ).to(choose_device(cfg.device, option="embedder device"))
         self.sample_rate = self.encoder.sample_rate
         self.dim = self.encoder.dim
         source = "offline CTranslate2 bundle" if cfg.model.startswith("offline:") else "transformers"
@@ -370,8 +349,10 @@ class EncodecEmbedder(Embedder):
                 model = EncodecModel.from_pretrained(source, local_files_only=local)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise LoditError(f"cannot load the EnCodec model {source!r} ({reason}); pass a local folder or a hub name") from None
-        self.device = resolve_device(cfg.device)
+            raise LoditError(
+                f"cannot load the EnCodec model {source!r} ({reason}); pass a local folder or a hub name"
+            ) from None
+        self.device = choose_device(cfg.device, option="embedder device")
         self.model = model.to(self.device).eval().requires_grad_(False)
         config = model.config
         self.sample_rate, self.dim = int(config.sampling_rate), int(config.hidden_size)
@@ -409,7 +390,9 @@ class TokenizerEmbedder(Embedder):
         if not cfg.model or cfg.model.startswith("offline:"):
             raise LoditError(f"the tokenizer embedder needs model= a lodit tokenizer folder; got {cfg.model!r}")
         self.folder = Path(cfg.model).expanduser()
-        self.tokenizer = Tokenizer.from_pretrained(self.folder, map_location=resolve_device(cfg.device))
+        self.tokenizer = Tokenizer.from_pretrained(
+            self.folder, map_location=choose_device(cfg.device, option="embedder device")
+        )
         self.level = cfg.tokenizer_level
         self.sample_rate = self.tokenizer.sample_rate
         self.dim = self._features(torch.zeros(self.tokenizer.hop_length)).shape[-1]
@@ -431,7 +414,9 @@ class TokenizerEmbedder(Embedder):
             features = encoded.aux[self.level]
             return features[0] if features.dim() == 3 else features
         choices = ", ".join(["latent", "encoder", *sorted(encoded.aux)])
-        raise LoditError(f"embedder.tokenizer_level={self.level!r} is not a level of this tokenizer; choose one of: {choices}")
+        raise LoditError(
+            f"embedder.tokenizer_level={self.level!r} is not a level of this tokenizer; choose one of: {choices}"
+        )
 
     def embed_frames(self, wav: torch.Tensor) -> torch.Tensor:
         return self._features(self._mono(wav)).float().cpu()  # (T, dim)
@@ -439,7 +424,7 @@ class TokenizerEmbedder(Embedder):
     def identity(self) -> str:
         producer = self.tokenizer.identity()
         return (f"embedder=tokenizer|{producer['name']}|config={producer['config_hash']}"
-                f"|files={_folder_fingerprint(self.folder)}|level={self.level}")
+                f"|files={files_fingerprint(self.folder)}|level={self.level}")
 
 
 # ----------------------------------------------------------------------------- vggish / pann
@@ -469,7 +454,9 @@ class FrechetAudioDistanceEmbedder(Embedder):
             self.fad = FrechetAudioDistance(model_name=self.package_model, sample_rate=self.sample_rate,
                                             use_pca=False, use_activation=False, verbose=False)
         except Exception as exc:  # the package raises whatever torch.hub / its models raise
-            raise LoditError(f"frechet-audio-distance could not load {self.name} ({type(exc).__name__}: {exc})") from None
+            raise LoditError(
+                f"frechet-audio-distance could not load {self.name} ({type(exc).__name__}: {exc})"
+            ) from None
         self.description = f"{self.name} (frechet-audio-distance)"
 
     def embed_frames(self, wav: torch.Tensor) -> torch.Tensor:

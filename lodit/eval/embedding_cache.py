@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from lodit.errors import LoditError
 from lodit.eval.embedders import Embedder, normalize_segments
+from lodit.files import write_atomically, write_text
 
 TENSOR_NAME = "embedding"
 
@@ -50,7 +51,7 @@ class EmbeddingCache:
         folder.mkdir(parents=True, exist_ok=True)
         marker = folder / "identity.txt"
         if not marker.is_file():
-            _atomic_write_text(marker, identity + "\n")
+            write_text(marker, identity + "\n")
         return folder
 
     @staticmethod
@@ -97,19 +98,15 @@ class EmbeddingCache:
         try:
             vector = load_file(str(entry))[TENSOR_NAME]
         except (SafetensorError, OSError, KeyError):
-            raise LoditError(f"{entry}: unreadable embedding cache entry; delete it (or the cache folder) and re-run") from None
+            raise LoditError(
+                f"{entry}: unreadable embedding cache entry; delete it (or the cache folder) and re-run"
+            ) from None
         if vector.shape != (dim,):
-            raise LoditError(f"{entry}: cached embedding has shape {tuple(vector.shape)}, expected ({dim},); delete it and re-run")
+            raise LoditError(
+                f"{entry}: cached embedding has shape {tuple(vector.shape)}, expected ({dim},); delete it and re-run"
+            )
         return vector
 
 
 def _atomic_save(entry: Path, vector: torch.Tensor, source: str) -> None:
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
-    save_file({TENSOR_NAME: vector}, str(tmp), metadata={"path": source})
-    os.replace(tmp, entry)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(entry, lambda tmp: save_file({TENSOR_NAME: vector}, str(tmp), metadata={"path": source}))

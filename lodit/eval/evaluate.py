@@ -33,7 +33,6 @@ loads each model once; :func:`evaluate_samples` is the one-call form.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -45,12 +44,13 @@ from typing import Any
 from lodit.conditioning.tasks import TASKS, task_from_domain
 from lodit.data.manifest import read_manifest
 from lodit.errors import LoditError
-from lodit.eval.adherence import adherence_section, format_adherence
+from lodit.eval.adherence import adherence_section
 from lodit.eval.asr import describe_asr_model, normalize_text
 from lodit.eval.embedders import NO_CLAP_MODEL, Embedder, EmbedderConfig, build_embedder, set_durations
 from lodit.eval.embedding_cache import EmbeddingCache
 from lodit.eval.frechet import fad
 from lodit.eval.results import MetricResult
+from lodit.files import write_json
 
 SAMPLES_FILE = "samples.json"  # what `lodit sample` writes next to its wav files
 METRICS_FORMAT = "lodit-metrics"
@@ -99,12 +99,16 @@ def read_samples(samples_dir: str | os.PathLike) -> tuple[dict[str, Any], list[G
     folder = Path(samples_dir)
     index = folder / SAMPLES_FILE
     if not index.is_file():
-        raise LoditError(f"{index}: not found; --samples must be a folder written by `lodit sample` (wavs + {SAMPLES_FILE})")
+        raise LoditError(
+            f"{index}: not found; --samples must be a folder written by `lodit sample` (wavs + {SAMPLES_FILE})"
+        )
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
         entries = data["samples"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise LoditError(f"{index}: not a `lodit sample` index (needs a 'samples' list); re-run `lodit sample`") from None
+        raise LoditError(
+            f"{index}: not a `lodit sample` index (needs a 'samples' list); re-run `lodit sample`"
+        ) from None
     if not entries:
         raise LoditError(f"{index}: lists no samples; generate some with `lodit sample`")
     samples = []
@@ -212,7 +216,9 @@ class Evaluator:
             result["adherence"] = adherence
         return result
 
-    def fad_metrics(self, samples: list[GeneratedSample], reference: list[ReferenceClip], name: str) -> list[MetricResult]:
+    def fad_metrics(
+        self, samples: list[GeneratedSample], reference: list[ReferenceClip], name: str
+    ) -> list[MetricResult]:
         """FAD over all samples, and per task when there are several."""
         embedder = self.embedder()
         gen = self._embed([s.path for s in samples])  # (N, dim)
@@ -302,8 +308,10 @@ def speed_metrics(index: dict[str, Any], count: int) -> list[MetricResult]:
     """``rtf`` and ``nfe`` as ``lodit sample`` measured them (``model``: the sampler and device)."""
     settings = index.get("settings", {})
     samples = index.get("samples", [])
-    sampler = (f"{settings.get('sampler', '?')} sampler, {settings.get('steps', '?')} steps, "
-               f"cfg {settings.get('cfg', '?')}, batch {settings.get('batch_size', '?')} on {settings.get('device', '?')}")
+    sampler = (
+        f"{settings.get('sampler', '?')} sampler, {settings.get('steps', '?')} steps, "
+        f"cfg {settings.get('cfg', '?')}, batch {settings.get('batch_size', '?')} on {settings.get('device', '?')}"
+    )
     seconds = float(sum(s.get("seconds", 0.0) for s in samples))
     rtf = index.get("rtf")
     nfe = samples[0].get("nfe") if samples else None
@@ -324,20 +332,12 @@ def evaluate_samples(
     out: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluate one samples folder (see :class:`Evaluator`); also write it to ``out`` when given."""
-    result = Evaluator(config or EvaluationConfig(), embedding_cache=embedding_cache).evaluate(samples_dir, reference_manifest)
+    result = Evaluator(config or EvaluationConfig(), embedding_cache=embedding_cache).evaluate(
+        samples_dir, reference_manifest
+    )
     if out is not None:
         write_json(out, result)
     return result
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as indented JSON, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def format_metric(metric: dict[str, Any]) -> str:
@@ -347,51 +347,3 @@ def format_metric(metric: dict[str, Any]) -> str:
         return f"{metric['name']}: unavailable ({reason})"
     model = f", {metric['model']}" if metric.get("model") else ""
     return f"{metric['name']}: {metric['value']:.4g} (n={metric['n']}{model})"
-
-
-# ============================================================================ the command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--samples", required=True, help="folder written by `lodit sample` (wav files + samples.json)")
-    parser.add_argument("--reference", required=True, help="manifest of the reference clips (JSON Lines)")
-    parser.add_argument("--out", default="metrics.json", help="where to write the metrics (default metrics.json)")
-    parser.add_argument("--embedder", default="whisper",
-                        help="FAD embedder: whisper (default), clap, encodec, tokenizer, vggish, pann")
-    parser.add_argument("--embedder-model", default="offline:base",
-                        help="the embedder's model: offline:base (default) / offline:tiny.en for whisper, a hub name or folder")
-    parser.add_argument("--clap-model", default="", help="CLAP model (hub name or folder) for the CLAP score; none = unavailable")
-    parser.add_argument("--asr-model", default="offline:tiny.en",
-                        help="Whisper for WER: offline:tiny.en (default), offline:base, a CTranslate2 folder or large-v3")
-    parser.add_argument("--speaker-model", default="resemblyzer",
-                        help="speaker embedder for SIM: resemblyzer (default) or a WavLM x-vector hub name/folder")
-    parser.add_argument("--bootstrap", type=int, default=0, help="FAD bootstrap resamples for a 95%% CI (default 0: none)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the FAD bootstrap (default 0)")
-    parser.add_argument("--embedding-cache", help="folder caching clip embeddings (default: embedding_cache/ beside --out)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    parser.add_argument("--uniaudio", metavar="FOLDER",
-                        help="a UniAudio-Token folder: also report its mean SAE gate and codebook usage/perplexity "
-                             "over the generated clips")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = EvaluationConfig(
-        embedder=EmbedderConfig(name=args.embedder, model=args.embedder_model, device=args.device),
-        clap_model=args.clap_model, asr_model=args.asr_model, speaker_model=args.speaker_model,
-        bootstrap=args.bootstrap, seed=args.seed, device=args.device,
-    )
-    out = Path(args.out)
-    cache = Path(args.embedding_cache) if args.embedding_cache else out.parent / "embedding_cache"
-    result = Evaluator(config, embedding_cache=cache, progress=True).evaluate(args.samples, args.reference)
-    if args.uniaudio:
-        from lodit.eval.understanding import uniaudio_statistics
-
-        paths = [sample.path for sample in read_samples(args.samples)[1]]
-        result["metrics"] += [m.to_dict() for m in uniaudio_statistics(args.uniaudio, paths)]
-    write_json(out, result)
-    for metric in result["metrics"]:
-        print(format_metric(metric))
-    for line in format_adherence(result["adherence"]) if "adherence" in result else []:
-        print(line)
-    print(f"wrote {out}")
-    return 0

@@ -34,36 +34,19 @@ from its newest checkpoint, other stages start over); one whose hash differs was
 settings and is redone from scratch, with a message. Every stage writes its outputs atomically and
 appends ``ran`` / ``reused`` to ``stages.jsonl`` in the output folder.
 
-Paths inside the experiment YAML are relative to the YAML's folder; paths given as command-line
-overrides are relative to the working directory.
+The config is :mod:`lodit.eval.experiment_config`, the stage bookkeeping :mod:`lodit.eval.stages`,
+the folder layout :mod:`lodit.eval.layout`.
 
-Output layout::
-
-    OUT/experiment.yaml   resolved config           OUT/stages.jsonl   stage log
-    OUT/data/             train.jsonl, eval.jsonl   OUT/embeddings/    embedding cache
-    OUT/teacher_cache/    teacher features       OUT/sembo/<spec hash>/  SemBo run (final/)
-    OUT/arms/<arm>/tokenizer/        tokenizer run (final/ = the tokenizer)
-    OUT/arms/<arm>/cache/            latent cache of the training set
-    OUT/arms/<arm>/reconstruction/   metrics.json
-    OUT/arms/<arm>/latent_stats/     stats.json
-    OUT/arms/<arm>/seed-<s>/dit/     DiT run (checkpoints/step-*)
-    OUT/arms/<arm>/seed-<s>/step-<k>/samples/  prompts.jsonl, references.json, wavs + samples.json
-    OUT/arms/<arm>/seed-<s>/step-<k>/samples_with_reference/  the TTS prompts with a voice: voices/ + voices.json
-    OUT/arms/<arm>/seed-<s>/step-<k>/scores/   metrics.json
-    OUT/report/           results.json, report.md, report.html, *.png, audio/
+The output layout is :class:`~lodit.eval.layout.ExperimentLayout`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import logging
 import os
-import re
-import shutil
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -71,290 +54,33 @@ from typing import Any
 import numpy as np
 
 from lodit.config import (
-    apply_overrides,
-    from_dict,
     load_config,
-    load_yaml,
-    resolve_config_path,
     save_config,
     to_dict,
 )
 from lodit.data.audio import audio_info, load_audio, save_audio
 from lodit.data.manifest import ManifestRow, portable_audio_path, read_manifest, write_manifest
 from lodit.errors import LoditError
-from lodit.eval.evaluate import EvaluationConfig, Evaluator, write_json
+from lodit.eval.evaluate import Evaluator
+from lodit.eval.experiment_config import ARM_PATH_KEYS, ArmConfig, ExperimentConfig, SamplingSettings
+from lodit.eval.layout import (
+    LATENT_STATS_FILE,
+    METRICS_FILE,
+    REFERENCES_FILE,
+    SAMPLES_INDEX,
+    TTS_VARIANTS,
+    ExperimentLayout,
+)
 from lodit.eval.results import MetricResult
-from lodit.eval.understanding import UnderstandingConfig
+from lodit.eval.stages import StageBook, file_digest, spec_hash
+from lodit.files import read_json, write_json, write_jsonl
 
-STAGE_FILE = "stage.json"
-STAGE_LOG = "stages.jsonl"
-CONFIG_COPY = "experiment.yaml"
+log = logging.getLogger(__name__)
+
 VOICES_FILE = "voices.json"  # the reference voices of the TTS samples made with one
-# TTS is evaluated twice, as F5-TTS can be used: with a reference voice and from the transcript
-# alone. Metric names of each variant in the scores and results, and what they measure.
-TTS_VARIANTS = {
-    "without_reference": {
-        "wer": "wer", "speaker_similarity": "speaker_similarity",
-        "description": "transcript only, no reference voice (the model chooses the voice); speaker SIM "
-                       "against the held-out clip of the same sentence",
-    },
-    "with_reference": {
-        "wer": "wer_with_reference", "speaker_similarity": "speaker_similarity_with_reference",
-        "description": "transcript plus a reference voice: another clip of the held-out clip's speaker (from "
-                       "the evaluation set, else the training set) and its transcript; speaker SIM against "
-                       "that reference clip",
-    },
-}
-_ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-# ============================================================================ config
-
-
-@dataclass
-class ArmConfig:
-    """One tokenizer under test: a training config (+ overrides) or an existing tokenizer folder."""
-
-    name: str = ""
-    tokenizer: str = ""  # tokenizer training config (YAML), trained by the experiment
-    overrides: list[str] = field(default_factory=list)  # key.sub=value overrides of that config
-    checkpoint: str = ""  # an already trained tokenizer folder (its final/ or a checkpoint); nothing is trained
-    description: str = ""  # shown in the report
-    # A SemBo training config (YAML) trained first (on the training set, once per distinct config
-    # across arms); its final/ becomes the tokenizer's tokenizer.encoder.semantic.sembo (LoSATok arms).
-    sembo: str = ""
-    sembo_overrides: list[str] = field(default_factory=list)
-
-    def __post_init__(self):
-        if not _ARM_NAME.match(self.name):
-            raise ValueError(f"arm name {self.name!r} must be a non-empty folder name (letters, digits, _ . -)")
-        if bool(self.tokenizer) == bool(self.checkpoint):
-            raise ValueError(f"arm {self.name!r} needs exactly one of tokenizer (a config to train) "
-                             "or checkpoint (a trained folder)")
-        if self.sembo and not self.tokenizer:
-            raise ValueError(f"arm {self.name!r}: sembo is trained for a tokenizer config; drop it or set tokenizer")
-
-
-@dataclass
-class DiTSpec:
-    config: str = ""  # DiT training config (YAML), shared by every arm
-    overrides: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ExperimentData:
-    train_manifest: str = ""
-    eval_manifest: str = ""  # the reference set; "" = hold out eval_fraction of train_manifest
-    eval_fraction: float = 0.1  # per domain, at least one clip of every domain with two or more
-    split_seed: int = 0
-
-    def __post_init__(self):
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ValueError(f"data.eval_fraction must be between 0 and 1, got {self.eval_fraction}")
-
-
-@dataclass
-class SamplingSettings:
-    sampler: str = "euler"
-    steps: int = 20
-    cfg: float = 3.0
-    schedule: str = "uniform"
-    batch_size: int = 8
-    seed: int = 0  # noise seed of the first prompt (prompt i uses seed + i)
-    use_ema: bool = True
-
-
-@dataclass
-class ExperimentEvaluation(EvaluationConfig):
-    """The metric models (:class:`EvaluationConfig`) plus what is evaluated."""
-
-    num_prompts: int = 16  # evaluation prompts (from the evaluation set, round-robin over tasks)
-    seconds: float = 0.0  # length of caption samples; 0 = the reference clip's length (TTS: the speaking rate)
-    reconstruction_clips: int = 16  # evaluation clips in the reconstruction table (0 = all)
-    audio_examples: int = 3  # prompts per arm with audio players in the report
-
-    def __post_init__(self):
-        if self.num_prompts < 1:
-            raise ValueError(f"evaluation.num_prompts must be at least 1, got {self.num_prompts}")
-        if self.seconds < 0 or self.reconstruction_clips < 0 or self.audio_examples < 0:
-            raise ValueError("evaluation.seconds, reconstruction_clips and audio_examples must not be negative")
-
-    def metric_config(self) -> EvaluationConfig:
-        return EvaluationConfig(**{f.name: getattr(self, f.name) for f in fields(EvaluationConfig)})
-
-
-@dataclass
-class ExperimentConfig:
-    name: str = "experiment"
-    arms: list[ArmConfig] = field(default_factory=list)
-    dit: DiTSpec = field(default_factory=DiTSpec)
-    data: ExperimentData = field(default_factory=ExperimentData)
-    tokenizer_steps: int = 0  # tokenizer training steps; 0 = each tokenizer config's training.max_steps
-    dit_steps: int = 1000
-    eval_steps: list[int] = field(default_factory=list)  # DiT steps evaluated; dit_steps is always added
-    seeds: list[int] = field(default_factory=lambda: [0])  # DiT training seeds (one DiT per arm and seed)
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    evaluation: ExperimentEvaluation = field(default_factory=ExperimentEvaluation)
-    # probes and token-histogram clustering of tokenizers' representations (lodit.eval.understanding)
-    understanding: UnderstandingConfig | None = None
-
-    def __post_init__(self):
-        if not self.arms:
-            raise ValueError("arms: list at least one arm (name + tokenizer config or checkpoint)")
-        names = [arm.name for arm in self.arms]
-        if len(set(names)) != len(names):
-            raise ValueError(f"arms: names must be unique, got {names}")
-        if self.dit_steps < 1 or self.tokenizer_steps < 0:
-            raise ValueError("dit_steps must be at least 1 and tokenizer_steps not negative")
-        bad = [k for k in self.eval_steps if not 1 <= k <= self.dit_steps]
-        if bad:
-            raise ValueError(f"eval_steps {bad} lie outside 1..dit_steps ({self.dit_steps})")
-        self.eval_steps = sorted(set(self.eval_steps) | {self.dit_steps})
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must list at least one seed, each once; got {self.seeds}")
-
-
-# Keys holding file paths; in the YAML they are relative to the YAML's folder.
-_PATH_KEYS = (("dit", "config"), ("data", "train_manifest"), ("data", "eval_manifest"))
-_ARM_PATH_KEYS = ("tokenizer", "checkpoint", "sembo")
-
-
-def load_experiment(path: str | os.PathLike, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read an experiment YAML: its relative paths resolved against its folder, then the
-    command-line ``overrides`` applied (their relative paths stay relative to the working directory)."""
-    path = resolve_config_path(path)
-    data = load_yaml(path)
-    base = path.resolve().parent
-    for section, key in _PATH_KEYS:
-        node = data.get(section)
-        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
-            node[key] = _absolute(node[key], base)
-    for arm in data.get("arms") or []:
-        for key in _ARM_PATH_KEYS:
-            if isinstance(arm, dict) and isinstance(arm.get(key), str) and arm[key]:
-                arm[key] = _absolute(arm[key], base)
-    _absolute_understanding_paths(data.get("understanding"), base)
-    data = apply_overrides(data, list(overrides))
-    where = str(path) if not overrides else f"{path} (with command-line overrides)"
-    return from_dict(ExperimentConfig, data, source=where)
-
-
-def _absolute_understanding_paths(node: Any, base: Path) -> None:
-    """The understanding section's manifests and model folders relative to the YAML (a teacher's
-    model is a model name, left as it is)."""
-    if not isinstance(node, dict):
-        return
-    if isinstance(node.get("speech_manifest"), str) and node["speech_manifest"]:
-        node["speech_manifest"] = _absolute(node["speech_manifest"], base)
-    for task in node.get("tasks") or []:
-        if isinstance(task, dict) and isinstance(task.get("manifest"), str) and task["manifest"]:
-            task["manifest"] = _absolute(task["manifest"], base)
-    for spec in node.get("representations") or []:
-        if isinstance(spec, dict) and spec.get("kind") != "teacher" and isinstance(spec.get("model"), str) and spec["model"]:
-            spec["model"] = _absolute(spec["model"], base)
-
-
-def _absolute(value: str, base: Path) -> str:
-    candidate = Path(os.path.expanduser(value))
-    return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
-
-
-# ============================================================================ stage bookkeeping
-
-
-def spec_hash(spec: Any) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """Content hash of a (manifest) file: moving the experiment does not invalidate its stages."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:20]
-
-
-class StageBook:
-    """``stage.json`` markers of the stage folders and the experiment's stage log."""
-
-    def __init__(self, root: Path, say: Callable[[str], None]):
-        self.root = root
-        self.say = say
-        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-
-    def is_done(self, folder: Path, spec: Any) -> bool:
-        """True if ``folder`` holds this spec's finished output. A folder made with another spec is
-        deleted (its outputs are stale); one left ``running`` by this spec is kept to continue."""
-        marker = folder / STAGE_FILE
-        if not marker.is_file():
-            return False
-        try:
-            state = json.loads(marker.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            state = {}
-        if state.get("spec_hash") == spec_hash(spec):
-            return state.get("status") == "done"
-        self.say(f"{folder}: made with other settings; redoing it")
-        shutil.rmtree(folder)
-        return False
-
-    def start(self, folder: Path, spec: Any) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / STAGE_FILE, {"status": "running", "spec_hash": spec_hash(spec), "spec": spec})
-
-    def finish(self, name: str, folder: Path, spec: Any, seconds: float) -> None:
-        write_json(folder / STAGE_FILE, {"status": "done", "spec_hash": spec_hash(spec), "spec": spec,
-                                         "seconds": round(seconds, 3)})
-        self.log(name, "ran", seconds)
-
-    def log(self, name: str, action: str, seconds: float = 0.0) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        entry = {"run": self.run_id, "stage": name, "action": action, "seconds": round(seconds, 3),
-                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with open(self.root / STAGE_LOG, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
-
-
-def read_stage_log(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(out_dir) / STAGE_LOG
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # ============================================================================ the runner
-
-
-@dataclass
-class ExperimentLayout:
-    """Where each stage of an experiment folder lives (see the module docstring)."""
-
-    out: Path
-
-    def arm_dir(self, arm: str) -> Path:
-        return self.out / "arms" / arm
-
-    def seed_dir(self, arm: str, seed: int) -> Path:
-        return self.arm_dir(arm) / f"seed-{seed}"
-
-    def step_dir(self, arm: str, seed: int, step: int) -> Path:
-        return self.seed_dir(arm, seed) / f"step-{step:08d}"
-
-    def sembo_dir(self, key: str) -> Path:
-        return self.out / "sembo" / key
-
-    @property
-    def teacher_cache(self) -> Path:
-        return self.out / "teacher_cache"
-
-    @property
-    def train_manifest(self) -> Path:
-        return self.out / "data" / "train.jsonl"
-
-    @property
-    def eval_manifest(self) -> Path:
-        return self.out / "data" / "eval.jsonl"
 
 
 @dataclass
@@ -370,13 +96,12 @@ class ArmState:
 class ExperimentRunner:
     """Runs the stages of an experiment into ``out_dir`` (see the module docstring)."""
 
-    def __init__(self, config: ExperimentConfig, out_dir: str | os.PathLike, *, say: Callable[[str], None] | None = None):
+    def __init__(self, config: ExperimentConfig, out_dir: str | os.PathLike):
         self.config = config
         self.out = Path(out_dir)
         self.layout = ExperimentLayout(self.out)
-        self.say = say or _print
-        self.book = StageBook(self.out, self.say)
-        self.evaluator = Evaluator(config.evaluation.metric_config(), embedding_cache=self.out / "embeddings")
+        self.book = StageBook(self.out)
+        self.evaluator = Evaluator(config.evaluation.metric_config(), embedding_cache=self.layout.embeddings)
         self._text_encoder = None
         self._check_inputs()
 
@@ -388,7 +113,7 @@ class ExperimentRunner:
 
         started = time.monotonic()
         self.out.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, self.out / CONFIG_COPY)
+        save_config(self.config, self.layout.config_copy)
         data_spec = self.prepare_data()
         states = {}
         for arm in self.config.arms:
@@ -401,9 +126,9 @@ class ExperimentRunner:
         if self.config.understanding is not None:
             self.understanding(states)
         results = collect_results(self.out, self.config)
-        report = self._stage("report", self.out / "report", {"results": spec_hash(results)},
+        report = self._stage("report", self.layout.report_dir, {"results": spec_hash(results)},
                              lambda folder: write_report(results, folder))
-        self.say(f"experiment {self.config.name}: done in {time.monotonic() - started:.0f} s; report in {report}")
+        log.info(f"experiment {self.config.name}: done in {time.monotonic() - started:.0f} s; report in {report}")
         return report
 
     def _stage(self, name: str, folder: Path, spec: Any, work: Callable[[Path], Any]) -> Path:
@@ -412,7 +137,7 @@ class ExperimentRunner:
             self.book.log(name, "reused")
             return folder
         self.book.start(folder, spec)
-        self.say(f"{name}: running")
+        log.info(f"{name}: running")
         started = time.monotonic()
         work(folder)
         self.book.finish(name, folder, spec, time.monotonic() - started)
@@ -430,7 +155,7 @@ class ExperimentRunner:
             raise LoditError(f"data.eval_manifest: {cfg.data.eval_manifest} not found; "
                              "fix the path or leave it empty to split the training set")
         for arm in cfg.arms:
-            for key in _ARM_PATH_KEYS:
+            for key in ARM_PATH_KEYS:
                 source = getattr(arm, key)
                 if source and not Path(source).exists():
                     raise LoditError(f"arm {arm.name}: {key} {source} not found; fix arms[{arm.name}].{key}")
@@ -444,7 +169,7 @@ class ExperimentRunner:
                 "eval": file_digest(cfg.eval_manifest) if cfg.eval_manifest else None,
                 "eval_fraction": None if cfg.eval_manifest else cfg.eval_fraction,
                 "split_seed": None if cfg.eval_manifest else cfg.split_seed}
-        self._stage("data", self.out / "data", spec, self._write_split)
+        self._stage("data", self.layout.data_dir, spec, self._write_split)
         return {"train": file_digest(self.layout.train_manifest), "eval": file_digest(self.layout.eval_manifest)}
 
     def _write_split(self, folder: Path) -> None:
@@ -459,7 +184,7 @@ class ExperimentRunner:
                 raise LoditError(f"the {name[:-6]} set would be empty; "
                                  "add clips to data.train_manifest or give data.eval_manifest")
             write_manifest(folder / name, [replace(row, audio=portable_audio_path(row.audio, folder)) for row in rows])
-        self.say(f"data: {len(train)} training clips, {len(held_out)} evaluation clips")
+        log.info(f"data: {len(train)} training clips, {len(held_out)} evaluation clips")
 
     # --------------------------------------------------------------------------- tokenizer
 
@@ -490,7 +215,7 @@ class ExperimentRunner:
         run_dir = self.layout.sembo_dir(spec_hash(spec))
 
         def work(folder: Path) -> None:
-            self.say(f"[{arm.name}] training SemBo for {config.training.max_steps} steps")
+            log.info(f"[{arm.name}] training SemBo for {config.training.max_steps} steps")
             train_sembo(config, folder)
 
         self._stage(f"sembo/{run_dir.name}", run_dir, spec, work)
@@ -500,7 +225,7 @@ class ExperimentRunner:
         """Train the arm's tokenizer (or take its checkpoint); returns where it is."""
         if arm.checkpoint:
             folder = _tokenizer_folder(Path(arm.checkpoint))
-            return ArmState(folder, {"checkpoint": _folder_fingerprint(folder)})
+            return ArmState(folder, {"checkpoint": _tokenizer_fingerprint(folder)})
         from lodit.latent_tokenizer.train import train_tokenizer
 
         sembo_dir, sembo_spec = self.sembo(arm, data_spec) if arm.sembo else (None, None)
@@ -511,10 +236,10 @@ class ExperimentRunner:
         if sembo_spec is not None:  # the SemBo by what made it, not by its folder
             described["tokenizer"]["encoder"]["semantic"]["sembo"] = spec_hash(sembo_spec)
         spec = {"config": described}
-        run_dir = self.layout.arm_dir(arm.name) / "tokenizer"
+        run_dir = self.layout.tokenizer_run(arm.name)
 
         def work(folder: Path) -> None:
-            self.say(f"[{arm.name}] training the tokenizer for {config.training.max_steps} steps")
+            log.info(f"[{arm.name}] training the tokenizer for {config.training.max_steps} steps")
             train_tokenizer(config, folder)
 
         self._stage(f"tokenizer/{arm.name}", run_dir, spec, work)
@@ -524,13 +249,13 @@ class ExperimentRunner:
         from lodit.latent_tokenizer.encode import encode_manifest
 
         spec = {"tokenizer": spec_hash(state.tokenizer_spec), "manifest": data_spec["train"]}
-        folder = self.layout.arm_dir(arm.name) / "cache"
+        folder = self.layout.cache_dir(arm.name)
 
         def work(stage_dir: Path) -> None:
-            self.say(f"[{arm.name}] encoding the training set")
+            log.info(f"[{arm.name}] encoding the training set")
             summary = encode_manifest(state.tokenizer_dir, self.layout.train_manifest, stage_dir / "latents",
                                       overwrite=True, resume=True, progress=False)
-            self.say(f"[{arm.name}] {summary.line()}")
+            log.info(f"[{arm.name}] {summary.line()}")
 
         self._stage(f"encode/{arm.name}", folder, spec, work)
         state.cache_dir, state.cache_spec = folder / "latents", spec
@@ -540,9 +265,11 @@ class ExperimentRunner:
         spec = {"tokenizer": spec_hash(state.tokenizer_spec), "manifest": data_spec["eval"], "clips": count}
 
         def work(folder: Path) -> None:
-            write_json(folder / "metrics.json", reconstruction_report(state.tokenizer_dir, self.layout.eval_manifest, count))
+            write_json(
+                folder / METRICS_FILE, reconstruction_report(state.tokenizer_dir, self.layout.eval_manifest, count)
+            )
 
-        self._stage(f"reconstruction/{arm.name}", self.layout.arm_dir(arm.name) / "reconstruction", spec, work)
+        self._stage(f"reconstruction/{arm.name}", self.layout.reconstruction_dir(arm.name), spec, work)
 
     def latent_stats(self, arm: ArmConfig, state: ArmState) -> None:
         from lodit.eval.latent_stats import latent_cache_statistics, latent_stat_results
@@ -553,13 +280,13 @@ class ExperimentRunner:
             stats = latent_cache_statistics(str(state.cache_dir))
             eigenvalues = stats["eigenvalues"].numpy()
             cumulative = (np.cumsum(eigenvalues) / max(float(eigenvalues.sum()), 1e-30)).tolist()
-            write_json(folder / "stats.json", {
+            write_json(folder / LATENT_STATS_FILE, {
                 "metrics": [m.to_dict() for m in latent_stat_results(stats, model=f"training latents of {arm.name}")],
                 "dim": int(stats["dim"]), "n_frames": int(stats["n_frames"]),
                 "cumulative_variance": cumulative, "channel_std": stats["std"].tolist(),
             })
 
-        self._stage(f"latent_stats/{arm.name}", self.layout.arm_dir(arm.name) / "latent_stats", spec, work)
+        self._stage(f"latent_stats/{arm.name}", self.layout.latent_stats_dir(arm.name), spec, work)
 
     def understanding(self, states: dict[str, ArmState]) -> None:
         """Probes and clustering of the configured representations and the arms' latents."""
@@ -570,13 +297,13 @@ class ExperimentRunner:
         spec = {"config": to_dict(cfg), "manifests": [file_digest(task.manifest) for task in cfg.tasks],
                 "arms": {name: spec_hash(state.tokenizer_spec) for name, state in states.items()},
                 "models": {r.name: model_fingerprint(r.model) for r in cfg.representations}}
-        self._stage("understanding", self.out / "understanding", spec,
+        self._stage("understanding", self.layout.understanding_dir, spec,
                     lambda folder: run_understanding(cfg, folder, arms if cfg.include_arms else None))
 
     # --------------------------------------------------------------------------- DiT, sampling, evaluation
 
     def dit_config(self, state: ArmState, seed: int):
-        from lodit.dit.train import DiTTrainConfig
+        from lodit.dit.train_config import DiTTrainConfig
 
         overrides = list(self.config.dit.overrides) + [
             f"data.cache={state.cache_dir.resolve()}",
@@ -591,7 +318,7 @@ class ExperimentRunner:
         described = to_dict(config)
         described["data"]["cache"] = spec_hash(state.cache_spec)
         spec = {"config": described}
-        run_dir = self.layout.seed_dir(arm.name, seed) / "dit"
+        run_dir = self.layout.dit_run(arm.name, seed)
         name = f"dit/{arm.name}/seed-{seed}"
         finished = self.book.is_done(run_dir, spec)
         if finished:
@@ -600,26 +327,23 @@ class ExperimentRunner:
             self.book.start(run_dir, spec)
         started = time.monotonic()
         for step in self.config.eval_steps:
-            step_dir = self.layout.step_dir(arm.name, seed, step)
             where = f"{arm.name}/seed-{seed}/step-{step}"
             sample_spec = {"dit": spec_hash(spec), "step": step, "sampling": to_dict(self.config.sampling),
                            "num_prompts": self.config.evaluation.num_prompts,
-                           "seconds": self.config.evaluation.seconds, "prompts_from": data_spec["eval"],
-                           "prompt_task": "reference domain"}  # samples made before prompts had tasks are redone
-            samples_dir = step_dir / "samples"
+                           "seconds": self.config.evaluation.seconds, "prompts_from": data_spec["eval"]}
+            samples_dir = self.layout.samples_dir(arm.name, seed, step)
             at_step = partial(self._checkpoint_at, config, run_dir, step)
             self._sample_stage(f"sample/{where}", samples_dir, sample_spec, partial(self.sample, state), at_step)
             score_spec = {"samples": spec_hash(sample_spec), "reference": data_spec["eval"],
-                          "metrics": to_dict(self.config.evaluation.metric_config()),
-                          "adherence": 1}  # scores made before the adherence section existed are redone
+                          "metrics": to_dict(self.config.evaluation.metric_config())}
             voice_dir = None
             if _has_tts(samples_dir):  # the same TTS prompts again, each with a reference voice
-                voice_dir = step_dir / "samples_with_reference"
+                voice_dir = self.layout.voice_samples_dir(arm.name, seed, step)
                 voice_spec = {**sample_spec, "variant": "tts with a reference voice", "voices_from": data_spec["train"]}
                 self._sample_stage(f"sample_with_reference/{where}", voice_dir, voice_spec,
                                    partial(self.sample_with_reference, state), at_step)
                 score_spec["with_reference"] = spec_hash(voice_spec)
-            self._stage(f"score/{where}", step_dir / "scores", score_spec,
+            self._stage(f"score/{where}", self.layout.scores_dir(arm.name, seed, step), score_spec,
                         partial(self.score, arm, samples_dir, voice_dir=voice_dir))
         if not finished:  # every evaluation step, the last being dit_steps, has been reached
             self.book.finish(name, run_dir, spec, time.monotonic() - started)
@@ -644,9 +368,11 @@ class ExperimentRunner:
             return target
         latest = latest_checkpoint(run_dir)
         if latest is not None and (checkpoint_step(latest) or 0) > step:
-            raise LoditError(f"{run_dir}: trained past step {step} and its checkpoint there is gone (pruned), so step {step} "
-                             "can't be evaluated; delete that DiT run folder to retrain it, or drop the step from eval_steps")
-        self.say(f"training the DiT in {run_dir} to step {step} of {config.training.max_steps}")
+            raise LoditError(
+                f"{run_dir}: trained past step {step} and its checkpoint there is gone (pruned), so step {step} "
+                "can't be evaluated; delete that DiT run folder to retrain it, or drop the step from eval_steps"
+            )
+        log.info(f"training the DiT in {run_dir} to step {step} of {config.training.max_steps}")
         train_dit(config, run_dir, text_encoder=self._shared_text_encoder(config), stop_at=step)
         if not target.is_dir():
             raise LoditError(f"{run_dir}: training stopped without a checkpoint at step {step}")
@@ -666,10 +392,12 @@ class ExperimentRunner:
 
         tasks = read_generator_config(checkpoint).tasks
         evaluation = self.config.evaluation
-        requests, references = evaluation_prompts(self.layout.eval_manifest, tasks, evaluation.num_prompts, evaluation.seconds)
+        requests, references = evaluation_prompts(
+            self.layout.eval_manifest, tasks, evaluation.num_prompts, evaluation.seconds
+        )
         prompts_file = folder / "prompts.jsonl"
-        _write_jsonl(prompts_file, requests)
-        write_json(folder / "references.json", references)
+        write_jsonl(prompts_file, _without_none(requests))
+        write_json(folder / REFERENCES_FILE, references)
         run_sampler(checkpoint, prompts_file, folder, self.config.sampling, state.tokenizer_dir)
 
     def sample_with_reference(self, state: ArmState, checkpoint: Path, folder: Path) -> None:
@@ -685,7 +413,7 @@ class ExperimentRunner:
         write_json(folder / VOICES_FILE, {"requests": len(requests), "references": references, "skipped": skipped})
         if requests:
             prompts_file = folder / "prompts.jsonl"
-            _write_jsonl(prompts_file, requests)
+            write_jsonl(prompts_file, _without_none(requests))
             run_sampler(checkpoint, prompts_file, folder, self.config.sampling, state.tokenizer_dir)
 
     def score(self, arm: ArmConfig, samples_dir: Path, folder: Path, voice_dir: Path | None = None) -> None:
@@ -696,16 +424,16 @@ class ExperimentRunner:
                 if metric["name"] in (plain["wer"], plain["speaker_similarity"]):
                     metric["details"]["tts_prompt"] = "without_reference"
             metrics["metrics"] += [m.to_dict() for m in self.with_reference_metrics(voice_dir)]
-        write_json(folder / "metrics.json", metrics)
+        write_json(folder / METRICS_FILE, metrics)
         headline = ", ".join(_short(m) for m in metrics["metrics"] if m["name"] in ("fad", "clap_score", "wer"))
-        self.say(f"[{arm.name}] {samples_dir.parent.name}: {headline}")
+        log.info(f"[{arm.name}] {samples_dir.parent.name}: {headline}")
 
     def with_reference_metrics(self, voice_dir: Path) -> list[MetricResult]:
         """WER and speaker similarity of the samples made with a reference voice (SIM against that voice)."""
         from lodit.eval.evaluate import read_samples
 
         names = TTS_VARIANTS["with_reference"]
-        voices = json.loads((voice_dir / VOICES_FILE).read_text(encoding="utf-8"))
+        voices = read_json(voice_dir / VOICES_FILE)
         skipped = len(voices["skipped"])
         if not voices["requests"]:
             reason = "no TTS prompt has another clip of its speaker (manifest 'speaker') to use as the reference voice"
@@ -726,10 +454,6 @@ class ExperimentRunner:
 
 
 # ============================================================================ building blocks
-
-
-def _print(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _short(metric: dict[str, Any]) -> str:
@@ -777,8 +501,16 @@ def evaluation_prompts(manifest: Path, tasks: list[str], count: int,
         length = None if speech else (seconds or row.duration or _file_seconds(path, row.offset))
         requests.append({"prompt": row.caption or "", "transcript": row.transcript if speech else None,
                          "seconds": length, "task": task})
-        references.append({"audio": str(path.resolve()), "offset": row.offset, "duration": row.duration,
-                           "caption": row.caption or "", "transcript": row.transcript or "", "domain": row.domain or ""})
+        references.append(
+            {
+                "audio": str(path.resolve()),
+                "offset": row.offset,
+                "duration": row.duration,
+                "caption": row.caption or "",
+                "transcript": row.transcript or "",
+                "domain": row.domain or "",
+            }
+        )
     return requests, references
 
 
@@ -803,8 +535,9 @@ def _chosen_rows(rows: list[ManifestRow], tasks: list[str], count: int) -> list[
     return chosen
 
 
-def reference_voice_prompts(eval_manifest: Path, train_manifest: Path, tasks: list[str], count: int,
-                            voices_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def reference_voice_prompts(
+    eval_manifest: Path, train_manifest: Path, tasks: list[str], count: int, voices_dir: Path
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """The TTS prompts of :func:`evaluation_prompts` again, each with a reference voice.
 
     The voice of a prompt is another clip of its speaker (manifest ``speaker``) that says another
@@ -847,7 +580,7 @@ def reference_voice_prompts(eval_manifest: Path, train_manifest: Path, tasks: li
 
 def _has_tts(samples_dir: Path) -> bool:
     """Whether a ``lodit sample`` folder holds TTS samples."""
-    index = json.loads((samples_dir / "samples.json").read_text(encoding="utf-8"))
+    index = read_json(samples_dir / SAMPLES_INDEX)
     return any(entry.get("task") == "tts" for entry in index["samples"])
 
 
@@ -856,11 +589,8 @@ def _file_seconds(path: Path, offset: float) -> float:
     return max(frames / rate - offset, 1.0 / rate)
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False) + "\n"
-                           for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
+def _without_none(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if v is not None} for row in rows]
 
 
 def _tokenizer_folder(path: Path) -> Path:
@@ -869,35 +599,28 @@ def _tokenizer_folder(path: Path) -> Path:
         return path
     if (path / "final" / "config.json").is_file():
         return path / "final"
-    raise LoditError(f"{path}: not a tokenizer folder (no config.json, nor final/config.json); pass a trained tokenizer")
+    raise LoditError(
+        f"{path}: not a tokenizer folder (no config.json, nor final/config.json); pass a trained tokenizer"
+    )
 
 
-def _folder_fingerprint(folder: Path) -> dict[str, Any]:
+def _tokenizer_fingerprint(folder: Path) -> dict[str, Any]:
     """Identity of a given tokenizer folder: its config hash and weight-file sizes."""
     from lodit.latent_tokenizer.tokenizer import Tokenizer
 
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     tokenizer_config = config.get("tokenizer", config) if isinstance(config, dict) else config
     sizes = {p.name: p.stat().st_size for p in sorted(folder.glob("*.safetensors"))}
-    identity = Tokenizer.from_config(tokenizer_config, source=str(folder / "config.json")).identity()
+    identity = Tokenizer.from_config(tokenizer_config, source=str(folder / "config.json"), saved=True).identity()
     return {"config_hash": identity["config_hash"], "files": sizes}
 
 
 def run_sampler(checkpoint: Path, prompts_file: Path, out: Path, sampling: SamplingSettings, tokenizer: Path) -> None:
-    """``lodit sample`` on a prompts file: wavs and ``samples.json`` into ``out``."""
-    import argparse
+    """The DiT at ``checkpoint`` on a prompts file: wavs and ``samples.json`` into ``out``."""
+    from lodit.dit.prompts import sample_prompts_file
 
-    from lodit.dit import sample_cli
-
-    parser = argparse.ArgumentParser()
-    sample_cli.add_arguments(parser)
-    argv = ["--checkpoint", str(checkpoint), "--prompts-file", str(prompts_file), "--out", str(out),
-            "--steps", str(sampling.steps), "--cfg", str(sampling.cfg), "--sampler", sampling.sampler,
-            "--schedule", sampling.schedule, "--seed", str(sampling.seed), "--batch-size", str(sampling.batch_size),
-            "--tokenizer", str(tokenizer)]
-    if not sampling.use_ema:
-        argv.append("--no-ema")
-    sample_cli.run(parser.parse_args(argv))
+    sample_prompts_file(checkpoint, prompts_file, out, sampling=sampling, seed=sampling.seed,
+                        batch_size=sampling.batch_size, use_ema=sampling.use_ema, tokenizer=tokenizer)
 
 
 def spread_over_domains(rows: list[ManifestRow], count: int) -> list[ManifestRow]:
@@ -920,18 +643,19 @@ def spread_over_domains(rows: list[ManifestRow], count: int) -> list[ManifestRow
 def reconstruction_report(tokenizer_dir: Path, manifest: Path, count: int) -> dict[str, Any]:
     """Reconstruction metrics of ``count`` clips of ``manifest`` spread over its domains (0 = all;
     PESQ and STOI on the speech ones) and the tokenizer's description."""
-    import torch
-
+    from lodit.devices import choose_device
     from lodit.eval.reconstruction import reconstruction_metrics
     from lodit.latent_tokenizer.tokenizer import Tokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = choose_device()
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir, map_location=device)
     data = read_manifest(manifest)
     rows = spread_over_domains(data.rows, count)
     refs, recs = [], []
     for row in rows:
-        wav = load_audio(data.audio_path(row), tokenizer.sample_rate, offset=row.offset, duration=row.duration)  # (1, S)
+        wav = load_audio(
+            data.audio_path(row), tokenizer.sample_rate, offset=row.offset, duration=row.duration
+        )  # (1, S)
         refs.append(wav[0])
         recs.append(tokenizer.reconstruct(wav).float().cpu()[0, 0])
     speech = [row.domain == "speech" or bool(row.transcript) for row in rows]

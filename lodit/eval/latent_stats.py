@@ -38,7 +38,11 @@ class ScatterAccumulator:
         self.scatter = np.zeros((dim, dim))
 
     def update(self, frames: torch.Tensor | np.ndarray) -> None:
-        block = frames.detach().cpu().double().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames, np.float64)
+        block = (
+            frames.detach().cpu().double().numpy()
+            if isinstance(frames, torch.Tensor)
+            else np.asarray(frames, np.float64)
+        )
         block = block.reshape(-1, block.shape[-1])  # (T, D)
         if block.shape[1] != self.dim:
             raise LoditError(f"latent statistics: got {block.shape[1]}-dim frames after {self.dim}-dim ones")
@@ -74,7 +78,9 @@ def latent_statistics(
     """
     if isinstance(latents, (torch.Tensor, np.ndarray)):
         if latents.ndim != 2:
-            raise LoditError(f"latent statistics need (N, D) frames or an iterable of (T, D) clips, got {tuple(latents.shape)}")
+            raise LoditError(
+                f"latent statistics need (N, D) frames or an iterable of (T, D) clips, got {tuple(latents.shape)}"
+            )
         clips: Iterable = [latents]
     else:
         clips = latents

@@ -38,7 +38,6 @@ from lodit.eval.embedders import Embedder
 from lodit.eval.embedding_cache import EmbeddingCache
 from lodit.eval.results import MetricResult
 
-
 # ----------------------------------------------------------------------------- labelled manifests
 
 
@@ -81,9 +80,13 @@ def _row_value(row: ManifestRow, key: str, manifest: Any, line: int) -> Hashable
     if value is None and key in ("domain", "speaker", "caption", "transcript", "id"):
         value = getattr(row, key)
     if value is None:
-        raise LoditError(f"{manifest} line {line}: the row has no {key!r} label; label every row or filter the manifest")
+        raise LoditError(
+            f"{manifest} line {line}: the row has no {key!r} label; label every row or filter the manifest"
+        )
     if isinstance(value, (list, dict)):
-        raise LoditError(f"{manifest} line {line}: label {key!r} is a {type(value).__name__}; probes need one value per clip")
+        raise LoditError(
+            f"{manifest} line {line}: label {key!r} is a {type(value).__name__}; probes need one value per clip"
+        )
     return value
 
 
@@ -229,7 +232,9 @@ def _features(X: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------- clustering
 
 
-def kmeans(X: np.ndarray, k: int, *, n_init: int = 5, iterations: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(
+    X: np.ndarray, k: int, *, n_init: int = 5, iterations: int = 50, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """``(centroids (k, D), assignment (N,))``: best of ``n_init`` k-means++ runs by inertia."""
     data = np.asarray(X, dtype=np.float64)
     if not 1 <= k <= data.shape[0]:

@@ -26,17 +26,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from lodit.data.audio import resample
+from lodit.data.audio import mono_clip, resample
 from lodit.errors import LoditError
 from lodit.eval.results import MetricResult
 from lodit.latent_tokenizer.losses import MultiResolutionMelLoss, MultiResolutionSTFTLoss, TokenizerLossConfig
-# one SI-SDR and one level ratio for the CLI round trip and the metrics
-from lodit.latent_tokenizer.reconstruct import level_db, si_sdr_db
+from lodit.latent_tokenizer.reconstruct import level_db, si_sdr_db  # the same SI-SDR and level as the CLI round trip
 
 Clips = torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray]
 
-PESQ_RATE = 16000
-FLOOR_ROBUST_RANGE_DB = 80.0  # the floor-robust mel distance ignores what lies 80 dB below a clip's peak  # wide-band PESQ is defined at 16 kHz (8 kHz is narrow-band only)
+PESQ_RATE = 16000  # wide-band PESQ is defined at 16 kHz (8 kHz is narrow-band only)
+FLOOR_ROBUST_RANGE_DB = 80.0  # the floor-robust mel distance ignores what lies 80 dB below a clip's peak
 
 
 def _clip_list(wavs: Clips, what: str) -> list[torch.Tensor]:
@@ -52,15 +51,7 @@ def _clip_list(wavs: Clips, what: str) -> list[torch.Tensor]:
         clips = list(batch)
     else:
         clips = [torch.as_tensor(w) for w in wavs]
-    out = []
-    for i, clip in enumerate(clips):
-        clip = clip.detach().float().cpu()
-        if clip.dim() == 2 and clip.shape[0] == 1:
-            clip = clip[0]
-        if clip.dim() != 1 or clip.numel() == 0:
-            raise LoditError(f"{what}[{i}]: expected a non-empty mono clip (S,) or (1, S), got {tuple(clip.shape)}")
-        out.append(clip)
-    return out
+    return [mono_clip(clip, what=f"{what}[{i}]") for i, clip in enumerate(clips)]
 
 
 def _pairs(ref_wavs: Clips, rec_wavs: Clips) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -134,14 +125,18 @@ def pesq_score(ref_wavs: Clips, rec_wavs: Clips, sample_rate: int) -> MetricResu
     try:
         from pesq import PesqError, pesq
     except ImportError:
-        return MetricResult.unavailable("pesq", "the pesq package is not installed (pip install pesq, or 'lodit[quality]')")
+        return MetricResult.unavailable(
+            "pesq", "the pesq package is not installed (pip install pesq, or 'lodit[quality]')"
+        )
 
     def score(ref: torch.Tensor, rec: torch.Tensor) -> float:
         ref16, rec16 = resample(ref, sample_rate, PESQ_RATE), resample(rec, sample_rate, PESQ_RATE)
         try:
             return float(pesq(PESQ_RATE, ref16.numpy().astype(np.float64), rec16.numpy().astype(np.float64), "wb"))
         except PesqError as exc:  # silent or too-short clips
-            raise LoditError(f"PESQ failed on a clip ({type(exc).__name__}: {exc}); PESQ needs speech of at least ~0.25 s") from None
+            raise LoditError(
+                f"PESQ failed on a clip ({type(exc).__name__}: {exc}); PESQ needs speech of at least ~0.25 s"
+            ) from None
 
     return _per_clip("pesq", _pairs(ref_wavs, rec_wavs), score, mode="wb", rate=PESQ_RATE)
 
@@ -151,10 +146,14 @@ def stoi_score(ref_wavs: Clips, rec_wavs: Clips, sample_rate: int, *, extended: 
     try:
         from pystoi import stoi
     except ImportError:
-        return MetricResult.unavailable("stoi", "the pystoi package is not installed (pip install pystoi, or 'lodit[quality]')")
+        return MetricResult.unavailable(
+            "stoi", "the pystoi package is not installed (pip install pystoi, or 'lodit[quality]')"
+        )
 
     def score(ref: torch.Tensor, rec: torch.Tensor) -> float:
-        return float(stoi(ref.numpy().astype(np.float64), rec.numpy().astype(np.float64), sample_rate, extended=extended))
+        return float(
+            stoi(ref.numpy().astype(np.float64), rec.numpy().astype(np.float64), sample_rate, extended=extended)
+        )
 
     return _per_clip("estoi" if extended else "stoi", _pairs(ref_wavs, rec_wavs), score)
 

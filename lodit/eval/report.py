@@ -23,40 +23,31 @@ Confidence intervals are two-sided Student-t intervals over seeds, ``mean ± t(0
 from __future__ import annotations
 
 import base64
-import html
 import json
-import math
 import os
 import textwrap
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lodit.config import to_dict
-from lodit.errors import LoditError
 from lodit.eval.adherence import adherence_summary, adherence_table
+from lodit.eval.layout import (
+    LATENT_STATS_FILE,
+    METRICS_FILE,
+    REFERENCES_FILE,
+    SAMPLES_INDEX,
+    TTS_VARIANTS,
+    ExperimentLayout,
+)
+from lodit.eval.summary import CI_LEVEL, aggregate
+from lodit.eval.tables import Table, display_value, format_summary, format_value, label, templates
 from lodit.eval.understanding import understanding_table
+from lodit.files import read_json, write_atomically, write_json, write_text
 
 RESULTS_FORMAT = "lodit-compare-results"
-CI_LEVEL = 0.95
 CONVERGENCE_METRICS = ("fad", "clap_score", "wer")
-# Direction of each metric in the tables (lower or higher is better); others are shown without one.
-LOWER_IS_BETTER = {"fad", "fad_tta", "fad_ttm", "fad_tts", "fad_inf", "wer", "wer_with_reference", "rtf",
-                   "mel_distance", "mel_distance_80db", "stft_distance"}
-HIGHER_IS_BETTER = {"clap_score", "speaker_similarity", "speaker_similarity_with_reference", "si_sdr", "pesq", "stoi",
-                    "estoi"}
-PERCENT_METRICS = {"wer", "wer_with_reference"}  # stored as fractions, shown in %
-# The compare runner's plain TTS samples have no reference voice; those with one have their own
-# metrics (lodit.eval.experiment.TTS_VARIANTS).
-LABELS = {"fad": "FAD", "fad_tta": "FAD (TTA)", "fad_ttm": "FAD (TTM)", "fad_tts": "FAD (TTS)",
-          "clap_score": "CLAP score", "wer": "WER (%, text only)", "speaker_similarity": "speaker SIM (text only)",
-          "wer_with_reference": "WER (%, with reference)",
-          "speaker_similarity_with_reference": "speaker SIM (with reference)", "rtf": "RTF",
-          "nfe": "NFE", "mel_distance": "mel distance", "stft_distance": "STFT distance", "si_sdr": "SI-SDR (dB)",
-          "pesq": "PESQ (speech)", "stoi": "STOI (speech)", "mel_distance_80db": "mel distance (80 dB floor)",
-          "level_ratio": "level (dB, 0 = as loud)"}
 SPEED_METRICS = ("rtf", "nfe")
 RECONSTRUCTION_METRICS = ("mel_distance", "mel_distance_80db", "level_ratio", "stft_distance", "si_sdr", "pesq", "stoi")
 TOPK_SHOWN = (1, 8, 32, 128)
@@ -67,86 +58,34 @@ DASHES = ("-", "--", "-.", ":")
 # ============================================================================ statistics
 
 
-def t_interval(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, float | None, float | None]:
-    """Mean and the two-sided Student-t confidence interval of ``values`` (``None`` bounds for one value)."""
-    from scipy import stats
-
-    data = np.asarray(list(values), dtype=np.float64)
-    if data.size == 0:
-        raise LoditError("a confidence interval needs at least one value")
-    mean = float(data.mean())
-    if data.size < 2:
-        return mean, None, None
-    half = float(stats.t.ppf(0.5 + level / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
-    return mean, mean - half, mean + half
-
-
-def aggregate(runs: Sequence[dict[str, Any]], level: float = CI_LEVEL) -> list[dict[str, Any]]:
-    """Mean and CI over seeds per (arm, step, metric).
-
-    ``runs``: ``{"arm", "seed", "step", "metrics": [MetricResult dicts]}``. A metric unavailable
-    for every seed keeps its reason (``unavailable``); seeds where it is unavailable are left out
-    of the mean and counted in ``n_seeds`` only when available.
-    """
-    groups: dict[tuple[str, int, str], list[tuple[int, dict[str, Any]]]] = {}
-    for run in runs:
-        for metric in run["metrics"]:
-            groups.setdefault((run["arm"], int(run["step"]), metric["name"]), []).append((run["seed"], metric))
-    rows = []
-    for (arm, step, name), entries in groups.items():
-        available = [(seed, m) for seed, m in entries if m.get("value") is not None]
-        models = sorted({m.get("model", "") for _, m in entries})
-        ns = sorted({int(m.get("n", 0)) for _, m in entries})
-        row = {"arm": arm, "step": step, "metric": name, "model": "; ".join(models),
-               "n": ns[0] if len(ns) == 1 else ns, "seeds": [seed for seed, _ in available],
-               "values": [float(m["value"]) for _, m in available], "n_seeds": len(available),
-               "ci_level": level, "mean": None, "ci_low": None, "ci_high": None, "unavailable": None}
-        if available:
-            row["mean"], row["ci_low"], row["ci_high"] = t_interval(row["values"], level)
-        else:
-            reasons = sorted({m.get("details", {}).get("unavailable", "not computed") for _, m in entries})
-            row["unavailable"] = "; ".join(reasons)
-        rows.append(row)
-    return sorted(rows, key=lambda r: (r["arm"], r["step"], r["metric"]))
-
-
 # ============================================================================ collecting
 
 
 def read_compare_json(path: Path) -> Any:
     """A JSON file of a ``lodit compare`` folder; a missing or broken one is a one-line error."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LoditError(f"{path}: missing; run `lodit compare` again to produce it") from None
-    except json.JSONDecodeError as exc:
-        raise LoditError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return read_json(path, missing=f"{path}: missing; run `lodit compare` again to produce it")
 
 
 def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
     """Everything the experiment in ``out_dir`` produced, as one dict (paths relative to ``out_dir``)."""
-    from lodit.eval.experiment import TTS_VARIANTS, ExperimentLayout
-
     out = Path(out_dir)
     layout = ExperimentLayout(out)
     arms, runs = [], []
     for arm in config.arms:
-        arm_dir = layout.arm_dir(arm.name)
-        reconstruction = read_compare_json(arm_dir / "reconstruction" / "metrics.json")
-        latent = read_compare_json(arm_dir / "latent_stats" / "stats.json")
+        reconstruction = read_compare_json(layout.reconstruction_dir(arm.name) / METRICS_FILE)
+        latent = read_compare_json(layout.latent_stats_dir(arm.name) / LATENT_STATS_FILE)
         examples = []
         for seed in config.seeds:
             for step in config.eval_steps:
-                step_dir = layout.step_dir(arm.name, seed, step)
-                scores = read_compare_json(step_dir / "scores" / "metrics.json")
+                scores = read_compare_json(layout.scores_dir(arm.name, seed, step) / METRICS_FILE)
                 runs.append({"arm": arm.name, "seed": seed, "step": step, "metrics": scores["metrics"],
                              "settings": scores.get("settings", {}),
-                             "samples": str((step_dir / "samples").relative_to(out))})
+                             "samples": str(layout.samples_dir(arm.name, seed, step).relative_to(out))})
                 if "adherence" in scores:  # per-attribute scores; the per-sample items stay in metrics.json
                     runs[-1]["adherence"] = {k: v for k, v in scores["adherence"].items() if k != "items"}
-        final_samples = layout.step_dir(arm.name, config.seeds[0], config.eval_steps[-1]) / "samples"
-        index = read_compare_json(final_samples / "samples.json")
-        references = read_compare_json(final_samples / "references.json")
+        final_samples = layout.samples_dir(arm.name, config.seeds[0], config.eval_steps[-1])
+        index = read_compare_json(final_samples / SAMPLES_INDEX)
+        references = read_compare_json(final_samples / REFERENCES_FILE)
         for entry, reference in list(zip(index["samples"], references))[: config.evaluation.audio_examples]:
             examples.append({"file": str((final_samples / entry["file"]).relative_to(out)),
                              "prompt": entry.get("prompt", ""), "transcript": entry.get("transcript", ""),
@@ -162,66 +101,14 @@ def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
     adherence = adherence_summary(runs)
     if adherence is not None:
         results["adherence"] = adherence
-    if (out / "understanding" / "metrics.json").is_file():
-        results["understanding"] = read_compare_json(out / "understanding" / "metrics.json")
+    if (layout.understanding_dir / METRICS_FILE).is_file():
+        results["understanding"] = read_compare_json(layout.understanding_dir / METRICS_FILE)
     if any(m["name"] == TTS_VARIANTS["with_reference"]["wer"] for run in runs for m in run["metrics"]):
         results["tts_variants"] = TTS_VARIANTS  # which metric is TTS with, which without a reference voice
     return results
 
 
 # ============================================================================ formatting
-
-
-def _scale(metric: str, value: float) -> float:
-    return value * 100.0 if metric in PERCENT_METRICS else value
-
-
-def format_summary(row: dict[str, Any] | None) -> str:
-    """``mean ± half-width`` (or ``mean`` with n=1), ``n/a`` when unavailable."""
-    if row is None:
-        return "—"
-    if row["mean"] is None:
-        return "n/a"
-    mean = _scale(row["metric"], row["mean"])
-    if row["ci_low"] is None:
-        return f"{mean:.4g}"
-    half = _scale(row["metric"], (row["ci_high"] - row["ci_low"]) / 2)
-    return f"{mean:.4g} ± {half:.2g}"
-
-
-def format_value(metric: dict[str, Any] | None) -> str:
-    if metric is None:
-        return "—"
-    if metric.get("value") is None:
-        return "n/a"
-    return f"{_scale(metric['name'], metric['value']):.4g}"
-
-
-def label(metric: str) -> str:
-    arrow = " ↓" if metric in LOWER_IS_BETTER else " ↑" if metric in HIGHER_IS_BETTER else ""
-    return LABELS.get(metric, metric.replace("_", " ")) + arrow
-
-
-class Table:
-    """A table once, rendered as Markdown or HTML."""
-
-    def __init__(self, title: str, headers: list[str], rows: list[list[str]], note: str = ""):
-        self.title, self.headers, self.rows, self.note = title, headers, rows, note
-
-    def markdown(self) -> str:
-        def cell(text: str) -> str:
-            return str(text).replace("|", "\\|").replace("\n", " ")
-
-        lines = [f"| {' | '.join(cell(h) for h in self.headers)} |", "|" + "---|" * len(self.headers)]
-        lines += [f"| {' | '.join(cell(c) for c in row)} |" for row in self.rows]
-        note = f"\n\n{self.note}" if self.note else ""
-        return "\n".join(lines) + note
-
-    def html(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in self.rows)
-        note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
 # ============================================================================ the report
@@ -243,8 +130,17 @@ class ReportBuilder:
     def metric_names(self) -> list[str]:
         """Generation metrics present, in a fixed order (FAD first, speed last)."""
         present = {r["metric"] for r in self.results["summary"]}
-        order = ["fad", "fad_tta", "fad_ttm", "fad_tts", "clap_score", "wer", "speaker_similarity", "wer_with_reference",
-                 "speaker_similarity_with_reference"]
+        order = [
+            "fad",
+            "fad_tta",
+            "fad_ttm",
+            "fad_tts",
+            "clap_score",
+            "wer",
+            "speaker_similarity",
+            "wer_with_reference",
+            "speaker_similarity_with_reference",
+        ]
         return [m for m in order if m in present] + sorted(present - set(order) - set(SPEED_METRICS))
 
     def interval_note(self) -> str:
@@ -256,7 +152,9 @@ class ReportBuilder:
 
     def final_table(self) -> Table:
         names = self.metric_names()
-        rows = [[arm] + [format_summary(self.summary.get((arm, self.final_step, m))) for m in names] for arm in self.arms]
+        rows = [
+            [arm] + [format_summary(self.summary.get((arm, self.final_step, m))) for m in names] for arm in self.arms
+        ]
         return Table(f"Final metrics (DiT step {self.final_step})", ["arm"] + [label(m) for m in names], rows,
                      self.interval_note())
 
@@ -277,7 +175,9 @@ class ReportBuilder:
                      "captioned clips (CLAP), utterances (WER) or pairs (SIM).")
 
     def convergence_table(self, metric: str) -> Table:
-        rows = [[arm] + [format_summary(self.summary.get((arm, step, metric))) for step in self.steps] for arm in self.arms]
+        rows = [
+            [arm] + [format_summary(self.summary.get((arm, step, metric))) for step in self.steps] for arm in self.arms
+        ]
         return Table(f"{label(metric)} against DiT steps", ["arm"] + [f"step {s}" for s in self.steps], rows,
                      self.interval_note())
 
@@ -288,16 +188,26 @@ class ReportBuilder:
             reasons.update(f"{label(m['name'])}: {m['details']['unavailable']}" for m in arm["reconstruction"]
                            if m.get("value") is None and "unavailable" in m.get("details", {}))
             tokenizer = arm["tokenizer"]
-            rows.append([arm["name"], tokenizer.get("name", ""), str(tokenizer.get("latent_dim", "")),
-                         f"{tokenizer.get('parameters', 0) / 1e6:.2f} M"]
-                        + [format_value(by_name.get(m)) for m in RECONSTRUCTION_METRICS] + [str(arm["reconstruction_clips"])])
+            rows.append(
+                [
+                    arm["name"],
+                    tokenizer.get("name", ""),
+                    str(tokenizer.get("latent_dim", "")),
+                    f"{tokenizer.get('parameters', 0) / 1e6:.2f} M",
+                ]
+                + [format_value(by_name.get(m)) for m in RECONSTRUCTION_METRICS]
+                + [str(arm["reconstruction_clips"])]
+            )
         note = ("Round trips (encode, decode) of evaluation clips taken in turn from each domain; PESQ and STOI "
                 "on the speech ones only. Level: median RMS of the reconstruction over the input, in dB.")
         if reasons:
             note += f" Unavailable: {'; '.join(sorted(reasons))}."
-        return Table("Reconstruction per tokenizer (evaluation set)",
-                     ["arm", "tokenizer", "latent dim", "parameters"] + [label(m) for m in RECONSTRUCTION_METRICS] + ["clips"],
-                     rows, note)
+        return Table(
+            "Reconstruction per tokenizer (evaluation set)",
+            ["arm", "tokenizer", "latent dim", "parameters"] + [label(m) for m in RECONSTRUCTION_METRICS] + ["clips"],
+            rows,
+            note,
+        )
 
     def latent_table(self) -> Table:
         rows = []
@@ -306,24 +216,47 @@ class ReportBuilder:
             by_name = {m["name"]: m for m in stats["metrics"]}
             rank = by_name["effective_rank"]
             details = rank["details"]
-            topk = [format_value(by_name.get(f"top{k}_variance_fraction")) if k <= stats["dim"] else "—" for k in TOPK_SHOWN]
-            rows.append([arm["name"], str(stats["dim"]), f"{rank['value']:.4g}", f"{details['relative']:.3f}", *topk,
-                         f"{details['channel_std_min']:.3g} / {details['channel_std_max']:.3g}", str(stats["n_frames"])])
-        return Table("Latent statistics (training latents)",
-                     ["arm", "dim", "effective rank", "effective rank / dim"] + [f"top-{k} variance" for k in TOPK_SHOWN]
-                     + ["channel std min / max", "frames"], rows,
-                     "Effective rank: Roy & Vetterli's exp(entropy) of the normalised singular values of the centred "
-                     "frames; top-k variance: share of the variance in the k largest principal components.")
+            topk = [
+                format_value(by_name.get(f"top{k}_variance_fraction")) if k <= stats["dim"] else "—" for k in TOPK_SHOWN
+            ]
+            rows.append(
+                [
+                    arm["name"],
+                    str(stats["dim"]),
+                    f"{rank['value']:.4g}",
+                    f"{details['relative']:.3f}",
+                    *topk,
+                    f"{details['channel_std_min']:.3g} / {details['channel_std_max']:.3g}",
+                    str(stats["n_frames"]),
+                ]
+            )
+        return Table(
+            "Latent statistics (training latents)",
+            ["arm", "dim", "effective rank", "effective rank / dim"]
+            + [f"top-{k} variance" for k in TOPK_SHOWN]
+            + ["channel std min / max", "frames"],
+            rows,
+            "Effective rank: Roy & Vetterli's exp(entropy) of the normalised singular values of the centred "
+            "frames; top-k variance: share of the variance in the k largest principal components.",
+        )
 
     def speed_table(self) -> Table:
         rows = []
         for arm in self.arms:
             run = next(r for r in self.results["runs"] if r["arm"] == arm and r["step"] == self.final_step)
             settings = run.get("settings", {})
-            sampler = f"{settings.get('sampler', '?')} / {settings.get('steps', '?')} steps / cfg {settings.get('cfg', '?')}"
-            rows.append([arm, sampler,
-                         format_summary(self.summary.get((arm, self.final_step, "nfe"))),
-                         format_summary(self.summary.get((arm, self.final_step, "rtf"))), str(settings.get("device", "?"))])
+            sampler = (
+                f"{settings.get('sampler', '?')} / {settings.get('steps', '?')} steps / cfg {settings.get('cfg', '?')}"
+            )
+            rows.append(
+                [
+                    arm,
+                    sampler,
+                    format_summary(self.summary.get((arm, self.final_step, "nfe"))),
+                    format_summary(self.summary.get((arm, self.final_step, "rtf"))),
+                    str(settings.get("device", "?")),
+                ]
+            )
         return Table("Sampling speed", ["arm", "sampler", "NFE", "RTF ↓ (wall s per audio s)", "device"], rows,
                      "RTF includes text encoding, sampling and decoding, measured by `lodit sample` at batch size "
                      f"{self.config['sampling']['batch_size']}.")
@@ -350,14 +283,19 @@ class ReportBuilder:
                 if not points:
                     continue
                 steps = [s for s, _ in points]
-                means = [_scale(metric, r["mean"]) for _, r in points]
+                means = [display_value(metric, r["mean"]) for _, r in points]
                 # distinct markers and dashes keep arms with equal values (e.g. all at 100 % WER) visible
                 line, = ax.plot(steps, means, marker=MARKERS[number % len(MARKERS)],
                                 linestyle=DASHES[number % len(DASHES)], label=arm)
                 bounded = [(s, r) for s, r in points if r["ci_low"] is not None]
                 if bounded:
-                    ax.fill_between([s for s, _ in bounded], [_scale(metric, r["ci_low"]) for _, r in bounded],
-                                    [_scale(metric, r["ci_high"]) for _, r in bounded], color=line.get_color(), alpha=0.2)
+                    ax.fill_between(
+                        [s for s, _ in bounded],
+                        [display_value(metric, r["ci_low"]) for _, r in bounded],
+                        [display_value(metric, r["ci_high"]) for _, r in bounded],
+                        color=line.get_color(),
+                        alpha=0.2,
+                    )
             ax.set_xlabel("DiT training step")
             ax.set_ylabel(label(metric))
             ax.grid(True, alpha=0.3)
@@ -385,11 +323,7 @@ class ReportBuilder:
 
     def _save(self, fig, name: str) -> Path:
         fig.tight_layout()
-        path = self.folder / name
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-        return path
+        return write_atomically(self.folder / name, lambda tmp: fig.savefig(tmp, format="png"))
 
     # --------------------------------------------------------------------------- audio
 
@@ -404,14 +338,18 @@ class ReportBuilder:
         for i, example in enumerate(first):
             reference = example["reference"]
             rate = audio_info(reference["audio"])[0]
-            wav = load_audio(reference["audio"], offset=reference.get("offset") or 0.0, duration=reference.get("duration"))
+            wav = load_audio(
+                reference["audio"], offset=reference.get("offset") or 0.0, duration=reference.get("duration")
+            )
             entry = {"prompt": example["prompt"] or reference.get("caption", ""), "transcript": example["transcript"],
                      "reference": save_audio(audio / f"reference-{i}.wav", wav, rate).name, "arms": {}}
             for arm in self.results["arms"]:
                 if i < len(arm["examples"]):
                     source = out_dir / arm["examples"][i]["file"]
                     rate = audio_info(source)[0]
-                    entry["arms"][arm["name"]] = save_audio(audio / f"{arm['name']}-{i}.wav", load_audio(source), rate).name
+                    entry["arms"][arm["name"]] = save_audio(
+                        audio / f"{arm['name']}-{i}.wav", load_audio(source), rate
+                    ).name
             prompts.append(entry)
         return prompts
 
@@ -434,7 +372,6 @@ def write_report(results: dict[str, Any], folder: str | os.PathLike, out_dir: st
     """Write ``results.json``, the PNG plots, ``audio/``, ``report.md`` and ``report.html`` into ``folder``.
 
     ``out_dir``: the experiment folder the results' relative paths start from (default: ``folder``'s parent)."""
-    from lodit.eval.evaluate import write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -443,15 +380,14 @@ def write_report(results: dict[str, Any], folder: str | os.PathLike, out_dir: st
     builder = ReportBuilder(results, folder)
     plots = [builder.plot_convergence(metric) for metric in CONVERGENCE_METRICS] + [builder.plot_spectrum()]
     examples = builder.copy_audio(out_dir)
-    _write_text(folder / "report.md", render_markdown(builder, plots, examples))
-    _write_text(folder / "report.html", render_html(builder, plots, examples))
+    write_text(folder / "report.md", render_markdown(builder, plots, examples))
+    write_text(folder / "report.html", render_html(builder, plots, examples))
     return folder
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _guidance_scale(sampling: dict[str, Any]) -> Any:
+    # results.json written before the experiment used SamplerConfig holds the scale as `cfg`
+    return sampling["guidance"]["scale"] if "guidance" in sampling else sampling["cfg"]
 
 
 def _overview(builder: ReportBuilder) -> list[tuple[str, str]]:
@@ -460,17 +396,29 @@ def _overview(builder: ReportBuilder) -> list[tuple[str, str]]:
     evaluation = cfg["evaluation"]
     arms = "; ".join(f"{a['name']} ({a['description'] or Path(a['source']).name}, latent dim "
                      f"{a['tokenizer'].get('latent_dim')})" for a in builder.results["arms"])
-    dit = f"{Path(cfg['dit']['config']).name}" + (f" with {' '.join(cfg['dit']['overrides'])}" if cfg["dit"]["overrides"] else "")
+    dit = f"{Path(cfg['dit']['config']).name}" + (
+        f" with {' '.join(cfg['dit']['overrides'])}" if cfg["dit"]["overrides"] else ""
+    )
     return [
         ("Arms", arms),
-        ("DiT", f"{dit}; {cfg['dit_steps']} steps, evaluated at {', '.join(str(s) for s in builder.steps)}; "
-                f"seeds {', '.join(str(s) for s in builder.seeds)}"),
-        ("Sampler", f"{sampling['sampler']}, {sampling['steps']} steps, {sampling['schedule']} schedule, CFG {sampling['cfg']}"
-                    f"{'' if sampling['use_ema'] else ', raw (non-EMA) weights'}"),
-        ("Evaluation", f"{evaluation['num_prompts']} prompts from the held-out set; FAD embedder "
-                       f"{evaluation['embedder']['name']} {evaluation['embedder']['model']}; CLAP "
-                       f"{evaluation['clap_model'] or 'none'}; ASR {evaluation['asr_model']}; "
-                       f"speaker {evaluation['speaker_model']}"),
+        (
+            "DiT",
+            f"{dit}; {cfg['dit_steps']} steps, evaluated at {', '.join(str(s) for s in builder.steps)}; "
+            f"seeds {', '.join(str(s) for s in builder.seeds)}",
+        ),
+        (
+            "Sampler",
+            f"{sampling['sampler']}, {sampling['steps']} steps, {sampling['schedule']} schedule, "
+            f"CFG {_guidance_scale(sampling)}"
+            f"{'' if sampling['use_ema'] else ', raw (non-EMA) weights'}",
+        ),
+        (
+            "Evaluation",
+            f"{evaluation['num_prompts']} prompts from the held-out set; FAD embedder "
+            f"{evaluation['embedder']['name']} {evaluation['embedder']['model']}; CLAP "
+            f"{evaluation['clap_model'] or 'none'}; ASR {evaluation['asr_model']}; "
+            f"speaker {evaluation['speaker_model']}",
+        ),
     ]
 
 
@@ -508,69 +456,37 @@ def render_markdown(builder: ReportBuilder, plots: list[Path], examples: list[di
     return "\n\n".join(parts) + "\n"
 
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
-       padding: 0 1em; color: #1d1d1f; line-height: 1.45; }
-h1 { font-size: 1.6em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
-table { border-collapse: collapse; margin: .6em 0; font-size: .92em; }
-th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; }
-th { background: #f3f3f5; } tbody tr:nth-child(even) { background: #fafafa; }
-.note { color: #555; font-size: .88em; margin-top: .2em; }
-img { max-width: 100%; border: 1px solid #eee; }
-audio { width: 220px; } dl { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }
-dt { font-weight: 600; } dd { margin: 0; }
-"""
-
-
 def _data_uri(path: Path, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
 def render_html(builder: ReportBuilder, plots: list[Path], examples: list[dict[str, Any]]) -> str:
-    e = html.escape
-    title = f"{builder.results['experiment']}: latent-dimension comparison"
-    body = [f"<h1>{e(title)}</h1>", "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _overview(builder)) + "</dl>"]
-
-    def section(table: Table, tag: str = "h2") -> None:
-        body.append(f"<{tag}>{e(table.title)}</{tag}>{table.html()}")
-
-    def image(path: Path, alt: str) -> None:
-        body.append(f'<p><img src="{_data_uri(path, "image/png")}" alt="{e(alt)}"></p>')
-
-    section(builder.final_table())
+    """The report page, from the template ``templates/report.html.j2`` (markup there, numbers here)."""
+    tables_before = [builder.final_table()]
     if (tts := tts_variants_table(builder)) is not None:
-        section(tts)
-    section(builder.models_table())
+        tables_before.append(tts)
+    tables_before.append(builder.models_table())
     if (adherence := adherence_table(builder.results)) is not None:
-        section(adherence)
-    body.append("<h2>Convergence</h2>")
-    for metric, plot in zip(CONVERGENCE_METRICS, plots):
-        image(plot, f"{label(metric)} against DiT steps")
-        section(builder.convergence_table(metric), "h3")
-    section(builder.reconstruction_table())
-    section(builder.latent_table())
-    if (understanding := understanding_table(builder.results.get("understanding"))) is not None:
-        section(understanding)
-    image(plots[-1], "latent spectrum")
-    section(builder.speed_table())
+        tables_before.append(adherence)
     audio = builder.folder / "audio"
-    headers = "".join(f"<th>{e(h)}</th>" for h in ["prompt", "reference", *builder.arms])
-    rows = []
-    for example in examples:
-        text = example["prompt"] or example["transcript"]
-        cells = [f"<td>{e(text)}</td>", _player(audio / example["reference"])]
-        cells += [_player(audio / example["arms"][arm]) if arm in example["arms"] else "<td>—</td>" for arm in builder.arms]
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    body.append("<h2>Audio examples (last step, first seed)</h2>"
-                f"<table class=\"audio\"><thead><tr>{headers}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
-    body.append("<p class=\"note\">Every number is in results.json with its model, N and per-seed values.</p>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{e(title)}</title><link rel=\"icon\" href=\"data:,\"><style>{_CSS}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
-
-
-def _player(path: Path) -> str:
-    return f'<td><audio controls preload="none" src="{_data_uri(path, "audio/wav")}"></audio></td>'
+    return templates().get_template("report.html.j2").render(
+        title=f"{builder.results['experiment']}: latent-dimension comparison",
+        overview=_overview(builder),
+        tables_before=tables_before,
+        convergence=[{"plot": _data_uri(plot, "image/png"), "alt": f"{label(metric)} against DiT steps",
+                      "table": builder.convergence_table(metric)} for metric, plot in zip(CONVERGENCE_METRICS, plots)],
+        reconstruction=builder.reconstruction_table(),
+        latent=builder.latent_table(),
+        understanding=understanding_table(builder.results.get("understanding")),
+        spectrum=_data_uri(plots[-1], "image/png"),
+        speed=builder.speed_table(),
+        audio_headers=["prompt", "reference", *builder.arms],
+        examples=[{"text": example["prompt"] or example["transcript"],
+                   "clips": [_data_uri(audio / example["reference"], "audio/wav")]
+                   + [_data_uri(audio / example["arms"][arm], "audio/wav") if arm in example["arms"] else None
+                      for arm in builder.arms]}
+                  for example in examples],
+    )
 
 
 def headline(results: dict[str, Any]) -> list[str]:

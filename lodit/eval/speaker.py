@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lodit.data.audio import load_audio, resample
+from lodit.data.audio import load_audio, mono_clip, resample
 from lodit.errors import LoditError
 from lodit.eval.embedders import model_label, quiet_loading
 from lodit.eval.results import MetricResult
@@ -68,10 +68,14 @@ class SpeakerEmbedder:
         local = Path(model).expanduser().exists()
         try:
             with quiet_loading():
-                self._model, info = WavLMForXVector.from_pretrained(model, output_loading_info=True, local_files_only=local)
+                self._model, info = WavLMForXVector.from_pretrained(
+                    model, output_loading_info=True, local_files_only=local
+                )
         except (OSError, ValueError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise LoditError(f"cannot load the WavLM speaker model {model!r} ({reason}); pass a local folder or a hub name") from None
+            raise LoditError(
+                f"cannot load the WavLM speaker model {model!r} ({reason}); pass a local folder or a hub name"
+            ) from None
         missing = [k for k in info["missing_keys"] if "masked_spec_embed" not in k]
         if missing:
             raise LoditError(
@@ -117,7 +121,9 @@ def speaker_similarity(
     """Mean cosine similarity of speaker embeddings over (reference, generated) pairs
     (Resemblyzer unless ``embedder`` is given); per-pair values in ``details``."""
     if len(ref_wavs) != len(gen_wavs) or not ref_wavs:
-        raise LoditError(f"speaker similarity pairs clips one to one: got {len(ref_wavs)} references and {len(gen_wavs)} generated")
+        raise LoditError(
+            f"speaker similarity pairs clips one to one: got {len(ref_wavs)} references and {len(gen_wavs)} generated"
+        )
     embedder = embedder or SpeakerEmbedder()
     ref = embedder.embed_many(ref_wavs, sample_rate)
     gen = embedder.embed_many(gen_wavs, sample_rate)
@@ -129,8 +135,4 @@ def speaker_similarity(
 def _mono16k(audio: Audio, sample_rate: int) -> torch.Tensor:
     if isinstance(audio, (str, os.PathLike)):
         return load_audio(audio, SAMPLE_RATE)[0]
-    wav = torch.as_tensor(np.asarray(audio) if isinstance(audio, np.ndarray) else audio).detach().float().cpu()
-    wav = wav.squeeze()
-    if wav.dim() != 1 or wav.numel() == 0:
-        raise LoditError(f"speaker embedding expects a non-empty mono clip (S,), got shape {tuple(wav.shape)}")
-    return resample(wav, sample_rate, SAMPLE_RATE)
+    return resample(mono_clip(audio, what="speaker embedding"), sample_rate, SAMPLE_RATE)

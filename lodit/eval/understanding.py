@@ -48,6 +48,7 @@ from lodit.eval.probes import (
     quantize_latents,
     token_histograms,
 )
+from lodit.eval.tables import Table
 
 Kind = Literal["tokens", "features", "latents", "teacher"]
 
@@ -95,7 +96,9 @@ class UnderstandingConfig:
 
     def __post_init__(self) -> None:
         if not self.tasks or len({t.name for t in self.tasks}) != len(self.tasks):
-            raise ValueError("understanding.tasks: list at least one probing task (name, manifest, label), names unique")
+            raise ValueError(
+                "understanding.tasks: list at least one probing task (name, manifest, label), names unique"
+            )
         if self.folds < 2 or self.codebook_size < 2 or self.speech_clips < 0:
             raise ValueError("understanding.folds and codebook_size must be >= 2, speech_clips >= 0")
 
@@ -105,14 +108,17 @@ class UnderstandingConfig:
 
 def _clip_audio(manifest: str | os.PathLike, sample_rate: int) -> tuple[list[torch.Tensor], list[Any]]:
     data = read_manifest(manifest)
-    wavs = [load_audio(data.audio_path(row), sample_rate, channels="mix", offset=row.offset, duration=row.duration)
-            for row in data.rows]
+    wavs = [
+        load_audio(data.audio_path(row), sample_rate, channels="mix", offset=row.offset, duration=row.duration)
+        for row in data.rows
+    ]
     return wavs, data.rows
 
 
 @torch.no_grad()
-def representation_frames(spec: RepresentationSpec, manifest: str | os.PathLike,
-                          cache_root: str | os.PathLike | None = None) -> tuple[list[torch.Tensor], int | None, str]:
+def representation_frames(
+    spec: RepresentationSpec, manifest: str | os.PathLike, cache_root: str | os.PathLike | None = None
+) -> tuple[list[torch.Tensor], int | None, str]:
     """Per clip of ``manifest``: token ids ``(T,)`` (with the vocabulary size) or frames ``(T, D)``
     (vocabulary None), and a description of the model. ``cache_root``: a feature cache for the
     frozen encoder of token models, so models sharing an encoder (seeds, ablations) run it once per clip."""
@@ -148,7 +154,11 @@ def representation_frames(spec: RepresentationSpec, manifest: str | os.PathLike,
 
         model = Tokenizer.from_pretrained(spec.model)
         wavs, _ = _clip_audio(manifest, model.sample_rate)
-        return [model.encode(w[None])[0].float() for w in wavs], None, f"{model.config.name} latents ({model.latent_dim}-dim)"
+        return (
+            [model.encode(w[None])[0].float() for w in wavs],
+            None,
+            f"{model.config.name} latents ({model.latent_dim}-dim)",
+        )
     from lodit.latent_tokenizer.semantic import (
         SemanticEncoderConfig,
         build_semantic_encoder,
@@ -159,8 +169,16 @@ def representation_frames(spec: RepresentationSpec, manifest: str | os.PathLike,
     return [teacher(w[None])[0] for w in wavs], None, f"teacher {spec.model} ({teacher.dim}-dim)"
 
 
-def understanding_scores(frames: list[torch.Tensor], vocab: int | None, labels: list[Any], *, folds: int = 5,
-                         seed: int = 0, codebook_size: int = 64, model: str = "") -> dict[str, Any]:
+def understanding_scores(
+    frames: list[torch.Tensor],
+    vocab: int | None,
+    labels: list[Any],
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    codebook_size: int = 64,
+    model: str = "",
+) -> dict[str, Any]:
     """Probe accuracy, purity and silhouette of one representation (see the module docstring)."""
     if vocab is None:
         pooled = torch.stack([f.double().mean(0) for f in frames])
@@ -171,14 +189,21 @@ def understanding_scores(frames: list[torch.Tensor], vocab: int | None, labels: 
         pooled = histograms
     probe = linear_probe_kfold(pooled, labels, folds=folds, seed=seed, model=model)
     clusters = clustering_scores(histograms, labels, seed=seed, model=model)
-    return {"probe_accuracy": probe.value, "probe_folds": probe.details.get("fold_accuracies"),
-            "purity": clusters["purity"].value, "silhouette": clusters["silhouette"].value,
-            "dim": int(pooled.shape[1]), "vocab": vocab or codebook_size, "n_clips": len(labels),
-            "n_classes": len(set(labels))}
+    return {
+        "probe_accuracy": probe.value,
+        "probe_folds": probe.details.get("fold_accuracies"),
+        "purity": clusters["purity"].value,
+        "silhouette": clusters["silhouette"].value,
+        "dim": int(pooled.shape[1]),
+        "vocab": vocab or codebook_size,
+        "n_clips": len(labels),
+        "n_classes": len(set(labels)),
+    }
 
 
-def speech_reconstruction(folder: str, manifest: str, clips: int, *, asr_model: str, speaker_model: str,
-                          out_dir: Path | None = None) -> dict[str, Any]:
+def speech_reconstruction(
+    folder: str, manifest: str, clips: int, *, asr_model: str, speaker_model: str, out_dir: Path | None = None
+) -> dict[str, Any]:
     """Reconstruction WER / SIM of a UniAudio-Token folder with a decoder on the first ``clips``
     rows of ``manifest`` that have a transcript."""
     from lodit.data.audio import save_audio
@@ -189,7 +214,9 @@ def speech_reconstruction(folder: str, manifest: str, clips: int, *, asr_model: 
     data = read_manifest(manifest)
     rows = [row for row in data.rows if row.transcript][:clips]
     if not rows:
-        raise LoditError(f"{manifest}: no row has a transcript; understanding.speech_manifest needs speech with transcripts")
+        raise LoditError(
+            f"{manifest}: no row has a transcript; understanding.speech_manifest needs speech with transcripts"
+        )
     codec = UniAudioCodec(folder, "cpu")
     originals, recons = [], []
     for i, row in enumerate(rows):
@@ -204,48 +231,86 @@ def speech_reconstruction(folder: str, manifest: str, clips: int, *, asr_model: 
     wer = scorer.score([r.numpy() for r in recons], texts)
     wer_original = scorer.score([o.numpy() for o in originals], texts)
     sim = speaker_similarity(originals, recons, embedder=SpeakerEmbedder(speaker_model))
-    return {"wer": wer.value, "wer_original": wer_original.value, "speaker_similarity": sim.value,
-            "n": len(rows), "asr_model": wer.model, "speaker_model": sim.model}
+    return {
+        "wer": wer.value,
+        "wer_original": wer_original.value,
+        "speaker_similarity": sim.value,
+        "n": len(rows),
+        "asr_model": wer.model,
+        "speaker_model": sim.model,
+    }
 
 
-def run_understanding(config: UnderstandingConfig, folder: str | os.PathLike,
-                      arm_tokenizers: dict[str, str] | None = None) -> dict[str, Any]:
+def run_understanding(
+    config: UnderstandingConfig, folder: str | os.PathLike, arm_tokenizers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Score every representation (and every arm's latents) and write ``folder/metrics.json``."""
-    from lodit.eval.evaluate import write_json
+    from lodit.files import write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     labels = {}
     for task in config.tasks:
         data = read_manifest(task.manifest)
-        labels[task.name] = [_row_value(row, task.label, task.manifest, line)
-                             for row, line in zip(data.rows, data.line_numbers)]
+        labels[task.name] = [
+            _row_value(row, task.label, task.manifest, line) for row, line in zip(data.rows, data.line_numbers)
+        ]
     specs = list(config.representations)
     if config.include_arms:
-        specs += [RepresentationSpec(name=f"arm {name}", kind="latents", model=path, description="raw latents")
-                  for name, path in (arm_tokenizers or {}).items()]
+        specs += [
+            RepresentationSpec(name=f"arm {name}", kind="latents", model=path, description="raw latents")
+            for name, path in (arm_tokenizers or {}).items()
+        ]
     rows = []
     for spec in specs:
-        row = {"name": spec.name, "group": spec.group or spec.name, "kind": spec.kind, "description": spec.description,
-               "scores": {}}
+        row = {
+            "name": spec.name,
+            "group": spec.group or spec.name,
+            "kind": spec.kind,
+            "description": spec.description,
+            "scores": {},
+        }
         for task in config.tasks:
             frames, vocab, row["model"] = representation_frames(spec, task.manifest, folder / "encoder_features")
-            row["scores"][task.name] = understanding_scores(frames, vocab, labels[task.name], folds=config.folds,
-                                                            seed=config.seed, codebook_size=config.codebook_size,
-                                                            model=row["model"])
+            row["scores"][task.name] = understanding_scores(
+                frames,
+                vocab,
+                labels[task.name],
+                folds=config.folds,
+                seed=config.seed,
+                codebook_size=config.codebook_size,
+                model=row["model"],
+            )
         if spec.kind == "tokens" and config.speech_manifest and config.speech_clips:
             from lodit.latent_tokenizer.uniaudio import DECODER_KEY, read_folder_config
 
             if DECODER_KEY in read_folder_config(spec.model):
                 audio = folder / "speech" / spec.name
                 audio.mkdir(parents=True, exist_ok=True)
-                row["speech"] = speech_reconstruction(spec.model, config.speech_manifest, config.speech_clips,
-                                                      asr_model=config.asr_model, speaker_model=config.speaker_model,
-                                                      out_dir=audio)
+                row["speech"] = speech_reconstruction(
+                    spec.model,
+                    config.speech_manifest,
+                    config.speech_clips,
+                    asr_model=config.asr_model,
+                    speaker_model=config.speaker_model,
+                    out_dir=audio,
+                )
         rows.append(row)
-    results = {"tasks": [{"name": t.name, "manifest": t.manifest, "label": t.label, "n_clips": len(labels[t.name]),
-                          "n_classes": len(set(labels[t.name]))} for t in config.tasks],
-               "folds": config.folds, "codebook_size": config.codebook_size, "representations": rows}
+    results = {
+        "tasks": [
+            {
+                "name": t.name,
+                "manifest": t.manifest,
+                "label": t.label,
+                "n_clips": len(labels[t.name]),
+                "n_classes": len(set(labels[t.name])),
+            }
+            for t in config.tasks
+        ],
+        "folds": config.folds,
+        "codebook_size": config.codebook_size,
+        "representations": rows,
+    }
     write_json(folder / "metrics.json", results)
     return results
 
@@ -263,9 +328,7 @@ def _mean_and_values(values: list[float | None], digits: int = 3) -> str:
 
 
 def understanding_table(results: dict[str, Any] | None):
-    """The report's "Understanding" table (a :class:`~lodit.eval.report.Table`), or None without results."""
-    from lodit.eval.report import Table
-
+    """The report's "Understanding" table (a :class:`~lodit.eval.tables.Table`), or None without results."""
     if not results or not results.get("representations"):
         return None
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -277,25 +340,37 @@ def understanding_table(results: dict[str, Any] | None):
         speech = [m["speech"] for m in members if "speech" in m]
         for i, task in enumerate(results["tasks"]):
             scores = [m["scores"][task["name"]] for m in members]
-            table_rows.append([
-                group + (f" (×{len(members)})" if len(members) > 1 else ""), task["name"], first["model"],
-                _mean_and_values([s["probe_accuracy"] for s in scores]),
-                _mean_and_values([s["purity"] for s in scores]),
-                _mean_and_values([s["silhouette"] for s in scores]),
-                _mean_and_values([s["wer"] for s in speech], 2) if speech and i == 0 else "—",
-                _mean_and_values([s["speaker_similarity"] for s in speech], 2) if speech and i == 0 else "—",
-            ])
-    tasks = "; ".join(f"{t['name']}: {t['n_clips']} clips, {t['n_classes']} classes of {t['label']!r} "
-                      f"({Path(t['manifest']).parent.name}/{Path(t['manifest']).name})" for t in results["tasks"])
-    note = (f"Tasks: {tasks}. Probe: {results['folds']}-fold logistic regression on each clip's mean "
-            "frame (tokens: its token histogram). Purity / silhouette: k-means (k = classes) of per-clip token "
-            f"histograms; continuous frames are first coded by a {results['codebook_size']}-code k-means codebook. "
-            "Several entries of one group (seeds) show their mean, then each value. Reconstruction WER / SIM: "
-            "tokens -> decoder -> audio on speech clips (ASR and speaker model in metrics.json, with the WER of the "
-            "original clips).")
-    return Table("Understanding: probes and token-histogram clustering",
-                 ["representation", "task", "model", "probe accuracy", "purity", "silhouette", "recon WER", "recon SIM"],
-                 table_rows, note)
+            table_rows.append(
+                [
+                    group + (f" (×{len(members)})" if len(members) > 1 else ""),
+                    task["name"],
+                    first["model"],
+                    _mean_and_values([s["probe_accuracy"] for s in scores]),
+                    _mean_and_values([s["purity"] for s in scores]),
+                    _mean_and_values([s["silhouette"] for s in scores]),
+                    _mean_and_values([s["wer"] for s in speech], 2) if speech and i == 0 else "—",
+                    _mean_and_values([s["speaker_similarity"] for s in speech], 2) if speech and i == 0 else "—",
+                ]
+            )
+    tasks = "; ".join(
+        f"{t['name']}: {t['n_clips']} clips, {t['n_classes']} classes of {t['label']!r} "
+        f"({Path(t['manifest']).parent.name}/{Path(t['manifest']).name})"
+        for t in results["tasks"]
+    )
+    note = (
+        f"Tasks: {tasks}. Probe: {results['folds']}-fold logistic regression on each clip's mean "
+        "frame (tokens: its token histogram). Purity / silhouette: k-means (k = classes) of per-clip token "
+        f"histograms; continuous frames are first coded by a {results['codebook_size']}-code k-means codebook. "
+        "Several entries of one group (seeds) show their mean, then each value. Reconstruction WER / SIM: "
+        "tokens -> decoder -> audio on speech clips (ASR and speaker model in metrics.json, with the WER of the "
+        "original clips)."
+    )
+    return Table(
+        "Understanding: probes and token-histogram clustering",
+        ["representation", "task", "model", "probe accuracy", "purity", "silhouette", "recon WER", "recon SIM"],
+        table_rows,
+        note,
+    )
 
 
 @torch.no_grad()
@@ -322,10 +397,17 @@ def uniaudio_statistics(folder: str | os.PathLike, audio: list[str | os.PathLike
     probs = counts / counts.sum()
     perplexity = float(torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum()))
     name = f"UniAudio-Token {Path(folder).name}"
-    return [MetricResult("sae_gate", float(np.mean(gates)), len(gates), name, {"per_clip": gates}),
-            MetricResult("codebook_usage", float((counts > 0).float().mean()), len(gates), name,
-                         {"codebook_size": tokenizer.codebook_size}),
-            MetricResult("codebook_perplexity", perplexity, len(gates), name, {"codebook_size": tokenizer.codebook_size})]
+    return [
+        MetricResult("sae_gate", float(np.mean(gates)), len(gates), name, {"per_clip": gates}),
+        MetricResult(
+            "codebook_usage",
+            float((counts > 0).float().mean()),
+            len(gates),
+            name,
+            {"codebook_size": tokenizer.codebook_size},
+        ),
+        MetricResult("codebook_perplexity", perplexity, len(gates), name, {"codebook_size": tokenizer.codebook_size}),
+    ]
 
 
 def model_fingerprint(model: str) -> str:

@@ -1,8 +1,8 @@
 """Decoders: latent frames ``(B, T, D)`` -> waveform ``(B, 1, T * hop)``.
 
-Owns :data:`DECODERS`, :class:`DecoderConfig`, the ConvNeXt block that the encoders reuse, and the
-``vocos`` decoder: an optional ``ConvTranspose1d`` upsampler (LoSATok: 25 -> 50 Hz), a Vocos-style
-ConvNeXt backbone and an ISTFT head. The head predicts a log-magnitude and a phase per frequency
+Owns :data:`DECODERS`, :class:`DecoderConfig` and the ``vocos`` decoder: an optional
+``ConvTranspose1d`` upsampler (LoSATok: 25 -> 50 Hz), a Vocos-style ConvNeXt backbone (blocks from
+:mod:`lodit.latent_tokenizer.blocks`) and an ISTFT head. The head predicts a log-magnitude and a phase per frequency
 bin and inverts them with ``torch.istft`` — no transposed-conv stack at the sample rate, which is
 what makes the decoder fast on CPU.
 
@@ -19,17 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lodit.errors import LoditError
+from lodit.latent_tokenizer.blocks import ConvNeXtStack, init_weights
 from lodit.registry import Registry
-
-if TYPE_CHECKING:
-    from lodit.latent_tokenizer.tokenizer import TokenizerConfig
 
 
 @dataclass
@@ -43,8 +38,8 @@ class DecoderConfig:
     n_fft: int = 1280  # ISTFT window; must be even and >= 2 * hop_length
     hop_length: int = 320  # ISTFT hop = tokenizer hop / upsample
     # The head's STFT magnitude is clamped here (keeps early training finite). A full-scale sinusoid
-    # peaks at magnitude ~n_fft/4 (320 at n_fft 1280, Hann), so the clamp must sit above that: at 100
-    # a steady full-scale tone came out at 0.42 amplitude (tests/test_tokenizer_modules.py).
+    # peaks at magnitude ~n_fft/4 (320 at n_fft 1280, Hann), so the clamp must sit above that or a
+    # loud steady tone can't be produced (tests/test_tokenizer_modules.py; benchmarks/RESULTS.md).
     max_magnitude: float = 1000.0
     centred_phase: bool = True  # initial head phases put each frame's energy under its window (ISTFTHead.centre_frames)
 
@@ -62,82 +57,9 @@ class DecoderConfig:
 DECODERS: Registry[type] = Registry("decoder")
 
 
-def build_decoder(cfg: DecoderConfig, tokenizer_cfg: TokenizerConfig) -> nn.Module:
-    """The decoder named by ``cfg.name``, mapping ``tokenizer_cfg.latent_dim`` channels to audio."""
-    return DECODERS.get(cfg.name)(cfg, tokenizer_cfg)
-
-
-class DepthwiseConv1d(nn.Module):
-    """Per-channel (depthwise) 1-D convolution on channels-last input: ``(B, T, C) -> (B, T, C)``.
-
-    Parameters are shaped like ``nn.Conv1d(C, C, kernel, groups=C)`` (``weight (C, 1, k)``, ``bias
-    (C,)``). On CPU it is computed as ``k`` shifted multiply-adds: PyTorch's grouped-conv CPU kernels
-    were tens of times slower than that for these sizes (torch 2.13, measured), while on GPU
-    ``F.conv1d`` is the fast path. Both compute the same cross-correlation with zero "same" padding.
-    """
-
-    def __init__(self, channels: int, kernel: int):
-        super().__init__()
-        if kernel % 2 == 0:
-            raise LoditError(f"ConvNeXt kernel (encoder.kernel / decoder.kernel) must be odd, got {kernel}")
-        self.kernel = kernel
-        self.weight = nn.Parameter(torch.empty(channels, 1, kernel))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad = self.kernel // 2
-        if x.device.type != "cpu":
-            out = F.conv1d(x.transpose(1, 2), self.weight, self.bias, padding=pad, groups=x.shape[-1])
-            return out.transpose(1, 2)
-        frames = x.shape[1]
-        padded = F.pad(x, (0, 0, pad, pad))  # (B, T + 2 * pad, C)
-        taps = self.weight[:, 0, :].t()  # (k, C)
-        out = torch.addcmul(self.bias, padded[:, :frames], taps[0])
-        for j in range(1, self.kernel):
-            out = torch.addcmul(out, padded[:, j : j + frames], taps[j])
-        return out
-
-
-class ConvNeXtBlock(nn.Module):
-    """Depthwise conv -> LayerNorm -> MLP (GELU) -> layer scale, residual; channels-last ``(B, T, C)``."""
-
-    def __init__(self, dim: int, intermediate_dim: int, kernel: int = 7, layer_scale: float = 1.0):
-        super().__init__()
-        self.dwconv = DepthwiseConv1d(dim, kernel)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, intermediate_dim)
-        self.act = nn.GELU()
-        self.pwconv2 = nn.Linear(intermediate_dim, dim)
-        self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.pwconv2(self.act(self.pwconv1(self.norm(self.dwconv(x)))))
-        return x + self.gamma * h
-
-
-class ConvNeXtStack(nn.Module):
-    """``depth`` ConvNeXt blocks on ``(B, T, C)``, layer scale ``1 / depth`` (keeps the residual
-    stream's scale independent of depth at initialisation)."""
-
-    def __init__(self, dim: int, intermediate_dim: int, depth: int, kernel: int = 7):
-        super().__init__()
-        scale = 1.0 / max(depth, 1)
-        self.blocks = nn.ModuleList(ConvNeXtBlock(dim, intermediate_dim, kernel, scale) for _ in range(depth))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-
-def init_weights(module: nn.Module) -> None:
-    """Truncated-normal(0.02) weights and zero biases for every conv and linear layer."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear, DepthwiseConv1d)):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+def build_decoder(cfg: DecoderConfig, *, latent_dim: int) -> nn.Module:
+    """The decoder named by ``cfg.name``, mapping ``latent_dim`` channels to audio."""
+    return DECODERS.get(cfg.name)(cfg, latent_dim=latent_dim)
 
 
 class ISTFTHead(nn.Module):
@@ -184,9 +106,8 @@ class VocosDecoder(nn.Module):
     """``(B, T, D)`` latents -> [ConvTranspose1d x upsample] -> conv embed -> LayerNorm ->
     ConvNeXt x depth -> LayerNorm -> ISTFT head -> ``(B, 1, T * upsample * hop_length)``."""
 
-    def __init__(self, cfg: DecoderConfig, tokenizer_cfg: TokenizerConfig):
+    def __init__(self, cfg: DecoderConfig, *, latent_dim: int):
         super().__init__()
-        latent_dim = tokenizer_cfg.latent_dim
         self.upsample = (
             nn.ConvTranspose1d(latent_dim, cfg.dim, kernel_size=cfg.upsample, stride=cfg.upsample)
             if cfg.upsample > 1

@@ -23,10 +23,8 @@ An interrupted encode continues with ``--resume``; an existing cache is replaced
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +47,10 @@ from lodit.data.manifest import (
     iter_manifest,
     resolve_audio,
 )
+from lodit.devices import choose_device
 from lodit.errors import LoditError
 from lodit.latent_tokenizer.tokenizer import Tokenizer
-from lodit.latent_tokenizer.uniaudio import TokenFrameEncoder, is_uniaudio_folder
+from lodit.latent_tokenizer.uniaudio import is_uniaudio_folder
 
 WINDOW_BATCHES = 8  # rows read ahead (in batches) to find clips of the same length
 MAX_BATCH = 4096  # clips encoded at once; far beyond what any device fits
@@ -97,19 +96,6 @@ class _Clip:
     row: ManifestRow
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a torch device (default: CUDA when available); an unusable one is a LoditError."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise LoditError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise LoditError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return resolved
-
-
 def encode_manifest(
     tokenizer_dir: str | os.PathLike,
     manifest: str | os.PathLike,
@@ -127,7 +113,7 @@ def encode_manifest(
     folder = Path(tokenizer_dir).resolve()
     if is_uniaudio_folder(folder):
         raise LoditError(f"{folder}: a UniAudio-Token folder makes discrete tokens, not latents; use --tokens {folder}")
-    tokenizer = Tokenizer.from_pretrained(folder, map_location=resolve_device(device))
+    tokenizer = Tokenizer.from_pretrained(folder, map_location=choose_device(device, option="--device"))
     producer = {**tokenizer.identity(), "checkpoint": str(folder)}
     return encode_with(tokenizer, producer, manifest, out, batch_size=batch_size, dtype=dtype, overwrite=overwrite,
                        resume=resume, on_error=on_error, progress=progress)
@@ -287,48 +273,3 @@ def _flush(window: list[_Clip], tokenizer: FrameEncoder, writer: LatentCacheWrit
         seconds += clip.wav.shape[-1] / tokenizer.sample_rate
     window.clear()
     return encoded, seconds
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--tokenizer", help="tokenizer folder (config.json + model.safetensors), e.g. runs/default/final")
-    model.add_argument("--tokens", metavar="FOLDER",
-                       help="a UniAudio-Token folder: write token ids (one channel, exact integers stored as float32) "
-                            "with the codebook's identity instead of latents")
-    model.add_argument("--features", metavar="FOLDER",
-                       help="an F3 representation-encoder folder (lodit train-repr): write its features")
-    parser.add_argument("--manifest", required=True, help="manifest of the clips to encode (JSON Lines)")
-    parser.add_argument("--out", required=True, help="latent cache folder to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted encode into --out")
-    parser.add_argument("--batch-size", type=int, default=8, help="clips of equal length encoded together (default 8)")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
-                        help="storage type of the latents (default float32; reads are always float32)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
-                        help="a bad row (invalid line, unreadable audio) stops the encode (fail, default) "
-                             "or is reported and left out (skip)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    started = time.monotonic()
-    options = dict(batch_size=args.batch_size, dtype=args.dtype, overwrite=args.overwrite, resume=args.resume,
-                   on_error=args.on_error, progress=not args.no_progress)
-    if args.tokens:
-        if args.dtype != "float32":
-            raise LoditError("--tokens stores token ids, which only float32 keeps exact; drop --dtype")
-        encoder = TokenFrameEncoder(args.tokens, resolve_device(args.device))
-        summary = encode_with(encoder, encoder.producer(), args.manifest, args.out, **options)
-    elif args.features:
-        # the F3 encoder may use a text model for supervision, so it lives above this package
-        from lodit.repr.f3 import FeatureFrameEncoder
-
-        encoder = FeatureFrameEncoder(args.features, resolve_device(args.device))
-        summary = encode_with(encoder, encoder.producer(), args.manifest, args.out, **options)
-    else:
-        summary = encode_manifest(args.tokenizer, args.manifest, args.out, device=args.device, **options)
-    elapsed = time.monotonic() - started
-    speed = f", {summary.seconds / elapsed:.0f}x real time" if elapsed > 0 and summary.seconds else ""
-    print(summary.line() + speed)
-    return 0

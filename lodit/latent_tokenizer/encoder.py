@@ -1,7 +1,7 @@
 """Encoders: waveform ``(B, 1, S)`` -> pre-bottleneck latent frames ``(B, T, D_pre)``.
 
-Owns :data:`ENCODERS`, :class:`EncoderConfig`, :class:`EncoderOutput`, :func:`build_encoder` and two
-variants:
+Owns :class:`EncoderConfig`, :class:`EncoderOutput`, the mel input shared with ``losatok`` and two
+variants (the registry that names all three is :data:`lodit.latent_tokenizer.tokenizer.ENCODERS`):
 
 * ``mel_convnext`` — log-mel (:class:`MelEncoderInput`, shared with ``losatok``) -> conv embedding ->
   ConvNeXt blocks at the mel frame rate -> strided conv down to the latent rate -> ConvNeXt blocks
@@ -10,7 +10,8 @@ variants:
   per stage, channels doubling), then the same latent-rate ConvNeXt head.
 
 The encoder interface is what every variant (including ones added later, e.g. a semantic-acoustic
-encoder with a frozen teacher) implements: an ``nn.Module`` built as ``cls(cfg, tokenizer_cfg)``, with
+encoder with a frozen teacher) implements: an ``nn.Module`` built as
+``cls(cfg, sample_rate=..., hop_length=..., latent_dim=...)`` (the tokenizer's numbers), with
 ``out_dim`` (the width it hands the bottleneck) and ``forward(wav) -> EncoderOutput`` where
 ``aux`` carries extra tensors (e.g. teacher features) and ``losses`` any unweighted training losses
 the encoder owns (the tokenizer loss weights them by name).
@@ -22,22 +23,18 @@ the decoder then returns exactly ``T * hop`` samples and callers trim to the inp
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lodit.errors import LoditError
-from lodit.latent_tokenizer.decoder import ConvNeXtStack, init_weights
+from lodit.latent_tokenizer.blocks import ConvNeXtStack, init_weights
 from lodit.latent_tokenizer.frontend import LogMel
 from lodit.latent_tokenizer.losatok_config import SemanticBranchConfig
-from lodit.registry import Registry
-
-if TYPE_CHECKING:
-    from lodit.latent_tokenizer.tokenizer import TokenizerConfig
 
 
 @dataclass
@@ -55,9 +52,8 @@ class EncoderConfig:
     f_min: float = 0.0
     f_max: float | None = None  # None = sample_rate / 2
     # mel_convnext and losatok feed (log_mel - mel_mean) / mel_std to their first layer. Natural-log
-    # magnitude mels sit around -5 to -8 (silence floor log(1e-5) = -11.5, peaks ~+2). Standardising
-    # them (-5 / 4) removed the early stall of default.yaml (held-out mel distance at step 100: 2.6-2.7
-    # instead of 3.3-3.8) but ended 500 steps slightly behind (1.38-1.41 vs 1.35), over two seeds
+    # magnitude mels sit around -5 to -8 (silence floor log(1e-5) = -11.5, peaks ~+2); standardising
+    # them (-5 / 4) trains faster at first but not better by the end of the CPU recipe
     # (benchmarks/RESULTS.md, tokenizer quality), so the default leaves the log-mel as it is.
     mel_mean: float = 0.0
     mel_std: float = 1.0
@@ -68,6 +64,19 @@ class EncoderConfig:
     dilations: list[int] = field(default_factory=lambda: [1, 3])  # residual convs of each stage
     # losatok: teacher, SemBo, widths and semantic supervision (lodit.latent_tokenizer.losatok_config)
     semantic: SemanticBranchConfig = field(default_factory=SemanticBranchConfig)
+
+    def applicable_fields(self) -> frozenset[str]:
+        """The fields the chosen encoder reads (the others are refused in a config)."""
+        mel = {"n_mels", "n_fft", "mel_hop", "f_min", "f_max", "mel_mean", "mel_std"}
+        head = {"dim", "intermediate_dim", "post_depth", "kernel"}
+        fields = {
+            "mel_convnext": mel | head | {"depth"},
+            "conv": head | {"channels", "max_channels", "strides", "dilations"},
+            "losatok": mel | {"semantic"},
+        }.get(self.name)
+        if fields is None:  # an unknown name: the registry's error names the choices
+            return frozenset(f.name for f in dataclasses.fields(self))
+        return frozenset({"name"} | fields)
 
     def __post_init__(self):
         if self.kernel % 2 == 0:
@@ -81,14 +90,6 @@ class EncoderOutput:
     latent: torch.Tensor  # (B, T, D_pre), D_pre = encoder.out_dim
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # unweighted, named
-
-
-ENCODERS: Registry[type] = Registry("encoder")
-
-
-def build_encoder(cfg: EncoderConfig, tokenizer_cfg: TokenizerConfig) -> nn.Module:
-    """The encoder named by ``cfg.name``; its ``out_dim`` is what the bottleneck receives."""
-    return ENCODERS.get(cfg.name)(cfg, tokenizer_cfg)
 
 
 def pad_to_hop(wav: torch.Tensor, hop: int) -> torch.Tensor:
@@ -118,16 +119,16 @@ class MelEncoderInput(nn.Module):
     knows which value suits it).
     """
 
-    def __init__(self, cfg: EncoderConfig, tokenizer_cfg: TokenizerConfig, suggestion: str):
+    def __init__(self, cfg: EncoderConfig, *, sample_rate: int, hop_length: int, suggestion: str):
         super().__init__()
-        self.hop_length = tokenizer_cfg.hop_length
+        self.hop_length = hop_length
         if cfg.mel_hop <= 0 or self.hop_length % cfg.mel_hop:
             raise LoditError(
                 f"tokenizer.encoder.mel_hop={cfg.mel_hop} must divide the tokenizer hop ({self.hop_length} samples); "
                 f"{suggestion}"
             )
         self.frames_per_latent = self.hop_length // cfg.mel_hop
-        self.log_mel = LogMel(tokenizer_cfg.sample_rate, cfg.n_fft, cfg.mel_hop, cfg.n_mels, cfg.f_min, cfg.f_max)
+        self.log_mel = LogMel(sample_rate, cfg.n_fft, cfg.mel_hop, cfg.n_mels, cfg.f_min, cfg.f_max)
         self.mean, self.std = cfg.mel_mean, cfg.mel_std
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
@@ -137,16 +138,16 @@ class MelEncoderInput(nn.Module):
         return (mel - self.mean) / self.std
 
 
-@ENCODERS.register("mel_convnext")
 class MelConvNeXtEncoder(nn.Module):
     """Log-mel -> ConvNeXt (mel rate) -> strided conv (x ``hop / mel_hop``) -> ConvNeXt (latent rate)."""
 
-    def __init__(self, cfg: EncoderConfig, tokenizer_cfg: TokenizerConfig):
+    def __init__(self, cfg: EncoderConfig, *, sample_rate: int, hop_length: int, latent_dim: int):
         super().__init__()
-        self.hop_length = tokenizer_cfg.hop_length
-        self.mel_input = MelEncoderInput(cfg, tokenizer_cfg, f"pick a divisor such as {self.hop_length // 4}")
+        self.hop_length = hop_length
+        self.mel_input = MelEncoderInput(cfg, sample_rate=sample_rate, hop_length=hop_length,
+                                         suggestion=f"pick a divisor such as {hop_length // 4}")
         self.factor = self.mel_input.frames_per_latent  # mel frames per latent frame
-        self.out_dim = tokenizer_cfg.latent_dim
+        self.out_dim = latent_dim
         self.embed = nn.Conv1d(cfg.n_mels, cfg.dim, cfg.kernel, padding=cfg.kernel // 2)
         self.norm_in = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.blocks = ConvNeXtStack(cfg.dim, cfg.intermediate_dim, cfg.depth, cfg.kernel)
@@ -175,20 +176,19 @@ class ResidualUnit(nn.Module):
         return x + self.proj(self.act(self.conv(self.act(x))))
 
 
-@ENCODERS.register("conv")
 class ConvEncoder(nn.Module):
     """Waveform -> conv -> [residual units, stride-``s`` conv] per stride -> ConvNeXt head."""
 
-    def __init__(self, cfg: EncoderConfig, tokenizer_cfg: TokenizerConfig):
+    def __init__(self, cfg: EncoderConfig, *, sample_rate: int, hop_length: int, latent_dim: int):
         super().__init__()
-        self.hop_length = tokenizer_cfg.hop_length
+        self.hop_length = hop_length
         if not cfg.strides or min(cfg.strides) < 2 or math.prod(cfg.strides) != self.hop_length:
             raise LoditError(
                 f"tokenizer.encoder.strides={cfg.strides} multiply to {math.prod(cfg.strides or [0])}, "
                 f"but the tokenizer hop is {self.hop_length} samples; "
                 f"choose strides >= 2 whose product is {self.hop_length}"
             )
-        self.out_dim = tokenizer_cfg.latent_dim
+        self.out_dim = latent_dim
         width = cfg.channels
         layers: list[nn.Module] = [nn.Conv1d(1, width, 7, padding=3)]
         for stride in cfg.strides:

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from lodit.files import write_atomically, write_text
 
 _TENSOR = "features"
 _IDENTITY_FILE = "identity.txt"
@@ -82,17 +83,5 @@ class FeatureCache:
         identity_file = self.folder / _IDENTITY_FILE
         if not identity_file.is_file():
             # Written for people browsing the cache; lookups never read it.
-            _atomic_write(identity_file, lambda tmp: Path(tmp).write_text(self.identity + "\n"))
-        _atomic_write(path, lambda tmp: save_file({_TENSOR: tensor}, tmp, metadata={"key": key}))
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` into a temporary file beside ``path``, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            write_text(identity_file, self.identity + "\n")
+        write_atomically(path, lambda tmp: save_file({_TENSOR: tensor}, str(tmp), metadata={"key": key}))

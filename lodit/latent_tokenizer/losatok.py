@@ -1,5 +1,5 @@
-"""LoSATok's semantic-acoustic encoder (the ``losatok`` entry of :data:`ENCODERS`) and its
-DashengTokenizer-like 1280-dim counterpart.
+"""LoSATok's semantic-acoustic encoder (the ``losatok`` entry of
+:data:`lodit.latent_tokenizer.tokenizer.ENCODERS`) and its DashengTokenizer-like 1280-dim counterpart.
 
 Forward pass (widths from :class:`~lodit.latent_tokenizer.losatok_config.SemanticBranchConfig`;
 sizes in brackets are LoSATok's)::
@@ -18,11 +18,11 @@ Dual-level semantic supervision, reported unweighted in ``EncoderOutput.losses``
 ``loss.model_losses``): ``semantic_high = L_H = MSE(head(z_a_high), sg(z_s_high))`` and
 ``semantic_low = L_L = MSE(z_a_low, sg(z_s_low))``, picked by ``semantic_loss_mode``. ``head`` is
 the identity when ``teacher_dim == d_high`` and otherwise a learned ``Linear(d_high ->
-teacher_dim)`` (``teacher_proj``, built only when ``L_H`` is on). The projection sits on the student side on purpose: a learned
-map applied to the teacher's features would either receive no gradient (behind the stop-gradient)
-or, in front of it, could shrink the target towards a trivial one; a student-side head keeps the
-target fixed. It serves ``L_H`` only: fusion and ``L_L`` use the SemBo code, which is made from
-the teacher's own features.
+teacher_dim)`` (``teacher_proj``, built only when ``L_H`` is on). The projection sits on the
+student side on purpose: a learned map applied to the teacher's features would either receive no
+gradient (behind the stop-gradient) or, in front of it, could shrink the target towards a trivial
+one; a student-side head keeps the target fixed. It serves ``L_H`` only: fusion and ``L_L`` use
+the SemBo code, which is made from the teacher's own features.
 
 Frozen parts:
 
@@ -44,23 +44,19 @@ May import: torch, the other ``lodit.latent_tokenizer`` model modules, ``lodit.t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lodit.errors import LoditError
-from lodit.latent_tokenizer.decoder import init_weights
-from lodit.latent_tokenizer.encoder import ENCODERS, EncoderConfig, EncoderOutput, MelEncoderInput, pad_to_hop
+from lodit.latent_tokenizer.blocks import init_weights
+from lodit.latent_tokenizer.encoder import EncoderConfig, EncoderOutput, MelEncoderInput, pad_to_hop
 from lodit.latent_tokenizer.losatok_config import SemanticBranchConfig
 from lodit.latent_tokenizer.semantic import SemanticEncoder, SemanticEncoderConfig, build_semantic_encoder
 from lodit.latent_tokenizer.sembo import SemBo, SemBoConfig
 from lodit.training.checkpoint import EMA_NAME, MODEL_NAME
 from lodit.training.seed import rng_state, set_rng_state
-
-if TYPE_CHECKING:
-    from lodit.latent_tokenizer.tokenizer import TokenizerConfig
 
 KEY = "tokenizer.encoder.semantic"
 
@@ -109,20 +105,19 @@ class FrozenTeacher:
         return encoder(wav)
 
 
-@ENCODERS.register("losatok")
 class LoSATokEncoder(nn.Module):
     """LoSATok's encoder (``latent_level: low``) or its 1280-dim counterpart (``high``); see the module docstring."""
 
-    def __init__(self, cfg: EncoderConfig, tokenizer_cfg: TokenizerConfig):
+    def __init__(self, cfg: EncoderConfig, *, sample_rate: int, hop_length: int, latent_dim: int):
         super().__init__()
         sem: SemanticBranchConfig = cfg.semantic
         self.config = sem
-        self.hop_length = tokenizer_cfg.hop_length
+        self.hop_length = hop_length
         self.level = sem.latent_level
 
         # Acoustic branch.
-        self.mel_input = MelEncoderInput(cfg, tokenizer_cfg,
-                                 f"LoSATok uses {self.hop_length // 4} (4 mel frames per latent frame)")
+        self.mel_input = MelEncoderInput(cfg, sample_rate=sample_rate, hop_length=hop_length,
+                                         suggestion=f"LoSATok uses {hop_length // 4} (4 mel frames per latent frame)")
         self.patch = self.mel_input.frames_per_latent  # mel frames per latent frame
         self.patch_embed = nn.Conv2d(1, sem.d_high, kernel_size=(cfg.n_mels, self.patch),
                                      stride=(cfg.n_mels, self.patch))
@@ -169,11 +164,16 @@ class LoSATokEncoder(nn.Module):
             )
         folder = Path(sem.sembo).expanduser()
         if not folder.is_dir():
-            return f"{KEY}.sembo={sem.sembo}: SemBo folder not found; train one with `lodit train-sembo` or fix the path"
+            return (
+                f"{KEY}.sembo={sem.sembo}: SemBo folder not found; train one with `lodit train-sembo` or fix the path"
+            )
         weights = EMA_NAME if (folder / f"{EMA_NAME}.safetensors").is_file() else MODEL_NAME
         trained = SemBo.from_pretrained(folder, weights=weights)
-        expected = {"in_dim": ("teacher_dim", sem.teacher_dim), "hidden_dim": ("sembo_hidden_dim", sem.sembo_hidden_dim),
-                    "low_dim": ("low_dim", sem.low_dim)}
+        expected = {
+            "in_dim": ("teacher_dim", sem.teacher_dim),
+            "hidden_dim": ("sembo_hidden_dim", sem.sembo_hidden_dim),
+            "low_dim": ("low_dim", sem.low_dim),
+        }
         for name, (key, value) in expected.items():
             found = getattr(trained.config, name)
             if found != value:

@@ -92,7 +92,9 @@ class TokenizerLossConfig:
 ABSOLUTE_FLOOR = 1e-5
 
 
-def floored_logs(fake: torch.Tensor, real: torch.Tensor, dynamic_range_db: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def floored_logs(
+    fake: torch.Tensor, real: torch.Tensor, dynamic_range_db: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``log(max(S, floor))`` of two magnitude spectrograms ``(B, F, frames)`` with one floor per
     example: ``1e-5``, raised to the target's peak minus ``dynamic_range_db`` dB when given."""
     floor = real.new_full((real.shape[0], 1, 1), ABSOLUTE_FLOOR)

@@ -16,7 +16,6 @@ the reconstruction at that rate and prints how close the round trip came:
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,10 @@ from pathlib import Path
 import torch
 
 from lodit.data.audio import load_audio, save_audio
+from lodit.devices import choose_device
 from lodit.errors import LoditError
-from lodit.latent_tokenizer.encode import resolve_device
 from lodit.latent_tokenizer.losses import MultiResolutionMelLoss, TokenizerLossConfig
 from lodit.latent_tokenizer.tokenizer import Tokenizer
-from lodit.latent_tokenizer.uniaudio import is_uniaudio_folder
 
 _EPS = 1e-8
 
@@ -101,36 +99,12 @@ def reconstruct_file(
     """Write ``target``, the tokenizer's reconstruction of audio file ``source``; return the measurements."""
     if Path(target).resolve() == Path(source).resolve():
         raise LoditError(f"{target}: is the input file; write the reconstruction to another path")
-    tokenizer = Tokenizer.from_pretrained(tokenizer_dir, use_ema=use_ema, map_location=resolve_device(device))
+    tokenizer = Tokenizer.from_pretrained(
+        tokenizer_dir, use_ema=use_ema, map_location=choose_device(device, option="--device")
+    )
     wav = load_audio(source, tokenizer.sample_rate, channels="mix")  # (1, S)
     if wav.shape[-1] == 0:
         raise LoditError(f"{source}: the file holds no audio samples; give a non-empty recording")
     result = round_trip(tokenizer, wav)
     save_audio(target, result.recon, tokenizer.sample_rate)
     return result
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tokenizer", required=True,
-                        help="tokenizer folder (config.json + model.safetensors), e.g. runs/default/final")
-    parser.add_argument("input", help="audio file to reconstruct (any rate; channels are mixed to mono)")
-    parser.add_argument("output", help="where to write the reconstruction (the format follows the suffix, e.g. .wav)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--no-ema", action="store_true", help="use model.safetensors even when ema.safetensors exists")
-    parser.add_argument("--reference", help="UniAudio-Token only: audio file whose voice/recording prompts the token "
-                                            "decoder (default: the input itself)")
-    parser.add_argument("--seed", type=int, default=0, help="UniAudio-Token only: seed of the decoder's noise (default 0)")
-
-
-def run(args: argparse.Namespace) -> int:
-    if is_uniaudio_folder(args.tokenizer):
-        # tokens back to audio goes through UniAudio-Token's DiT decoder, which lives above this package
-        from lodit.dit.uniaudio_stages import reconstruct_uniaudio
-
-        result = reconstruct_uniaudio(args.tokenizer, args.input, args.output, reference=args.reference,
-                                      device=args.device, seed=args.seed)
-        print(f"wrote {args.output}: {result.line().replace(' x 1 latents', ' tokens')}")
-        return 0
-    result = reconstruct_file(args.tokenizer, args.input, args.output, device=args.device, use_ema=not args.no_ema)
-    print(f"wrote {args.output}: {result.line()}")
-    return 0

@@ -37,7 +37,28 @@ from lodit.data.manifest import ManifestRow
 
 CHARACTERS = " 'abcdefghijklmnopqrstuvwxyz0123456789"  # CTC symbols 1..len; 0 is the blank
 IGNORE = -100
-_STOP_WORDS = frozenset(["a", "an", "the", "and", "with", "of", "at", "in", "on", "to", "by", "for", "from", "its", "it", "is", "are", "like"])
+_STOP_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "with",
+        "of",
+        "at",
+        "in",
+        "on",
+        "to",
+        "by",
+        "for",
+        "from",
+        "its",
+        "it",
+        "is",
+        "are",
+        "like",
+    ]
+)
 
 
 @dataclass
@@ -121,8 +142,11 @@ def build_vocabulary(rows: Sequence[ManifestRow], config: SAPConfig) -> SAPVocab
     for row in rows:
         counts.update(row_tags(row, config) or ())
     limit = max(2, len(rows) // 2)  # caption words in most clips say nothing
-    tags = sorted(t for t, n in counts.items() if (t.startswith("word=") and config.min_word_clips <= n <= limit)
-                  or (not t.startswith("word=") and n >= 1))
+    tags = sorted(
+        t
+        for t, n in counts.items()
+        if (t.startswith("word=") and config.min_word_clips <= n <= limit) or (not t.startswith("word=") and n >= 1)
+    )
     return SAPVocabulary(vocal=vocal, tags=tags)
 
 
@@ -168,11 +192,14 @@ class SAPHeads(nn.Module):
         self.trunk = nn.Sequential(nn.Linear(dim, width), nn.GELU()) if config.hidden else nn.Identity()
         vocab = len(CHARACTERS) + 1
         self.ctc = nn.Linear(width, config.ctc_upsample * vocab) if config.linguistic else None
-        self.vocal = nn.ModuleDict({k: nn.Linear(width, len(v)) for k, v in vocabulary.vocal.items()}
-                                   if config.vocal else {})
+        self.vocal = nn.ModuleDict(
+            {k: nn.Linear(width, len(v)) for k, v in vocabulary.vocal.items()} if config.vocal else {}
+        )
         self.scene = nn.Linear(width, len(vocabulary.tags)) if config.scene and vocabulary.tags else None
 
-    def forward(self, frames: torch.Tensor, mask: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, frames: torch.Tensor, mask: torch.Tensor, targets: dict
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted total and each family's loss on ``frames (B, T, D)`` with ``mask (B, T)``;
         a family with no target in the batch contributes an exact zero (still in the graph)."""
         h = self.trunk(frames)
@@ -196,8 +223,11 @@ class SAPHeads(nn.Module):
                 losses["scene"] = F.binary_cross_entropy_with_logits(logits, targets["tags"].to(h.device)[has])
             else:
                 losses["scene"] = zero
-        scale = {"linguistic": self.config.linguistic_weight, "vocal": self.config.vocal_weight,
-                 "scene": self.config.scene_weight}
+        scale = {
+            "linguistic": self.config.linguistic_weight,
+            "vocal": self.config.vocal_weight,
+            "scene": self.config.scene_weight,
+        }
         total = sum((scale[k] * v for k, v in losses.items()), zero)
         return total, losses
 
@@ -209,7 +239,14 @@ class SAPHeads(nn.Module):
         input_lengths = mask.long().sum(1) * up
         has = targets["has_text"].to(h.device)
         text_lengths = targets["text_lengths"].to(h.device)
-        per_clip = F.ctc_loss(log_probs, targets["text"].to(h.device), input_lengths, text_lengths,
-                              blank=0, reduction="none", zero_infinity=True)  # (B,)
+        per_clip = F.ctc_loss(
+            log_probs,
+            targets["text"].to(h.device),
+            input_lengths,
+            text_lengths,
+            blank=0,
+            reduction="none",
+            zero_infinity=True,
+        )  # (B,)
         per_char = per_clip / text_lengths.clamp_min(1).float()
         return (per_char * has.float()).sum() / has.float().sum().clamp_min(1.0)

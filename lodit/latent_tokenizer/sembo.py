@@ -24,7 +24,6 @@ May import: torch, safetensors, ``lodit.training`` (checkpoint files), lodit's t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from torch import nn
 
 from lodit.config import from_dict, to_dict
 from lodit.errors import LoditError
+from lodit.files import read_json
 from lodit.training.checkpoint import (
     CONFIG_FILE,
     MODEL_NAME,
@@ -170,11 +170,8 @@ class SemBo(nn.Module):
         config_path = folder / CONFIG_FILE
         if not config_path.is_file():
             raise LoditError(f"{config_path}: not found; give a SemBo folder saved by lodit")
-        try:
-            data = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise LoditError(f"{config_path}: not valid JSON ({exc.msg}); re-export the SemBo") from None
-        model = cls(from_dict(SemBoConfig, data, source=str(config_path)))
+        data = read_json(config_path, hint="re-export the SemBo")
+        model = cls(from_dict(SemBoConfig, data, source=str(config_path), saved=True))
         load_weights(folder / f"{weights}.safetensors", model)
         return model
 

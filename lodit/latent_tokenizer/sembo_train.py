@@ -30,7 +30,6 @@ May import: torch, ``lodit.data``, ``lodit.training``, the semantic encoder, tea
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -40,7 +39,7 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset
 
-from lodit.config import load_config, to_dict
+from lodit.config import to_dict
 from lodit.data.batching import pad_sequences
 from lodit.data.dataset import AudioClipDataset, crop_start
 from lodit.errors import LoditError
@@ -48,7 +47,6 @@ from lodit.latent_tokenizer.feature_cache import FeatureCache
 from lodit.latent_tokenizer.semantic import SemanticEncoder, SemanticEncoderConfig, build_semantic_encoder
 from lodit.latent_tokenizer.sembo import SemBo, SemBoConfig, sembo_loss
 from lodit.latent_tokenizer.teacher_features import fill_teacher_cache
-from lodit.training.command import DataOption, add_training_arguments, report_result, run_folder, training_overrides
 from lodit.training.config import TrainingConfig
 from lodit.training.data import ResumableLoader
 from lodit.training.loop import Trainer, TrainResult, TrainTask
@@ -212,20 +210,3 @@ def train_sembo(config: SemBoTrainConfig, run_dir: str | Path, *, resume: bool |
 
 
 # ============================================================================ the command
-
-
-DATA_OPTION = DataOption("--manifest", "data.manifest", "training manifest")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_training_arguments(parser, config_example="configs/sembo/whisper_large_v3.yaml", data=DATA_OPTION,
-                           out_default="runs/sembo_<config name>",
-                           override_example="training.max_steps=2000 sembo.lambda_rec=100")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = load_config(SemBoTrainConfig, args.config, training_overrides(args, DATA_OPTION))
-    result = train_sembo(config, run_folder(args, prefix="sembo_"), resume=not args.no_resume, stop_at=args.max_steps)
-    report_result(result, config.training.max_steps, "SemBo", hint="use it as tokenizer.encoder.semantic.sembo",
-                  keys=("model/loss", "model/rec", "model/tr"))
-    return 0

@@ -141,7 +141,7 @@ def fill_teacher_cache(dataset: AudioClipDataset, teacher: SemanticEncoder, cach
                                   show_progress=state.is_main_process)
     state.wait_for_everyone()
     if cache.misses:
-        log.info("computed teacher features of %d clips into %s", cache.misses, cache.folder)
+        log.debug("computed teacher features of %d clips into %s", cache.misses, cache.folder)
     return keys
 
 

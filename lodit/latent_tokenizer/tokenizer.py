@@ -1,7 +1,7 @@
 """The waveform autoencoder tokenizer: config, model, and its pretrained-folder format.
 
 Owns :class:`TokenizerConfig` and :class:`Tokenizer` (encoder -> bottleneck -> decoder, chosen by
-name from :data:`~lodit.latent_tokenizer.encoder.ENCODERS`, :data:`~lodit.latent_tokenizer.bottleneck.BOTTLENECKS`
+name from :data:`ENCODERS`, :data:`~lodit.latent_tokenizer.bottleneck.BOTTLENECKS`
 and :data:`~lodit.latent_tokenizer.decoder.DECODERS`).
 
 A pretrained tokenizer is a folder with ``config.json`` and ``model.safetensors`` (and, from
@@ -18,7 +18,6 @@ the end to ``T * hop_length``); :meth:`Tokenizer.decode` returns ``T * hop_lengt
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,10 +31,12 @@ from torch import nn
 
 from lodit.config import config_hash, from_dict, to_dict
 from lodit.errors import LoditError
+from lodit.files import read_json, write_atomically, write_json
 from lodit.latent_tokenizer.bottleneck import BottleneckConfig, build_bottleneck
 from lodit.latent_tokenizer.decoder import DecoderConfig, build_decoder
-from lodit.latent_tokenizer.encoder import EncoderConfig, build_encoder, pad_to_hop
-from lodit.latent_tokenizer import losatok as _losatok  # noqa: F401  (registers the "losatok" encoder)
+from lodit.latent_tokenizer.encoder import ConvEncoder, EncoderConfig, MelConvNeXtEncoder, pad_to_hop
+from lodit.latent_tokenizer.losatok import LoSATokEncoder
+from lodit.registry import Registry
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -96,15 +97,28 @@ def as_batch(wav: torch.Tensor) -> torch.Tensor:
     )
 
 
+# The encoders by name; each is built as ``cls(cfg, sample_rate=..., hop_length=..., latent_dim=...)``.
+ENCODERS: Registry[type[nn.Module]] = Registry("encoder")
+ENCODERS.register("mel_convnext")(MelConvNeXtEncoder)
+ENCODERS.register("conv")(ConvEncoder)
+ENCODERS.register("losatok")(LoSATokEncoder)
+
+
+def build_encoder(cfg: EncoderConfig, *, sample_rate: int, hop_length: int, latent_dim: int) -> nn.Module:
+    """The encoder named by ``cfg.name``; its ``out_dim`` is what the bottleneck receives."""
+    return ENCODERS.get(cfg.name)(cfg, sample_rate=sample_rate, hop_length=hop_length, latent_dim=latent_dim)
+
+
 class Tokenizer(nn.Module):
     """Waveform autoencoder: ``encode`` audio to ``(B, T, latent_dim)`` frames, ``decode`` them back."""
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
         self.config = config
-        self.encoder = build_encoder(config.encoder, config)
+        self.encoder = build_encoder(config.encoder, sample_rate=config.sample_rate, hop_length=config.hop_length,
+                                     latent_dim=config.latent_dim)
         self.bottleneck = build_bottleneck(config.bottleneck, self.encoder.out_dim, config.latent_dim)
-        self.decoder = build_decoder(config.decoder, config)
+        self.decoder = build_decoder(config.decoder, latent_dim=config.latent_dim)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -208,23 +222,23 @@ class Tokenizer(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     @classmethod
-    def from_config(cls, config: TokenizerConfig | Mapping[str, Any], *, source: str = "<config>") -> Tokenizer:
-        """A freshly initialised tokenizer from a config (dataclass or plain mapping)."""
+    def from_config(
+        cls, config: TokenizerConfig | Mapping[str, Any], *, source: str = "<config>", saved: bool = False
+    ) -> Tokenizer:
+        """A freshly initialised tokenizer from a config (dataclass or plain mapping; ``saved``: one
+        lodit wrote, see :func:`lodit.config.from_dict`)."""
         if not isinstance(config, TokenizerConfig):
-            config = from_dict(TokenizerConfig, config, source=source)
+            config = from_dict(TokenizerConfig, config, source=source, saved=saved)
         return cls(config)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each atomically)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config_tmp = directory / (CONFIG_FILE + ".tmp")
-        config_tmp.write_text(json.dumps(to_dict(self.config), indent=2))
-        os.replace(config_tmp, directory / CONFIG_FILE)
+        write_json(directory / CONFIG_FILE, to_dict(self.config))
         weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        weights_tmp = directory / (MODEL_FILE + ".tmp")
-        save_file(weights, str(weights_tmp), metadata={"format": "pt", "config_hash": config_hash(self.config)})
-        os.replace(weights_tmp, directory / MODEL_FILE)
+        metadata = {"format": "pt", "config_hash": config_hash(self.config)}
+        write_atomically(directory / MODEL_FILE, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
         return directory
 
     @classmethod
@@ -241,13 +255,10 @@ class Tokenizer(nn.Module):
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise LoditError(f"{config_path}: missing; a tokenizer folder needs {CONFIG_FILE} next to its weights")
-        try:
-            data = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise LoditError(f"{config_path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        data = read_json(config_path)
         if isinstance(data, dict) and isinstance(data.get("tokenizer"), dict):
             data = data["tokenizer"]  # a training config: the tokenizer section is the model config
-        model = cls.from_config(data, source=str(config_path))
+        model = cls.from_config(data, source=str(config_path), saved=True)
 
         weights_path = directory / EMA_FILE if use_ema and (directory / EMA_FILE).is_file() else directory / MODEL_FILE
         if not weights_path.is_file():

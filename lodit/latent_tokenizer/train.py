@@ -41,7 +41,6 @@ lodit.cli train-tokenizer ...`` (``training.batch_size`` is the global batch).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -52,7 +51,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lodit.config import load_config, load_yaml, to_dict
+from lodit.config import to_dict
 from lodit.data.audio import ChannelPolicy
 from lodit.data.dataset import AudioClipDataset, collate_audio
 from lodit.errors import LoditError
@@ -72,7 +71,6 @@ from lodit.latent_tokenizer.teacher_features import (
     fill_teacher_cache,
 )
 from lodit.latent_tokenizer.tokenizer import Tokenizer, TokenizerConfig, TokenizerOutput
-from lodit.training.command import DataOption, add_training_arguments, report_result, run_folder, training_overrides
 from lodit.training.config import TrainingConfig
 from lodit.training.data import ResumableLoader
 from lodit.training.loop import Trainer, TrainResult, TrainTask
@@ -344,33 +342,3 @@ def train_tokenizer(
     trainer = Trainer(config.training, run_dir, task, loader, resolved_config=config, resume=resume)
     return trainer.fit(stop_at=stop_at)
 
-
-# ============================================================================ the command
-
-
-DATA_OPTION = DataOption("--manifest", "data.manifest", "training manifest")
-
-
-def is_uniaudio_config(path: str) -> bool:
-    """Whether the YAML at ``path`` is a UniAudio-Token training config (top-level ``uniaudio:``)."""
-    data = load_yaml(path)
-    return isinstance(data, dict) and "uniaudio" in data
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_training_arguments(parser, config_example="configs/tokenizer/default.yaml", data=DATA_OPTION,
-                           out_default="runs/<config name>",
-                           override_example="training.max_steps=2000 tokenizer.latent_dim=64")
-
-
-def run(args: argparse.Namespace) -> int:
-    if is_uniaudio_config(args.config):
-        # UniAudio-Token's decoder stage is a DiT, so its stage runner lives above this package
-        from lodit.dit.uniaudio_stages import run_train
-
-        return run_train(args, training_overrides(args, DATA_OPTION), run_folder(args))
-    config = load_config(TokenizerTrainConfig, args.config, training_overrides(args, DATA_OPTION))
-    result = train_tokenizer(config, run_folder(args), resume=not args.no_resume, stop_at=args.max_steps)
-    report_result(result, config.training.max_steps, "final tokenizer",
-                  hint="Tokenizer.from_pretrained or lodit encode --tokenizer")
-    return 0

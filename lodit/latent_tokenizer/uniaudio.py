@@ -87,10 +87,14 @@ class UniAudioTokenConfig:
 
     def __post_init__(self) -> None:
         if self.teacher.name != "whisper":
-            raise ValueError(f"uniaudio.teacher.name must be 'whisper' (a Whisper-style encoder), got {self.teacher.name!r}")
+            raise ValueError(
+                f"uniaudio.teacher.name must be 'whisper' (a Whisper-style encoder), got {self.teacher.name!r}"
+            )
         if self.teacher.layer != -1:
-            raise ValueError("uniaudio.teacher.layer is not used: sae.deep_layer and sae.shallow_layer pick the layers; "
-                             "leave it at -1")
+            raise ValueError(
+                "uniaudio.teacher.layer is not used: sae.deep_layer and sae.shallow_layer pick the layers; "
+                "leave it at -1"
+            )
         if self.teacher_dim < 1 or self.teacher_layers < 1:
             raise ValueError("uniaudio.teacher_dim and teacher_layers must be at least 1")
         for key in ("deep_layer", "shallow_layer"):
@@ -103,9 +107,11 @@ class UniAudioTokenConfig:
             shallow = resolve_layer(self.sae.shallow_layer, self.teacher_layers)
             if self.sae.deep_layer != -1 or shallow is None or shallow > self.teacher_layers - self.trainable_layers:
                 raise ValueError(
-                    f"uniaudio.trainable_layers={self.trainable_layers} fine-tunes the top blocks: the deep stream must be "
-                    f"the final output (sae.deep_layer=-1) and the shallow layer one of the frozen blocks "
-                    f"(sae.shallow_layer <= {self.teacher_layers - self.trainable_layers})")
+                    f"uniaudio.trainable_layers={self.trainable_layers} fine-tunes the top blocks: "
+                    "the deep stream must be the final output (sae.deep_layer=-1) and the shallow layer one of "
+                    "the frozen blocks "
+                    f"(sae.shallow_layer <= {self.teacher_layers - self.trainable_layers})"
+                )
             if self.teacher_heads < 1 or self.teacher_ffn < 1 or self.teacher_dim % self.teacher_heads:
                 raise ValueError("uniaudio.teacher_heads must divide teacher_dim and teacher_ffn be >= 1")
         if not 0 < self.trainable_lr_scale <= 1:
@@ -118,8 +124,10 @@ class UniAudioTokenConfig:
     @property
     def layers(self) -> tuple[int | None, int | None]:
         """``hidden_states`` indices of the (deep, shallow) streams (None = the final output)."""
-        return (resolve_layer(self.teacher_deep_layer, self.teacher_layers),
-                resolve_layer(self.sae.shallow_layer, self.teacher_layers))
+        return (
+            resolve_layer(self.teacher_deep_layer, self.teacher_layers),
+            resolve_layer(self.sae.shallow_layer, self.teacher_layers),
+        )
 
     @property
     def teacher_deep_layer(self) -> int:
@@ -207,15 +215,22 @@ class TopBlocks(nn.Module):
         from transformers import WhisperConfig
         from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
 
-        whisper = WhisperConfig(d_model=config.teacher_dim, encoder_attention_heads=config.teacher_heads,
-                                encoder_ffn_dim=config.teacher_ffn, dropout=0.0, attention_dropout=0.0,
-                                activation_dropout=0.0)
+        whisper = WhisperConfig(
+            d_model=config.teacher_dim,
+            encoder_attention_heads=config.teacher_heads,
+            encoder_ffn_dim=config.teacher_ffn,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+        )
         whisper._attn_implementation = "sdpa"
         self.first = config.teacher_layers - config.trainable_layers
         self.layers = nn.ModuleList(WhisperEncoderLayer(whisper) for _ in range(config.trainable_layers))
         self.layer_norm = nn.LayerNorm(config.teacher_dim)
         if config.trainable_lr_scale != 1.0:
-            weights = [(module, name) for module in self.modules() for name, _ in module.named_parameters(recurse=False)]
+            weights = [
+                (module, name) for module in self.modules() for name, _ in module.named_parameters(recurse=False)
+            ]
             for module, name in weights:
                 register_parametrization(module, name, _Scaled(config.trainable_lr_scale))
 
@@ -279,8 +294,10 @@ class UniAudioToken(nn.Module):
         """``features (B, T, 2 * teacher_dim)`` (deep then shallow, as the layered encoder gives them)."""
         dim = self.config.teacher_dim
         if features.shape[-1] != 2 * dim:
-            raise LoditError(f"UniAudio-Token expects (B, T, {2 * dim}) two-layer features, got {tuple(features.shape)}; "
-                             "were they cached from another encoder?")
+            raise LoditError(
+                f"UniAudio-Token expects (B, T, {2 * dim}) two-layer features, got {tuple(features.shape)}; "
+                "were they cached from another encoder?"
+            )
         deep, shallow = features[..., :dim], features[..., dim:]
         if self.top is not None:
             deep = self.top(deep, mask)
@@ -302,8 +319,12 @@ class UniAudioToken(nn.Module):
 
     def identity(self) -> dict[str, Any]:
         """What a token cache records: the model and its codebook (size and content hash)."""
-        return {"name": self.config.name, "codebook_size": self.codebook_size,
-                "codebook_hash": self.quantizer.codebook_hash(), "frame_rate": self.config.teacher.target_rate}
+        return {
+            "name": self.config.name,
+            "codebook_size": self.codebook_size,
+            "codebook_hash": self.quantizer.codebook_hash(),
+            "frame_rate": self.config.teacher.target_rate,
+        }
 
     def frames_for(self, num_samples: int) -> int:
         return num_frames(num_samples, self.config.teacher.target_rate)
@@ -326,8 +347,12 @@ def read_keyed_config(folder: str | os.PathLike, key: str, what: str, hint: str)
 
 def read_folder_config(folder: str | os.PathLike) -> dict[str, Any]:
     """``config.json`` of a UniAudio-Token folder as a mapping (LoditError when it is not one)."""
-    return read_keyed_config(folder, CONFIG_KEY, "a UniAudio-Token",
-                             "pass the final/ folder of a `lodit train-tokenizer` run with a UniAudio-Token config")
+    return read_keyed_config(
+        folder,
+        CONFIG_KEY,
+        "a UniAudio-Token",
+        "pass the final/ folder of a `lodit train-tokenizer` run with a UniAudio-Token config",
+    )
 
 
 def is_uniaudio_folder(folder: str | os.PathLike) -> bool:
@@ -348,11 +373,13 @@ def load_uniaudio(folder: str | os.PathLike, map_location: str | torch.device = 
     data = read_folder_config(folder)
     config = from_dict(UniAudioTokenConfig, data[CONFIG_KEY], source=str(Path(folder) / "config.json"))
     model = UniAudioToken(config)
-    state = {k[len("tokenizer."):]: v for k, v in read_weights(folder).items() if k.startswith("tokenizer.")}
+    state = {k[len("tokenizer.") :]: v for k, v in read_weights(folder).items() if k.startswith("tokenizer.")}
     missing = sorted(set(model.state_dict()) - set(state))
     if missing:
-        raise LoditError(f"{folder}: weights do not fit its config.json ({len(missing)} missing, e.g. {missing[0]}); "
-                         "use the config.json saved with these weights")
+        raise LoditError(
+            f"{folder}: weights do not fit its config.json ({len(missing)} missing, e.g. {missing[0]}); "
+            "use the config.json saved with these weights"
+        )
     model.load_state_dict(state, strict=True)
     return model.to(map_location).eval()
 
@@ -375,5 +402,11 @@ class TokenFrameEncoder:
 
     def producer(self) -> dict[str, Any]:
         identity = self.model.identity()
-        return {**identity, "config_hash": config_hash(self.model.config), "latent_dim": 1,
-                "sample_rate": SAMPLE_RATE, "content": "token_ids", "checkpoint": str(self.folder)}
+        return {
+            **identity,
+            "config_hash": config_hash(self.model.config),
+            "latent_dim": 1,
+            "sample_rate": SAMPLE_RATE,
+            "content": "token_ids",
+            "checkpoint": str(self.folder),
+        }

@@ -105,7 +105,9 @@ def clip_rows(config: UniAudioTrainConfig) -> tuple[AudioClipDataset, list[Manif
     return clips, [by_line[record.line] for record in clips.records]
 
 
-def teacher_cache_keys(config: UniAudioTrainConfig, run_dir: str | Path, clips: AudioClipDataset) -> tuple[FeatureCache, list[str]]:
+def teacher_cache_keys(
+    config: UniAudioTrainConfig, run_dir: str | Path, clips: AudioClipDataset
+) -> tuple[FeatureCache, list[str]]:
     """Fill the encoder-feature cache for ``clips`` (the encoder is dropped afterwards)."""
     teacher = build_teacher(config.uniaudio)
     root = Path(config.data.teacher_cache) if config.data.teacher_cache else Path(run_dir) / FEATURE_CACHE_DIR
@@ -129,7 +131,9 @@ class ClipFeatures(Dataset):
 
     def features(self, index: int) -> torch.Tensor:
         def missing() -> torch.Tensor:
-            raise LoditError(f"encoder features of clip {index} vanished from {self.cache.folder}; run the command again")
+            raise LoditError(
+                f"encoder features of clip {index} vanished from {self.cache.folder}; run the command again"
+            )
 
         return self.cache.get(self.keys[index], missing)[: self.max_frames].float()  # (T, 2D)
 
@@ -139,12 +143,18 @@ class ClipFeatures(Dataset):
 
 def collate_clips(items: Sequence[dict]) -> dict:
     features, mask, lengths = pad_sequences([item["features"] for item in items], dim=0)
-    return {"features": features, "mask": mask, "lengths": lengths,
-            "targets": collate_targets([item["targets"] for item in items]),
-            "index": torch.tensor([item["index"] for item in items])}
+    return {
+        "features": features,
+        "mask": mask,
+        "lengths": lengths,
+        "targets": collate_targets([item["targets"] for item in items]),
+        "index": torch.tensor([item["index"] for item in items]),
+    }
 
 
-def prepare_tokenizer_data(config: UniAudioTrainConfig, run_dir: str | Path) -> tuple[UniAudioTrainConfig, ClipFeatures]:
+def prepare_tokenizer_data(
+    config: UniAudioTrainConfig, run_dir: str | Path
+) -> tuple[UniAudioTrainConfig, ClipFeatures]:
     """The config with the SAP vocabularies of its manifest, and the training dataset."""
     clips, rows = clip_rows(config)
     cache, keys = teacher_cache_keys(config, run_dir, clips)
@@ -190,16 +200,21 @@ class UniAudioTask(TrainTask):
         mask = batch["mask"].to(self.device)
         out, sap_total, parts = self.trained()(features, mask, batch["targets"])  # the (possibly data-parallel) wrapper
         total = self.config.quantizer_loss_scale * out.commitment_loss + sap_total
-        scalars = {"commitment": float(out.commitment_loss.detach()), "gate": float(out.gate.detach()),
-                   **{f"sap_{k}": float(v.detach()) for k, v in parts.items()}, **out.stats}
+        scalars = {
+            "commitment": float(out.commitment_loss.detach()),
+            "gate": float(out.gate.detach()),
+            **{f"sap_{k}": float(v.detach()) for k, v in parts.items()},
+            **out.stats,
+        }
         return total, scalars
 
     def export_config(self) -> dict:
         return {CONFIG_KEY: to_dict(self.config.uniaudio)}
 
 
-def train_tokenizer_stage(config: UniAudioTrainConfig, run_dir: str | Path, *, resume: bool | str | Path = True,
-                          stop_at: int | None = None) -> TrainResult:
+def train_tokenizer_stage(
+    config: UniAudioTrainConfig, run_dir: str | Path, *, resume: bool | str | Path = True, stop_at: int | None = None
+) -> TrainResult:
     """Train (or resume) the tokenizer stage into ``run_dir``; its ``final/`` is a UniAudio-Token folder."""
     config, dataset = prepare_tokenizer_data(config, run_dir)
     seed_everything(config.training.seed)
@@ -214,7 +229,9 @@ def train_tokenizer_stage(config: UniAudioTrainConfig, run_dir: str | Path, *, r
 def absolute_paths(config: UniAudioTrainConfig) -> UniAudioTrainConfig:
     """The config with its data and model paths absolute, so a resumed run finds them from anywhere."""
     data = config.data
-    paths = {name: str(Path(getattr(data, name)).resolve()) for name in ("manifest", "teacher_cache") if getattr(data, name)}
+    paths = {
+        name: str(Path(getattr(data, name)).resolve()) for name in ("manifest", "teacher_cache") if getattr(data, name)
+    }
     decoder = config.decoder
     if decoder.autoencoder:
         decoder = replace(decoder, autoencoder=str(Path(decoder.autoencoder).resolve()))

@@ -68,7 +68,9 @@ class F3Config:
 
     def __post_init__(self) -> None:
         if min(self.width, self.depth, self.heads, self.horizon, self.projection_dim) < 1 or self.codebook_size < 2:
-            raise ValueError("f3_repr sizes (width, depth, heads, horizon, projection_dim) must be >= 1, codebook_size >= 2")
+            raise ValueError(
+                "f3_repr sizes (width, depth, heads, horizon, projection_dim) must be >= 1, codebook_size >= 2"
+            )
         if self.width % self.heads:
             raise ValueError(f"f3_repr.width={self.width} must be a multiple of f3_repr.heads={self.heads}")
         if self.text_weight < 0 or self.latent_dim < 0:
@@ -101,13 +103,21 @@ class F3Encoder(nn.Module):
             raise LoditError("f3_repr.latent_dim is not set; build the encoder from a latent cache (lodit train-repr)")
         self.config = config
         self.input = nn.Linear(config.latent_dim, config.width)
-        layer = nn.TransformerEncoderLayer(config.width, config.heads, int(config.mlp_ratio * config.width),
-                                           dropout=config.dropout, activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            config.width,
+            config.heads,
+            int(config.mlp_ratio * config.width),
+            dropout=config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.blocks = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.width)
         self.heads = nn.ModuleList(nn.Linear(config.width, config.codebook_size) for _ in range(config.horizon))
-        self.targets = RandomProjectionQuantizer(config.latent_dim, config.projection_dim, config.codebook_size,
-                                                 config.target_seed)
+        self.targets = RandomProjectionQuantizer(
+            config.latent_dim, config.projection_dim, config.codebook_size, config.target_seed
+        )
         self.text_head = nn.Linear(config.width, config.text_dim) if config.text_weight > 0 else None
         self.register_buffer("latent_mean", torch.zeros(config.latent_dim))
         self.register_buffer("latent_std", torch.ones(config.latent_dim))
@@ -133,13 +143,23 @@ class F3Encoder(nn.Module):
         h = self.blocks(h, mask=causal, src_key_padding_mask=padding, is_causal=True)
         return self.norm(h)
 
-    def forward(self, latents: torch.Tensor, mask: torch.Tensor, text: torch.Tensor | None = None,
-                has_text: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        latents: torch.Tensor,
+        mask: torch.Tensor,
+        text: torch.Tensor | None = None,
+        has_text: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training loss (:meth:`loss`), as the module's forward so data-parallel training syncs it."""
         return self.loss(latents, mask, text, has_text)
 
-    def loss(self, latents: torch.Tensor, mask: torch.Tensor, text: torch.Tensor | None = None,
-             has_text: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self,
+        latents: torch.Tensor,
+        mask: torch.Tensor,
+        text: torch.Tensor | None = None,
+        has_text: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """RQ-MTP (+ text) loss of normalised latents ``(B, T, D)``; ``text (B, text_dim)`` with ``has_text (B,)``."""
         h = self.features(latents, mask)
         codes = self.targets(latents)  # (B, T)
@@ -193,8 +213,10 @@ class FeatureFrameEncoder:
         self.folder = Path(folder).resolve()
         self.model = load_f3(self.folder, map_location=device)
         if not self.model.config.autoencoder:
-            raise LoditError(f"{self.folder}: the encoder does not name its autoencoder (f3_repr.autoencoder); retrain it "
-                             "from a cache made by `lodit encode --tokenizer`")
+            raise LoditError(
+                f"{self.folder}: the encoder does not name its autoencoder (f3_repr.autoencoder); retrain it "
+                "from a cache made by `lodit encode --tokenizer`"
+            )
         self.autoencoder = Tokenizer.from_pretrained(self.model.config.autoencoder, map_location=device)
         self.sample_rate = self.autoencoder.sample_rate
 
@@ -204,7 +226,13 @@ class FeatureFrameEncoder:
         return self.model.features(self.model.normalize(latents))
 
     def producer(self) -> dict[str, Any]:
-        return {"name": self.model.config.name, "config_hash": config_hash(self.model.config),
-                "latent_dim": self.model.config.width, "frame_rate": self.autoencoder.latent_rate,
-                "sample_rate": self.sample_rate, "content": "f3_features",
-                "autoencoder": self.autoencoder.identity(), "checkpoint": str(self.folder)}
+        return {
+            "name": self.model.config.name,
+            "config_hash": config_hash(self.model.config),
+            "latent_dim": self.model.config.width,
+            "frame_rate": self.autoencoder.latent_rate,
+            "sample_rate": self.sample_rate,
+            "content": "f3_features",
+            "autoencoder": self.autoencoder.identity(),
+            "checkpoint": str(self.folder),
+        }

@@ -17,7 +17,6 @@ May import: torch, ``lodit.data``, ``lodit.training``, ``lodit.conditioning``, :
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,17 +26,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lodit.conditioning.text_encoders import TextEncoderConfig, build_text_encoder
-from lodit.config import load_config, to_dict
+from lodit.config import to_dict
 from lodit.data.latent_cache import LatentCache, LatentDataset, collate_latents
 from lodit.errors import LoditError
 from lodit.repr.f3 import CONFIG_KEY, F3Config, F3Encoder
-from lodit.training.command import (
-    DataOption,
-    add_training_arguments,
-    report_result,
-    run_folder,
-    training_overrides,
-)
 from lodit.training.config import TrainingConfig
 from lodit.training.data import ResumableLoader
 from lodit.training.loop import Trainer, TrainResult, TrainTask
@@ -52,7 +44,9 @@ class ReprDataConfig:
 
     def __post_init__(self) -> None:
         if self.segment_frames < 2:
-            raise ValueError(f"data.segment_frames must be at least 2 (RQ-MTP predicts the next frames), got {self.segment_frames}")
+            raise ValueError(
+                f"data.segment_frames must be at least 2 (RQ-MTP predicts the next frames), got {self.segment_frames}"
+            )
 
 
 @dataclass
@@ -100,8 +94,10 @@ def caption_embeddings(cache: LatentCache, config: TextEncoderConfig, dim: int) 
     """``(N, dim)`` mean-pooled caption embeddings of every clip and ``(N,)`` which clips have a caption."""
     encoder = build_text_encoder(config)
     if encoder.dim != dim:
-        raise LoditError(f"the text model gives {encoder.dim}-dim states but f3_repr.text_dim is {dim}; "
-                         f"set f3_repr.text_dim={encoder.dim}")
+        raise LoditError(
+            f"the text model gives {encoder.dim}-dim states but f3_repr.text_dim is {dim}; "
+            f"set f3_repr.text_dim={encoder.dim}"
+        )
     captions = [str(cache.fields(i).get("caption") or "") for i in range(len(cache))]
     embeddings = torch.zeros(len(captions), dim)
     for start in range(0, len(captions), 32):
@@ -122,8 +118,12 @@ class ReprTask(TrainTask):
         latents, mask = batch["latents"].to(self.device), batch["mask"].to(self.device)
         text = batch.get("text_embedding")
         has_text = batch.get("has_text")
-        total, parts = self.trained()(latents, mask, None if text is None else text.to(self.device),
-                                       None if has_text is None else has_text.to(self.device))
+        total, parts = self.trained()(
+            latents,
+            mask,
+            None if text is None else text.to(self.device),
+            None if has_text is None else has_text.to(self.device),
+        )
         return total, {name: float(value.detach()) for name, value in parts.items()}
 
     def export_config(self) -> dict:
@@ -134,8 +134,10 @@ def build_model(config: ReprTrainConfig, cache: LatentCache) -> F3Encoder:
     """The encoder for ``cache``: its width, its autoencoder (from the producer) and its statistics."""
     model_config = config.f3_repr
     if model_config.latent_dim not in (0, cache.dim):
-        raise LoditError(f"f3_repr.latent_dim={model_config.latent_dim} but the cache {cache.root} holds "
-                         f"{cache.dim}-dim latents; set f3_repr.latent_dim=0 to take the cache's")
+        raise LoditError(
+            f"f3_repr.latent_dim={model_config.latent_dim} but the cache {cache.root} holds "
+            f"{cache.dim}-dim latents; set f3_repr.latent_dim=0 to take the cache's"
+        )
     autoencoder = model_config.autoencoder or str(cache.producer.get("checkpoint") or "")
     model_config = replace(model_config, latent_dim=cache.dim, autoencoder=autoencoder)
     seed_everything(config.training.seed)
@@ -144,17 +146,19 @@ def build_model(config: ReprTrainConfig, cache: LatentCache) -> F3Encoder:
     return model
 
 
-def train_repr(config: ReprTrainConfig, run_dir: str | Path, *, resume: bool | str | Path = True,
-               stop_at: int | None = None) -> TrainResult:
-    """Train (or resume) an F3 encoder run into ``run_dir``; its ``final/`` is what ``lodit encode --features`` takes."""
+def train_repr(
+    config: ReprTrainConfig, run_dir: str | Path, *, resume: bool | str | Path = True, stop_at: int | None = None
+) -> TrainResult:
+    """Train (or resume) an F3 encoder run into ``run_dir``; ``lodit encode --features`` takes its ``final/``."""
     if not config.data.cache:
         raise LoditError("no latent cache given: pass --cache FOLDER (from lodit encode --tokenizer) or set data.cache")
     config = replace(config, data=replace(config.data, cache=str(Path(config.data.cache).resolve())))
     cache = LatentCache(config.data.cache)
     model = build_model(config, cache)
     config = replace(config, f3_repr=model.config)
-    crops = LatentDataset(cache, crop_frames=config.data.segment_frames, random_crop=config.data.random_crop,
-                          seed=config.training.seed)
+    crops = LatentDataset(
+        cache, crop_frames=config.data.segment_frames, random_crop=config.data.random_crop, seed=config.training.seed
+    )
     text = has_text = None
     if model.config.text_weight > 0:
         text, has_text = caption_embeddings(cache, config.text_encoder, model.config.text_dim)
@@ -162,20 +166,3 @@ def train_repr(config: ReprTrainConfig, run_dir: str | Path, *, resume: bool | s
     loader = ResumableLoader.from_config(dataset, collate_captioned, config.training)
     trainer = Trainer(config.training, run_dir, ReprTask(model), loader, resolved_config=config, resume=resume)
     return trainer.fit(stop_at=stop_at)
-
-
-DATA_OPTION = DataOption("--cache", "data.cache", "latent cache of the autoencoder (lodit encode --tokenizer)")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_training_arguments(parser, config_example="configs/repr/f3_tiny.yaml", data=DATA_OPTION,
-                           out_default="runs/repr_<config name>",
-                           override_example="training.max_steps=2000 f3_repr.horizon=8")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = load_config(ReprTrainConfig, args.config, training_overrides(args, DATA_OPTION))
-    result = train_repr(config, run_folder(args, prefix="repr_"), resume=not args.no_resume, stop_at=args.max_steps)
-    report_result(result, config.training.max_steps, "F3 encoder", hint="lodit encode --features FOLDER",
-                  keys=("model/loss", "model/rq_mtp", "model/text"))
-    return 0

@@ -10,7 +10,7 @@ latent statistics the model was trained with before decoding.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -30,6 +30,33 @@ class SamplerConfig:
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     rtol: float = 1e-3  # for sampler=adaptive
     atol: float = 1e-3  # for sampler=adaptive
+
+    def with_changes(
+        self,
+        *,
+        sampler: str | None = None,
+        steps: int | None = None,
+        schedule: str | None = None,
+        cfg: float | None = None,
+        cfg_interval: Sequence[float] | None = None,
+    ) -> SamplerConfig:
+        """A copy with the given settings changed (``None`` keeps the current one).
+
+        ``cfg`` and ``cfg_interval`` are the guidance scale and interval (``guidance.scale`` /
+        ``guidance.interval``), under the names ``lodit sample`` and the app give them.
+        """
+        guidance = self.guidance
+        if cfg is not None:
+            guidance = replace(guidance, scale=float(cfg))
+        if cfg_interval is not None:
+            guidance = replace(guidance, interval=tuple(float(v) for v in cfg_interval))
+        return replace(
+            self,
+            sampler=self.sampler if sampler is None else sampler,
+            steps=self.steps if steps is None else int(steps),
+            schedule=self.schedule if schedule is None else schedule,
+            guidance=replace(guidance, interval=tuple(guidance.interval)),
+        )
 
 
 @dataclass

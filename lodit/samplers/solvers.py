@@ -4,8 +4,8 @@ Every solver has the signature ``solve(velocity_fn, x1, timesteps, **options) ->
 
 - ``velocity_fn(x, t)`` takes the state ``x`` and a ``(B,)`` tensor of times on ``x``'s device
   (float32, or float64 when ``x`` is float64: never half precision, whose resolution near ``t = 1``
-  is coarser than a sampling step) and returns the velocity, shaped like ``x``. It can be any callable; solvers know nothing
-  about networks or guidance.
+  is coarser than a sampling step) and returns the velocity, shaped like ``x``. It can be any
+  callable; solvers know nothing about networks or guidance.
 - ``timesteps`` is a decreasing grid from :func:`lodit.samplers.schedules.make_timesteps`.
   Fixed-step solvers step between consecutive entries. The ``adaptive`` solver integrates from
   ``timesteps[0]`` to ``timesteps[-1]`` with steps chosen by error control and uses the first

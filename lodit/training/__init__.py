@@ -5,28 +5,31 @@ May import: torch, accelerate, tensorboard, ``lodit.data`` and the top-level hel
 Knows nothing about any particular model.
 """
 
-from lodit.training.checkpoint import (
-    check_compatible,
-    checkpoint_path,
-    export_final,
-    latest_checkpoint,
-    list_checkpoints,
-    load_weights,
-    prune_checkpoints,
-    read_optimizer_state,
-    read_state,
-    read_weights,
-    save_checkpoint,
-)
-from lodit.training.config import TrainingConfig
-from lodit.training.data import ResumableLoader
-from lodit.training.ema import EMA
-from lodit.training.guard import NonFiniteGuard
-from lodit.training.loop import Trainer, TrainResult, TrainTask, make_accelerator
-from lodit.training.progress import Progress
-from lodit.training.schedule import lr_factor, make_scheduler
-from lodit.training.seed import rng_state, seed_everything, set_rng_state
-from lodit.training.tracking import Tracker
+import importlib
+
+# Name -> the module defining it. Imported on first use (PEP 562), so that model code importing
+# lodit.training.checkpoint to load weights does not pull in accelerate with the Trainer.
+_EXPORTS = {
+    **dict.fromkeys(["check_compatible", "checkpoint_path", "export_final", "latest_checkpoint", "list_checkpoints",
+                     "load_weights", "prune_checkpoints", "read_optimizer_state", "read_state", "read_weights",
+                     "save_checkpoint"], "lodit.training.checkpoint"),
+    "TrainingConfig": "lodit.training.config",
+    "ResumableLoader": "lodit.training.data",
+    "EMA": "lodit.training.ema",
+    "NonFiniteGuard": "lodit.training.guard",
+    **dict.fromkeys(["Trainer", "TrainResult", "TrainTask", "make_accelerator"], "lodit.training.loop"),
+    "Progress": "lodit.training.progress",
+    **dict.fromkeys(["lr_factor", "make_scheduler"], "lodit.training.schedule"),
+    **dict.fromkeys(["rng_state", "seed_everything", "set_rng_state"], "lodit.training.seed"),
+    "Tracker": "lodit.training.tracking",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
 
 __all__ = [
     "EMA",

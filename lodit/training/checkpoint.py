@@ -22,7 +22,6 @@ fit the model (missing or unexpected keys, different shapes) is a ``LoditError``
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -37,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lodit.errors import LoditError
+from lodit.files import TEMP_PREFIX, read_json, replace_folder, write_json
 
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
@@ -49,7 +49,6 @@ EMA_NAME = "ema"
 RESERVED_NAMES = frozenset({EMA_NAME, "optimizer", "state", "config"})
 
 _STEP_FOLDER = re.compile(r"^step-(\d{8,})$")
-_TEMP_PREFIX = ".tmp-"
 
 
 # --------------------------------------------------------------------------- layout
@@ -89,7 +88,7 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[Path]:
         shutil.rmtree(folder)
     root = Path(run_dir) / CHECKPOINTS_DIR
     if root.is_dir():
-        for leftover in root.glob(f"{_TEMP_PREFIX}*"):
+        for leftover in root.glob(f"{TEMP_PREFIX}*"):
             shutil.rmtree(leftover, ignore_errors=True)
     return removed
 
@@ -115,13 +114,15 @@ def save_checkpoint(
         raise ValueError(f"a checkpoint needs the '{MODEL_NAME}' weights, got {sorted(weights)}")
 
     def write(tmp: Path) -> None:
-        _write_json(tmp / CONFIG_FILE, config)
+        write_json(tmp / CONFIG_FILE, config, allow_nan=True)
         for name, state_dict in weights.items():
             save_file(_cpu_copy(state_dict), str(tmp / f"{name}.safetensors"), metadata={"format": "pt"})
         if optimizer_state is not None:
             torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
         if state is not None:
-            _write_json(tmp / STATE_FILE, state)  # written last: its presence marks a complete checkpoint
+            write_json(
+                tmp / STATE_FILE, state, allow_nan=True
+            )  # written last: its presence marks a complete checkpoint
 
     return write_folder_atomically(folder, write)
 
@@ -144,26 +145,14 @@ def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], N
     On any failure the temp folder is removed and ``folder`` (if it existed) is untouched.
     """
     folder = Path(folder)
-    tmp = folder.parent / f"{_TEMP_PREFIX}{folder.name}-{os.getpid()}"
+    tmp = folder.parent / f"{TEMP_PREFIX}{folder.name}-{os.getpid()}"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         write(tmp)
         _fsync_files(tmp)
-        if folder.exists():
-            # os.replace cannot overwrite a non-empty directory: move the old one aside first
-            old = folder.parent / f"{_TEMP_PREFIX}old-{folder.name}-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            try:
-                os.replace(tmp, folder)
-            except BaseException:
-                os.replace(old, folder)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        replace_folder(tmp, folder)
         _fsync_dir(folder.parent)
     except (OSError, SafetensorError) as exc:  # disk full, permissions changed under a running job
         shutil.rmtree(tmp, ignore_errors=True)
@@ -180,10 +169,6 @@ def _cpu_copy(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     # A copy per tensor: safetensors refuses tensors that share memory (tied weights), and the
     # copy also detaches the checkpoint from weights that keep training.
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def _fsync_files(folder: Path) -> None:
@@ -256,10 +241,7 @@ def read_state(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / STATE_FILE
     if not path.is_file():
         raise LoditError(f"{folder}: not a training checkpoint (no {STATE_FILE}); pass a checkpoints/step-* folder")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LoditError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return read_json(path)
 
 
 def read_optimizer_state(folder: str | os.PathLike) -> dict[str, Any]:

@@ -31,7 +31,7 @@ class TrainingConfig:
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW decay, on tensors with 2+ dimensions only (not biases or norm gains)
     warmup_steps: int = 0
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = 0.0

@@ -27,10 +27,10 @@ should use the plain modules (``self.modules()``).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
-import sys
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -43,12 +43,14 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.state import is_initialized as accelerate_state_initialized
 from accelerate.utils import broadcast, gather_object, send_to_device
 from torch import nn
 
 from lodit import __version__
 from lodit.config import save_config, to_dict
 from lodit.cores import describe
+from lodit.devices import flush_denormals
 from lodit.errors import LoditError
 from lodit.outputs import check_output_folder
 from lodit.training.checkpoint import (
@@ -74,9 +76,11 @@ from lodit.training.data import ResumableLoader
 from lodit.training.ema import EMA
 from lodit.training.guard import NonFiniteGuard
 from lodit.training.progress import Progress
-from lodit.training.schedule import make_scheduler
+from lodit.training.schedule import lr_factor, make_scheduler
 from lodit.training.seed import rng_state, seed_everything, set_rng_state
 from lodit.training.tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 LOG_DIR = "logs"
 RUN_CONFIG_FILE = "config.yaml"
@@ -112,13 +116,16 @@ class TrainTask(ABC):
 
     def preview(self, batch: Any, step: int, tracker: Tracker) -> None:
         """Log previews (e.g. ``tracker.log_audio``) every ``preview_every`` steps; main process, no grad."""
+        return  # an optional hook: no previews
 
     def on_prepared(self, accelerator: Accelerator) -> None:
         """Called once the modules are on their device (e.g. to move frozen teachers there too)."""
+        return  # an optional hook
 
     def check_resume(self, folder: Path) -> None:
         """Raise a LoditError if checkpoint ``folder`` must not be continued with this task's data
         (e.g. a DiT checkpoint trained on latents of another tokenizer); called before loading it."""
+        return  # an optional hook: every checkpoint may be continued
 
     # ------------------------------------------------------------------ set by the trainer
 
@@ -152,18 +159,29 @@ class TrainResult:
     unsaved_bad_steps: int = 0  # the run ended inside this many skipped steps, so its end was not saved
 
 
+def _reset_accelerate_if_other(precision: str, dynamo_backend: str) -> None:
+    """Forget accelerate's process-wide state when it was set up with another precision or compiler.
+
+    accelerate keeps one state per process, set by the first ``Accelerator``; a second Trainer in
+    the same process (tests, notebooks, sweeps) must still get the precision and compilation its
+    config asks for. The state is read through accelerate's public API; resetting it has none, so
+    this is the one call of a private accelerate function in lodit (``AcceleratorState._reset_state``,
+    present through accelerate 1.x, which the dependency pin bounds). The process group
+    (PartialState) is kept.
+    """
+    if not accelerate_state_initialized():
+        return
+    state = AcceleratorState()
+    backend = state.dynamo_plugin.backend.value if state.dynamo_plugin is not None else dynamo_backend
+    if state.mixed_precision != precision or backend != dynamo_backend:
+        AcceleratorState._reset_state()
+
+
 def make_accelerator(config: TrainingConfig, **kwargs: Any) -> Accelerator:
     """An ``Accelerator`` with the config's precision, compilation and accumulation (extra ``kwargs`` pass through)."""
     precision = config.resolved_mixed_precision()
     dynamo_backend = config.compile_backend.upper() if config.compile else "NO"
-    shared = AcceleratorState._shared_state
-    shared_plugin = shared.get("dynamo_plugin")
-    shared_backend = shared_plugin.backend.value if shared_plugin is not None else dynamo_backend
-    if shared.get("_mixed_precision", precision) != precision or shared_backend != dynamo_backend:
-        # accelerate keeps one process-wide state, set by the first Accelerator; a second Trainer
-        # in the same process (tests, notebooks, sweeps) must still get the precision and
-        # compilation its config asks for. The process group (PartialState) is kept.
-        AcceleratorState._reset_state()
+    _reset_accelerate_if_other(precision, dynamo_backend)
     try:
         return Accelerator(
             mixed_precision=precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -202,9 +220,7 @@ class Trainer:
         self.resume = resume
         self.accelerator = accelerator or make_accelerator(config)
         if self.accelerator.device.type == "cpu":
-            # Denormal floats (tiny activations early in training) make CPU maths 10-30x slower;
-            # flushing them to zero (process-wide, as the lodit command does) changes no result that matters.
-            torch.set_flush_denormal(True)
+            flush_denormals()  # process-wide, as the lodit command does
         if self.accelerator.gradient_accumulation_steps != config.gradient_accumulation_steps:
             raise LoditError(
                 f"the accelerator accumulates {self.accelerator.gradient_accumulation_steps} micro-batches but "
@@ -258,7 +274,7 @@ class Trainer:
         for module in self.prepared.values():
             module.train()
         if acc.is_main_process and acc.device.type == "cpu":
-            print(f"train: {describe(self.loader.num_workers)}", file=sys.stderr)
+            log.info("train: %s", describe(self.loader.num_workers))
         progress = Progress(cfg.max_steps, initial=self.step, enabled=acc.is_main_process, print_every=cfg.log_every)
         window = _ScalarWindow()
         logged: dict[str, float] = {}
@@ -297,7 +313,8 @@ class Trainer:
             progress.close()
             self.tracker.flush()
         if self.last_checkpoint != checkpoint_path(self.run_dir, self.step):
-            self._save_unless_bad()  # nothing ran (resumed at the end from elsewhere): the run still gets its checkpoint
+            # nothing ran (resumed at the end from elsewhere): the run still gets its checkpoint
+            self._save_unless_bad()
         out_of_time = out_of_time and self.step < end
         bad = self._bad_run_length()
         final = None
@@ -332,8 +349,8 @@ class Trainer:
         """
         if self._bad_run_length():
             if self.accelerator.is_main_process:
-                print(f"train: no checkpoint at step {self.step}: the last {self._bad_run_length()} steps were "
-                      "skipped as non-finite", file=sys.stderr, flush=True)
+                log.warning("train: no checkpoint at step %d: the last %d steps were skipped as non-finite",
+                            self.step, self._bad_run_length())
             return None
         return self.save_checkpoint()
 
@@ -442,10 +459,8 @@ class Trainer:
             )
         # fused: one kernel over all parameters; on CPU the default foreach AdamW was ~6x slower
         # (benchmarks/RESULTS.md, DiT speed), which matters with adaLN's many small tensors.
-        return torch.optim.AdamW(
-            params, lr=cfg.lr_for(name), betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
-            fused=True,
-        )
+        groups = [{"params": group, "weight_decay": decay} for group, decay in _decay_groups(params, cfg.weight_decay)]
+        return torch.optim.AdamW(groups, lr=cfg.lr_for(name), betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
 
     def _start(self) -> int:
         """Resume or seed a fresh run; write the resolved config; return the first step to run."""
@@ -460,7 +475,7 @@ class Trainer:
             else:
                 start = self._restore(folder)
             if acc.is_main_process:
-                print(f"resuming from {folder} (step {start})", file=sys.stderr, flush=True)
+                log.info("resuming from %s (step %d)", folder, start)
         if acc.is_main_process:
             save_config(self.resolved_config if self.resolved_config is not None else self.config,
                         self.run_dir / RUN_CONFIG_FILE)
@@ -502,8 +517,8 @@ class Trainer:
                 for bad, exc in damaged:
                     aside = bad.with_name(f"damaged-{bad.name}")
                     os.replace(bad, aside)  # out of the step-* names, so no later resume tries it again
-                    print(f"train: {bad} could not be loaded ({' '.join(str(exc).split())[:200]}); moved it to "
-                          f"{aside.name} and resumed from the previous checkpoint", file=sys.stderr, flush=True)
+                    log.warning("train: %s could not be loaded (%s); moved it to %s and resumed from the previous "
+                                "checkpoint", bad, " ".join(str(exc).split())[:200], aside.name)
             self.accelerator.wait_for_everyone()
             return folder, step
         raise damaged[0][1]
@@ -535,7 +550,8 @@ class Trainer:
         training = read_optimizer_state(folder)
         for name, optimizer in self.optimizers.items():
             try:
-                optimizer.load_state_dict(training["optimizers"][name])
+                optimizer.load_state_dict(_regrouped(training["optimizers"][name], self.trainable[name],
+                                                     self.config.weight_decay))
                 self.schedulers[name].load_state_dict(training["schedulers"][name])
             except (KeyError, ValueError) as exc:
                 raise LoditError(
@@ -555,11 +571,8 @@ class Trainer:
         if len(rng_states) == acc.num_processes:
             set_rng_state(rng_states[acc.process_index])
         else:
-            warnings.warn(
-                f"{folder} was written by {len(rng_states)} process(es), this run has {acc.num_processes}: "
-                "random streams are re-seeded, so the run will not repeat the original one exactly",
-                stacklevel=2,
-            )
+            log.warning("%s was written by %d process(es), this run has %d: random streams are re-seeded, so the "
+                        "run will not repeat the original one exactly", folder, len(rng_states), acc.num_processes)
             seed_everything(self.config.seed + acc.process_index + 1_000_003 * step)
         return step
 
@@ -568,16 +581,17 @@ class Trainer:
 
         The saved optimizer holds the rate the *old* config scheduled for the next step; a resumed
         run whose ``lr`` or ``max_steps`` changed must use its own. The product is computed exactly as
-        ``LambdaLR`` does, so an unchanged config gives bit-identical rates.
+        ``LambdaLR`` does (base rate times :func:`lr_factor` of the scheduler's position: the schedulers
+        are made by :func:`make_scheduler` from this config), so an unchanged config gives
+        bit-identical rates. The logged rate is read from the optimizer, so it is the new one at once.
         """
         for name, scheduler in self.schedulers.items():
             base = self.config.lr_for(name)
             scheduler.base_lrs = [base] * len(scheduler.base_lrs)
-            rates = [b * factor(scheduler.last_epoch) for factor, b in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
-            for group, rate in zip(scheduler.optimizer.param_groups, rates):
+            rate = base * lr_factor(scheduler.last_epoch, self.config)
+            for group in scheduler.optimizer.param_groups:
                 group["initial_lr"] = base
                 group["lr"] = rate
-            scheduler._last_lr = list(rates)
 
     # ------------------------------------------------------------------ one step
 
@@ -593,7 +607,7 @@ class Trainer:
             stepped = self._train_phase(phase, step, batches, scalars)
             model_stepped = model_stepped or (stepped and phase == MODEL_NAME)
         for name, scheduler in self.schedulers.items():
-            scalars[f"{name}/lr"] = scheduler.get_last_lr()[0]
+            scalars[f"{name}/lr"] = scheduler.optimizer.param_groups[0]["lr"]  # the rate this step used
             with warnings.catch_warnings():
                 # a module whose first phase comes later (a GAN discriminator) has never stepped yet
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
@@ -695,8 +709,7 @@ class _CtrlC:
             raise KeyboardInterrupt
         self.requested = True
         if self.announce:
-            print("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to exit at once)",
-                  file=sys.stderr, flush=True)
+            log.warning("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to exit at once)")
 
 
 class _ScalarWindow:
@@ -739,3 +752,38 @@ def _check_modules(modules: Mapping[str, nn.Module], config: TrainingConfig) -> 
     unknown = sorted(set(config.module_lr) - set(modules))
     if unknown:
         raise LoditError(f"module_lr names {unknown}, but the trained modules are {sorted(modules)}; fix the keys")
+
+
+def _decay_groups(
+    params: list[torch.nn.Parameter], weight_decay: float
+) -> list[tuple[list[torch.nn.Parameter], float]]:
+    """AdamW's parameter groups with their weight decay: decay only on tensors with 2+ dimensions
+    (weight matrices, conv kernels, embeddings), none on biases, norm gains and other vectors, as
+    usual for transformers. Without decay, one group of everything."""
+    if weight_decay == 0:
+        return [(list(params), 0.0)]
+    return [([p for p in params if p.dim() >= 2], weight_decay), ([p for p in params if p.dim() < 2], 0.0)]
+
+
+def _regrouped(saved: dict[str, Any], params: list[torch.nn.Parameter], weight_decay: float) -> dict[str, Any]:
+    """A saved AdamW state in the grouping :func:`_decay_groups` gives now.
+
+    A run saved with one group (no decay, or before decay skipped vectors) resumed with decay, or
+    the other way round, keeps every parameter's moments: the per-parameter state is renumbered
+    from the saved order of the parameters to the current one.
+    """
+    groups = saved["param_groups"]
+    now = _decay_groups(params, weight_decay)
+    if len(groups) == len(now) or len(groups) not in (1, 2):
+        return saved  # the same grouping (or one torch will refuse with its own message)
+    before = _decay_groups(params, 1.0 if len(groups) == 2 else 0.0)
+    position = {id(p): i for i, p in enumerate(p for group, _ in now for p in group)}
+    renumber = {old: position[id(p)] for old, p in enumerate(p for group, _ in before for p in group)}
+    state = {renumber[int(index)]: value for index, value in saved["state"].items()}
+    template = {key: value for key, value in groups[0].items() if key not in ("params", "weight_decay")}
+    start, param_groups = 0, []
+    for group, decay in now:
+        param_groups.append({**template, "weight_decay": decay, "params": list(range(start, start + len(group)))})
+        start += len(group)
+    return {"state": state, "param_groups": param_groups}
+

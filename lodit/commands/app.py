@@ -14,14 +14,22 @@ from lodit.errors import LoditError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", help="DiT run or checkpoint folder (`lodit train-dit --out`) for the Generate tab")
+    parser.add_argument(
+        "--checkpoint", help="DiT run or checkpoint folder (`lodit train-dit --out`) for the Generate tab"
+    )
     parser.add_argument("--tokenizer", help="tokenizer folder for the Tokenizer tab, and to decode --checkpoint "
                                             "(default: the tokenizer its latent cache recorded)")
-    parser.add_argument("--compare", help="`lodit compare` output folder (or its report/) for the Compare tab; its arms' "
-                                          "tokenizers and DiTs are offered in the other tabs too")
+    parser.add_argument(
+        "--compare",
+        help="`lodit compare` output folder (or its report/) for the Compare tab; its arms' "
+        "tokenizers and DiTs are offered in the other tabs too",
+    )
     parser.add_argument("--port", type=int, help="port to serve on (default: the first free one from 7860)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the app to the network)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the app to the network)",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--out", help="folder for generated files (default: a new temporary folder)")
 
@@ -43,5 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         launch(build_app(state), host=args.host, port=args.port, block=True)
     except OSError as exc:  # the port is taken or the address can't be bound
-        raise LoditError(f"cannot serve on {args.host}:{args.port or 'default port'} ({exc}); choose another --port") from None
+        raise LoditError(
+            f"cannot serve on {args.host}:{args.port or 'default port'} ({exc}); choose another --port"
+        ) from None
     return 0

@@ -16,7 +16,6 @@ from lodit.errors import LoditError
 from lodit.outputs import check_output_folder
 from lodit.training.loop import TrainResult
 
-
 # Trainers that read a manifest take --on-error, the option every manifest reader spells the same.
 MANIFEST_KEY = "data.manifest"
 ON_ERROR_KEY = "data.on_error"
@@ -29,6 +28,10 @@ class DataOption:
     flag: str
     key: str
     help: str
+
+
+# The data option of the trainers that read audio clips from a manifest (tokenizer, SemBo).
+MANIFEST_OPTION = DataOption("--manifest", MANIFEST_KEY, "training manifest")
 
 
 def add_training_arguments(
@@ -72,7 +75,9 @@ def run_folder(args: argparse.Namespace, prefix: str = "") -> Path:
     return check_output_folder(folder)
 
 
-def report_result(result: TrainResult, max_steps: int, what: str, *, hint: str = "", keys: tuple[str, ...] = ()) -> None:
+def report_result(
+    result: TrainResult, max_steps: int, what: str, *, hint: str = "", keys: tuple[str, ...] = ()
+) -> None:
     """One line: where the run stopped (and how to continue) or where its final ``what`` is."""
     shown = keys or tuple(k for k in sorted(result.scalars) if k.endswith("loss"))
     losses = ", ".join(f"{k}={result.scalars[k]:.4g}" for k in shown if k in result.scalars) or "no finite loss logged"
@@ -80,9 +85,11 @@ def report_result(result: TrainResult, max_steps: int, what: str, *, hint: str =
     if skipped:
         losses += f"; {skipped} step(s) skipped as non-finite"
     if result.unsaved_bad_steps:
-        print(f"stopped at step {result.step} of {max_steps} ({losses}) inside {result.unsaved_bad_steps} skipped "
-              f"steps, so that end was not saved; the last good checkpoint is {result.checkpoint or 'none'}; check the data "
-              "(non-finite audio?) and the learning rate, then run the same command again")
+        print(
+            f"stopped at step {result.step} of {max_steps} ({losses}) inside {result.unsaved_bad_steps} skipped "
+            f"steps, so that end was not saved; the last good checkpoint is {result.checkpoint or 'none'}; "
+            "check the data (non-finite audio?) and the learning rate, then run the same command again"
+        )
     elif result.final is None:
         print(f"stopped at step {result.step} of {max_steps} ({losses}); checkpoint in {result.checkpoint}; "
               "run the same command again to continue")
