@@ -389,9 +389,16 @@ def test_pesq_and_stoi_score_only_the_speech_clips(monkeypatch):
     results = {r.name: r for r in reconstruction_metrics([ref, ref, ref], [rec, rec, rec], 16000,
                                                          speech=[True, False, True])}
     assert seen == [2] and results["stoi"].details["clips"] == "speech"
+    quiet = [rec, 0.5 * rec, rec]  # the non-speech clip comes back 6 dB quiet: the speech level is unchanged
+    levels = {r.name: r for r in reconstruction_metrics([ref, ref, ref], quiet, 16000, speech=[True, False, True])}
+    assert levels["level_ratio_speech"].n == 2
+    assert levels["level_ratio_speech"].value == pytest.approx(level_ratio([ref, ref], [rec, rec]).value)
+    quiet_level = levels["level_ratio"].details["per_clip"][1]
+    assert quiet_level == pytest.approx(levels["level_ratio_speech"].value - 6.02, abs=0.01)
     assert results["mel_distance"].n == 3  # the other metrics see every clip
     none = {r.name: r for r in reconstruction_metrics([ref], [rec], 16000, speech=[False])}
     assert math.isnan(none["pesq"].value) and "no speech clips" in none["pesq"].details["unavailable"]
+    assert math.isnan(none["level_ratio_speech"].value)
     with pytest.raises(LoditError, match="speech flags"):
         reconstruction_metrics([ref], [rec], 16000, speech=[True, False])
 

@@ -162,7 +162,8 @@ def reconstruction_metrics(
     ref_wavs: Clips, rec_wavs: Clips, sample_rate: int, *, speech: Sequence[bool] | None = None
 ) -> list[MetricResult]:
     """Mel distance (absolute and floor-robust), level ratio, STFT distance and SI-SDR of every pair,
-    and PESQ and STOI of the speech pairs (``speech`` flags them; every pair when None). PESQ and STOI
+    and PESQ and STOI of the speech pairs (``speech`` flags them; every pair when None; with flags
+    also ``level_ratio_speech``, the level ratio of the speech pairs alone). PESQ and STOI
     model speech perception: on beeps or music they measure nothing a listener would agree with.
     They are NaN with a reason when their packages are missing or no pair is speech."""
     refs, recs = _clip_list(ref_wavs, "reference audio"), _clip_list(rec_wavs, "reconstructed audio")
@@ -175,6 +176,13 @@ def reconstruction_metrics(
         if chosen else [MetricResult.unavailable(name, "no speech clips among the evaluated clips")
                         for name in ("pesq", "stoi")]
     )
+    if speech is not None:
+        # The level over every clip is a median that the generated sounds can dominate; speech
+        # has its own, as PESQ and STOI do.
+        speech_level = (level_ratio(speech_refs, speech_recs) if chosen
+                        else MetricResult.unavailable("level_ratio", "no speech clips among the evaluated clips"))
+        speech_level.name = "level_ratio_speech"
+        speech_metrics.append(speech_level)
     for metric in speech_metrics:
         metric.details["clips"] = "speech" if speech is not None else "all"
     return [

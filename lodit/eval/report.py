@@ -49,7 +49,8 @@ from lodit.files import read_json, write_atomically, write_json, write_text
 RESULTS_FORMAT = "lodit-compare-results"
 CONVERGENCE_METRICS = ("fad", "clap_score", "wer")
 SPEED_METRICS = ("rtf", "nfe")
-RECONSTRUCTION_METRICS = ("mel_distance", "mel_distance_80db", "level_ratio", "stft_distance", "si_sdr", "pesq", "stoi")
+RECONSTRUCTION_METRICS = ("mel_distance", "mel_distance_80db", "level_ratio", "level_ratio_speech", "stft_distance",
+                          "si_sdr", "pesq", "stoi")
 TOPK_SHOWN = (1, 8, 32, 128)
 MARKERS = ("o", "s", "^", "D", "v", "P")
 DASHES = ("-", "--", "-.", ":")

@@ -24,7 +24,7 @@ LABELS = {"fad": "FAD", "fad_tta": "FAD (TTA)", "fad_ttm": "FAD (TTM)", "fad_tts
           "speaker_similarity_with_reference": "speaker SIM (with reference)", "rtf": "RTF",
           "nfe": "NFE", "mel_distance": "mel distance", "stft_distance": "STFT distance", "si_sdr": "SI-SDR (dB)",
           "pesq": "PESQ (speech)", "stoi": "STOI (speech)", "mel_distance_80db": "mel distance (80 dB floor)",
-          "level_ratio": "level (dB, 0 = as loud)"}
+          "level_ratio": "level (dB, 0 = as loud)", "level_ratio_speech": "level, speech (dB)"}
 
 
 def display_value(metric: str, value: float) -> float:
