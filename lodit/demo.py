@@ -33,7 +33,7 @@ class Profile:
 
     dataset: dict
     overrides: tuple[str, ...]
-    minutes: int  # on 2 idle cores: quick 2.2 and default 13.3 measured (benchmarks/RESULTS.md); long estimated
+    minutes: int  # quick 2.2 and default 13.3 measured on 2 idle cores; long 93 on shared ones (benchmarks/RESULTS.md)
 
 
 PROFILES: dict[str, Profile] = {
