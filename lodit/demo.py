@@ -44,7 +44,8 @@ PROFILES: dict[str, Profile] = {
                       "evaluation.audio_examples=2", "sampling.steps=8"), 3),
     "default": Profile({"n_audio": 24, "n_music": 24, "n_speech": 24, "seconds": 2.0}, (), 15),
     # The real answer: more data and steps, three DiT seeds per arm (confidence intervals in the report);
-    # its hour is estimated from the default profile's per-step costs, not measured.
+    # about an hour on 2 idle cores (estimated from the default profile's per-step costs); measured:
+    # 93 minutes on 2 cores shared with other work.
     "long": Profile({"n_audio": 48, "n_music": 48, "n_speech": 48, "seconds": 3.0},
                     ("tokenizer_steps=2000", "dit_steps=1000", "eval_steps=[250,500,1000]", "seeds=[0,1,2]",
                      "evaluation.num_prompts=16", "evaluation.reconstruction_clips=16"), 60),
