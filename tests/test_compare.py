@@ -471,3 +471,22 @@ def test_understanding_section_joins_the_report_and_reuses_every_other_stage(exp
     report = (out / "report" / "report.md").read_text()
     assert "## Understanding: probes and token-histogram clustering" in report and "| arm dim_64 | domain |" in report
     assert json.loads((out / "report" / "results.json").read_text())["understanding"]["tasks"][0]["name"] == "domain"
+
+
+def test_fad_ceiling_script_scores_each_arms_round_trips(experiment, capsys):
+    """scripts/tokenizer_fad_ceiling.py: one row per arm, its round-trip FAD, and the report's generated FAD."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fad_ceiling", REPO / "scripts" / "tokenizer_fad_ceiling.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(experiment["out"])]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    results = json.loads((experiment["out"] / "report" / "results.json").read_text())
+    arms = [arm["name"] for arm in results["arms"]]
+    assert [cells[0].strip() for cells in rows] == arms
+    for cells in rows:
+        assert float(cells[1]) >= 0.0  # a Fréchet distance
+        fads = [row for row in results["summary"] if row["arm"] == cells[0].strip() and row["metric"] == "fad"]
+        last = max(fads, key=lambda row: row["step"])
+        assert cells[2].strip().split(" ")[0] == f"{last['mean']:.1f}"
