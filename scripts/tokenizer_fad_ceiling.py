@@ -51,9 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="a finished lodit compare (or lodit demo) experiment folder")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # not set_grad_enabled(False): the caller's grad mode stays as it was
+        return print_ceiling(args.folder)
 
-    layout = ExperimentLayout(args.folder)
+
+def print_ceiling(folder: Path) -> int:
+    layout = ExperimentLayout(folder)
     config = load_experiment(layout.config_copy)
     embedder = build_embedder(config.evaluation.embedder)
     data = read_manifest(layout.eval_manifest)
@@ -64,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     clips = [load_audio(entry["audio"], embedder.sample_rate, offset=entry["offset"], duration=entry["duration"])
              for entry in prompts]  # (1, S) each
     originals = torch.stack([embedder.embed(clip[0]) for clip in clips])
-    print(f"{args.folder}: {len(reference)} evaluation clips; the {len(clips)} prompts' own clips score "
+    print(f"{folder}: {len(reference)} evaluation clips; the {len(clips)} prompts' own clips score "
           f"FAD {fad(reference, originals).value:.1f} ({embedder.description})\n")
     print("| arm | FAD of the tokenizer's round trips | generated FAD (report, last step) |\n|---|---|---|")
     for arm in config.arms:
-        folder = Path(arm.checkpoint) if arm.checkpoint else layout.tokenizer_run(arm.name) / FINAL_DIR
-        tokenizer = Tokenizer.from_pretrained(folder).eval()
+        tokenizer_dir = Path(arm.checkpoint) if arm.checkpoint else layout.tokenizer_run(arm.name) / FINAL_DIR
+        tokenizer = Tokenizer.from_pretrained(tokenizer_dir).eval()
         if tokenizer.sample_rate != embedder.sample_rate:
             raise SystemExit(f"{arm.name}: the tokenizer runs at {tokenizer.sample_rate} Hz, the embedder at "
                              f"{embedder.sample_rate} Hz; this script needs them equal")

@@ -481,6 +481,7 @@ def test_fad_ceiling_script_scores_each_arms_round_trips(experiment, capsys):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.main([str(experiment["out"])]) == 0
+    assert torch.is_grad_enabled()  # the script leaves the process's grad mode alone
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     results = json.loads((experiment["out"] / "report" / "results.json").read_text())
     arms = [arm["name"] for arm in results["arms"]]
