@@ -24,6 +24,7 @@ import torch
 from lodit.data.audio import load_audio
 from lodit.data.manifest import read_manifest
 from lodit.eval.embedders import build_embedder
+from lodit.eval.embedding_cache import EmbeddingCache
 from lodit.eval.experiment_config import load_experiment
 from lodit.eval.frechet import fad
 from lodit.eval.layout import REFERENCES_FILE, ExperimentLayout
@@ -60,8 +61,9 @@ def print_ceiling(folder: Path) -> int:
     config = load_experiment(layout.config_copy)
     embedder = build_embedder(config.evaluation.embedder)
     data = read_manifest(layout.eval_manifest)
-    reference = torch.stack([embedder.embed(embedder.load(data.audio_path(row), row.offset, row.duration))
-                             for row in data.rows])  # (N_ref, dim)
+    # the evaluation set's embeddings are in the experiment's cache already (computed by its scoring)
+    reference = embedder.embed_files([data.audio_path(row) for row in data.rows], EmbeddingCache(layout.embeddings),
+                                     segments=[(row.offset, row.duration) for row in data.rows])  # (N_ref, dim)
     samples = layout.samples_dir(config.arms[0].name, config.seeds[0], config.eval_steps[-1])
     prompts = read_json(samples / REFERENCES_FILE)
     clips = [load_audio(entry["audio"], embedder.sample_rate, offset=entry["offset"], duration=entry["duration"])

@@ -53,7 +53,7 @@ def test_rq_mtp_loss_falls_on_a_tiny_run():
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(60):
-        loss, parts = model.loss(latents, mask)
+        loss, parts = model(latents, mask)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

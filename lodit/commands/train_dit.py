@@ -10,11 +10,8 @@ import argparse
 from lodit.commands.training_options import (
     DataOption,
     add_training_arguments,
-    report_result,
-    run_folder,
-    training_overrides,
+    run_training,
 )
-from lodit.config import load_config
 from lodit.dit.train import train_dit
 from lodit.dit.train_config import DiTTrainConfig
 
@@ -27,7 +24,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(DiTTrainConfig, args.config, training_overrides(args, DATA_OPTION))
-    result = train_dit(config, run_folder(args), resume=not args.no_resume, stop_at=args.max_steps)
-    report_result(result, config.training.max_steps, "final model")
-    return 0
+    return run_training(args, DiTTrainConfig, train_dit, DATA_OPTION, what="final model")

@@ -10,11 +10,8 @@ import argparse
 from lodit.commands.training_options import (
     DataOption,
     add_training_arguments,
-    report_result,
-    run_folder,
-    training_overrides,
+    run_training,
 )
-from lodit.config import load_config
 from lodit.repr.train import ReprTrainConfig, train_repr
 
 DATA_OPTION = DataOption("--cache", "data.cache", "latent cache of the autoencoder (lodit encode --tokenizer)")
@@ -27,8 +24,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(ReprTrainConfig, args.config, training_overrides(args, DATA_OPTION))
-    result = train_repr(config, run_folder(args, prefix="repr_"), resume=not args.no_resume, stop_at=args.max_steps)
-    report_result(result, config.training.max_steps, "F3 encoder", hint="lodit encode --features FOLDER",
-                  keys=("model/loss", "model/rq_mtp", "model/text"))
-    return 0
+    return run_training(args, ReprTrainConfig, train_repr, DATA_OPTION, what="F3 encoder", prefix="repr_",
+                        hint="lodit encode --features FOLDER", keys=("model/loss", "model/rq_mtp", "model/text"))

@@ -10,11 +10,8 @@ import argparse
 from lodit.commands.training_options import (
     MANIFEST_OPTION,
     add_training_arguments,
-    report_result,
-    run_folder,
-    training_overrides,
+    run_training,
 )
-from lodit.config import load_config
 from lodit.latent_tokenizer.sembo_train import SemBoTrainConfig, train_sembo
 
 
@@ -25,8 +22,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(SemBoTrainConfig, args.config, training_overrides(args, MANIFEST_OPTION))
-    result = train_sembo(config, run_folder(args, prefix="sembo_"), resume=not args.no_resume, stop_at=args.max_steps)
-    report_result(result, config.training.max_steps, "SemBo", hint="use it as tokenizer.encoder.semantic.sembo",
-                  keys=("model/loss", "model/rec", "model/tr"))
-    return 0
+    return run_training(args, SemBoTrainConfig, train_sembo, MANIFEST_OPTION, what="SemBo", prefix="sembo_",
+                        hint="use it as tokenizer.encoder.semantic.sembo", keys=("model/loss", "model/rec", "model/tr"))

@@ -10,14 +10,13 @@ import argparse
 from lodit.commands.training_options import (
     MANIFEST_OPTION,
     add_training_arguments,
-    report_result,
     run_folder,
+    run_training,
     training_overrides,
 )
 from lodit.config import load_config
-from lodit.dit.uniaudio_stages import is_uniaudio_config, train_uniaudio
 from lodit.latent_tokenizer.train import TokenizerTrainConfig, train_tokenizer
-from lodit.latent_tokenizer.uniaudio_train import UniAudioTrainConfig
+from lodit.latent_tokenizer.uniaudio_train import UniAudioTrainConfig, is_uniaudio_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,15 +29,14 @@ def run(args: argparse.Namespace) -> int:
     overrides = training_overrides(args, MANIFEST_OPTION)
     if is_uniaudio_config(args.config):
         return run_uniaudio(args, overrides)
-    config = load_config(TokenizerTrainConfig, args.config, overrides)
-    result = train_tokenizer(config, run_folder(args), resume=not args.no_resume, stop_at=args.max_steps)
-    report_result(result, config.training.max_steps, "final tokenizer",
-                  hint="Tokenizer.from_pretrained or lodit encode --tokenizer")
-    return 0
+    return run_training(args, TokenizerTrainConfig, train_tokenizer, MANIFEST_OPTION, what="final tokenizer",
+                        hint="Tokenizer.from_pretrained or lodit encode --tokenizer", overrides=overrides)
 
 
 def run_uniaudio(args: argparse.Namespace, overrides: list[str]) -> int:
     """A UniAudio-Token config (top-level ``uniaudio:``): its stages, then one line per stage."""
+    from lodit.dit.uniaudio_stages import train_uniaudio  # its decoder stage is a DiT: loaded only for these configs
+
     config = load_config(UniAudioTrainConfig, args.config, overrides)
     run_dir = run_folder(args)
     outcome = train_uniaudio(config, run_dir, resume=not args.no_resume, stop_at=args.max_steps)

@@ -9,9 +9,12 @@ what differs: their config class, their data option and what their final folder 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from lodit.config import load_config
 from lodit.errors import LoditError
 from lodit.outputs import check_output_folder
 from lodit.training.loop import TrainResult
@@ -98,3 +101,24 @@ def report_result(
               f"in {result.final}; run the same command again to train further")
     else:
         print(f"trained {result.step} steps ({losses}); {what} in {result.final}" + (f" ({hint})" if hint else ""))
+
+
+def run_training(
+    args: argparse.Namespace,
+    config_class: type,
+    train: Callable[..., TrainResult],
+    data: DataOption,
+    *,
+    what: str,
+    prefix: str = "",
+    hint: str = "",
+    keys: tuple[str, ...] = (),
+    overrides: list[str] | None = None,
+) -> int:
+    """A ``lodit train-*`` command's whole run: the config with the options' overrides, ``train(config,
+    run folder, resume=, stop_at=)`` and the one-line report of how it ended."""
+    config: Any = load_config(config_class, args.config,
+                              training_overrides(args, data) if overrides is None else overrides)
+    result = train(config, run_folder(args, prefix=prefix), resume=not args.no_resume, stop_at=args.max_steps)
+    report_result(result, config.training.max_steps, what, hint=hint, keys=keys)
+    return 0

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lodit.config import from_dict, load_yaml, to_dict
+from lodit.config import from_dict, to_dict
 from lodit.data.audio import load_audio, save_audio
 from lodit.data.batching import pad_sequences
 from lodit.data.dataset import crop_start
@@ -277,12 +277,6 @@ class UniAudioCodec:
         latents = self.decoder.generate(ids, prompt, seed=seed)  # (1, T, D)
         recon = self.autoencoder.decode(latents)[0, :, : wav.shape[-1]].float().cpu()  # (1, S)
         return ids.cpu(), recon
-
-
-def is_uniaudio_config(path: str | Path) -> bool:
-    """Whether the YAML at ``path`` is a UniAudio-Token training config (top-level ``uniaudio:``)."""
-    data = load_yaml(path)
-    return isinstance(data, dict) and "uniaudio" in data
 
 
 def reconstruct_uniaudio(

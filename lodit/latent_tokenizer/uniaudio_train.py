@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lodit.config import to_dict
+from lodit.config import load_yaml, to_dict
 from lodit.data.batching import pad_sequences
 from lodit.data.dataset import AudioClipDataset
 from lodit.data.manifest import ManifestRow, read_manifest
@@ -71,6 +71,12 @@ class UniAudioDataConfig:
     def __post_init__(self) -> None:
         if self.max_seconds <= 0 or self.min_seconds < 0 or self.teacher_batch_size < 1:
             raise ValueError("data.max_seconds must be > 0, data.min_seconds >= 0, data.teacher_batch_size >= 1")
+
+
+def is_uniaudio_config(path: str | Path) -> bool:
+    """Whether the YAML at ``path`` is a UniAudio-Token training config (top-level ``uniaudio:``)."""
+    data = load_yaml(path)
+    return isinstance(data, dict) and "uniaudio" in data
 
 
 @dataclass

@@ -150,17 +150,8 @@ class F3Encoder(nn.Module):
         text: torch.Tensor | None = None,
         has_text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The training loss (:meth:`loss`), as the module's forward so data-parallel training syncs it."""
-        return self.loss(latents, mask, text, has_text)
-
-    def loss(
-        self,
-        latents: torch.Tensor,
-        mask: torch.Tensor,
-        text: torch.Tensor | None = None,
-        has_text: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """RQ-MTP (+ text) loss of normalised latents ``(B, T, D)``; ``text (B, text_dim)`` with ``has_text (B,)``."""
+        """RQ-MTP (+ text) loss of normalised latents ``(B, T, D)``; ``text (B, text_dim)`` with ``has_text (B,)``.
+        The training loss is the module's forward, so data-parallel training syncs its gradients."""
         h = self.features(latents, mask)
         codes = self.targets(latents)  # (B, T)
         terms = []
