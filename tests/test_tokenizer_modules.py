@@ -19,6 +19,7 @@ from lodit.latent_tokenizer.discriminators import DiscriminatorConfig, Discrimin
 from lodit.latent_tokenizer.encoder import EncoderConfig
 from lodit.latent_tokenizer.frontend import LogMel
 from lodit.latent_tokenizer.losses import (
+    FrameLevelLoss,
     MultiResolutionMelLoss,
     MultiResolutionSTFTLoss,
     TokenizerLoss,
@@ -301,6 +302,21 @@ def test_phase_loss_joins_the_total_with_its_weight():
     total, terms = loss.generator_loss(real, fake)
     assert set(terms) == {"phase"}
     assert total.item() == pytest.approx(3.0 * terms["phase"].item(), rel=1e-6)
+
+
+def test_frame_level_loss_measures_level_not_spectral_detail():
+    level = FrameLevelLoss((1024, 256), dynamic_range_db=80.0)
+    real = chord()
+    assert level(real, real).item() == 0.0
+    assert level(0.5 * real, real).item() == pytest.approx(math.log(2.0), rel=1e-3)  # every frame 6 dB down
+    # the same power spread as noise: far from the chord in spectrum, next to nothing in level
+    noise = torch.randn_like(real)
+    noise = noise * real.pow(2).mean().sqrt() / noise.pow(2).mean().sqrt()
+    assert level(noise, real).item() < 0.1
+    assert MultiResolutionMelLoss(SR, [(1024, 256, 80)], 80.0)(noise, real).item() > 1.0
+    total, terms = TokenizerLoss(TokenizerLossConfig(mel=0.0, stft=0.0, level=10.0), SR, {}).generator_loss(
+        real, 0.5 * real)
+    assert set(terms) == {"level"} and total.item() == pytest.approx(10.0 * math.log(2.0), rel=1e-3)
 
 
 def test_centred_head_phase_puts_each_frame_under_its_window():

@@ -5,6 +5,8 @@ Owns:
 * :class:`MultiResolutionMelLoss` — mean over resolutions of L1 between log-mel spectrograms;
 * :class:`MultiResolutionSTFTLoss` — mean over resolutions of spectral convergence
   ``||  |Y| - |X|  ||_F / ||Y||_F`` plus L1 between log magnitudes;
+* :class:`FrameLevelLoss` — L1 between the log RMS of each frame (the output level, whatever the
+  spectral detail);
 * :class:`PhaseCoherenceLoss` — how far the reconstruction's STFT phase differences along
   frequency (group delay) and along time (instantaneous frequency), and optionally the phase
   itself, are from the target's (APNet's three phase terms, as a smooth ``1 - cos`` of the
@@ -60,6 +62,9 @@ class TokenizerLossConfig:
     # Floor of the log spectra in the mel and STFT losses: the target's peak minus this many dB, per
     # example (see the module docstring); null = the absolute floor 1e-5 only.
     dynamic_range_db: float | None = 80.0
+    # Frame level (FrameLevelLoss): L1 between the log RMS of each frame of reconstruction and target.
+    level: float = 0.0
+    level_resolution: tuple[int, int] = (1024, 256)
     # Phase coherence (PhaseCoherenceLoss): weight, then each term's share.
     phase: float = 0.0
     phase_group_delay: float = 1.0
@@ -139,6 +144,27 @@ class MultiResolutionSTFTLoss(nn.Module):
             log_magnitude = F.l1_loss(*floored_logs(fake_mag, real_mag, self.dynamic_range_db))
             losses.append(convergence + log_magnitude)
         return torch.stack(losses).mean()
+
+
+class FrameLevelLoss(nn.Module):
+    """``mean |log rms(fake frame) - log rms(real frame)|`` over ``(n_fft, hop)`` Hann frames.
+
+    Why: a log-spectral L1 is minimised by the median of what the decoder can't yet resolve, so
+    while the fine structure (harmonic positions, phase) is uncertain it prefers a smeared spectrum
+    whose bins are too low, and reconstructions come out quiet. A frame's total energy is certain
+    however its bins are spread, so this term holds the level while the rest is learned.
+    Floors as the mel loss (the target's loudest frame minus ``dynamic_range_db``)."""
+
+    def __init__(self, resolution: tuple[int, int], dynamic_range_db: float | None = None):
+        super().__init__()
+        self.n_fft, self.hop_length = resolution
+        self.dynamic_range_db = dynamic_range_db
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        def rms(wav: torch.Tensor) -> torch.Tensor:  # (B, 1, frames): root of each frame's mean power
+            return stft_magnitude(wav, self.n_fft, self.hop_length).pow(2).mean(dim=1, keepdim=True).sqrt()
+
+        return F.l1_loss(*floored_logs(rms(fake), rms(real), self.dynamic_range_db))
 
 
 class PhaseCoherenceLoss(nn.Module):
@@ -247,6 +273,7 @@ class TokenizerLoss(nn.Module):
         floor = cfg.dynamic_range_db
         self.mel = MultiResolutionMelLoss(sample_rate, cfg.mel_resolutions, floor) if cfg.mel else None
         self.stft = MultiResolutionSTFTLoss(cfg.stft_resolutions, floor) if cfg.stft else None
+        self.level = FrameLevelLoss(cfg.level_resolution, floor) if cfg.level else None
         self.phase = PhaseCoherenceLoss(cfg.phase_resolutions, cfg.phase_group_delay, cfg.phase_inst_frequency,
                                         cfg.phase_absolute) if cfg.phase else None
 
@@ -281,6 +308,9 @@ class TokenizerLoss(nn.Module):
         if self.stft is not None:
             terms["stft"] = self.stft(fake, real)
             total = total + self.cfg.stft * terms["stft"]
+        if self.level is not None:
+            terms["level"] = self.level(fake, real)
+            total = total + self.cfg.level * terms["level"]
         if self.phase is not None:
             terms["phase"] = self.phase(fake, real)
             total = total + self.cfg.phase * terms["phase"]
