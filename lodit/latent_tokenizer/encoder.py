@@ -200,7 +200,21 @@ class ConvEncoder(nn.Module):
         layers += [nn.GELU(), nn.Conv1d(width, cfg.dim, 3, padding=1)]
         self.convs = nn.Sequential(*layers)
         self.head = LatentHead(cfg.dim, cfg.intermediate_dim, cfg.post_depth, cfg.kernel, self.out_dim)
-        init_weights(self)
+        init_weights(self.head)
+        self._init_waveform_stack()
+
+    def _init_waveform_stack(self) -> None:
+        """He-normal convs and residual branches that start at zero (identity units).
+
+        With the 0.02 weights of the ConvNeXt blocks, each of the stack's convs shrinks its input:
+        the signal left the stack at 1e-5 of the waveform's scale, under LayerNorm's eps, and the
+        encoder never started learning (a flat loss for 1400 steps: benchmarks/RESULTS.md)."""
+        for m in self.convs.modules():
+            if isinstance(m, nn.Conv1d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            if isinstance(m, ResidualUnit):
+                nn.init.zeros_(m.proj.weight)
 
     def forward(self, wav: torch.Tensor) -> EncoderOutput:
         wav = pad_to_hop(wav, self.hop_length)
