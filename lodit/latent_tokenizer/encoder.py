@@ -206,9 +206,9 @@ class ConvEncoder(nn.Module):
     def _init_waveform_stack(self) -> None:
         """He-normal convs and residual branches that start at zero (identity units).
 
-        With the 0.02 weights of the ConvNeXt blocks, each of the stack's convs shrinks its input:
-        the signal left the stack at 1e-5 of the waveform's scale, under LayerNorm's eps, and the
-        encoder never started learning (a flat loss for 1400 steps: benchmarks/RESULTS.md)."""
+        Why not the ConvNeXt blocks' 0.02 weights: each of the stack's ~20 convs would shrink its
+        input, leaving ~1e-5 of the waveform's scale, under the head's LayerNorm eps, and the
+        encoder could not start learning. He init keeps each conv's output at its input's scale."""
         for m in self.convs.modules():
             if isinstance(m, nn.Conv1d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
