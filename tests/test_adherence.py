@@ -371,9 +371,16 @@ def test_summary_over_seeds_and_report_table():
     assert A.adherence_summary([{"arm": "a", "seed": 0, "step": 1}]) is None
     table = A.adherence_table({"arms": [{"name": "a"}, {"name": "b"}, {"name": "c"}], "adherence": summary})
     assert table.headers == ["arm", "DiT step", "count", "count ±1", "mode"]
-    assert [row[0] for row in table.rows] == ["a", "b", "chance", "estimator on reference clips"]
+    assert [row[0] for row in table.rows] == ["a", "b", "clips judged", "chance", "estimator on reference clips"]
     assert table.rows[0][2].startswith("0.625 ± ")
-    assert table.rows[2][2:] == ["0.25", "0.5", "0.5"]
-    assert table.rows[3][4] == "0.9 (n=6) ⚠" and "⚠" not in table.rows[3][2]
+    assert table.rows[2][2:] == ["4", "4", "2"]
+    assert table.rows[3][2:] == ["0.25", "0.5", "0.5"]
+    assert table.rows[4][4] == "0.9 (n=6) ⚠" and "⚠" not in table.rows[4][2]
     assert "| chance |" in table.markdown() and "<td>estimator on reference clips</td>" in table.html()
     assert A.adherence_table({"arms": []}) is None
+    # the same numbers kept as the adherence manifest's section get their own table
+    probes = A.adherence_summary([{**r, "adherence_probes": r.get("adherence")} for r in runs], "adherence_probes")
+    assert probes == summary
+    probe_table = A.adherence_table({"arms": [{"name": "a"}], "adherence_probes": probes}, "adherence_probes")
+    assert probe_table.title == A.ADHERENCE_SECTIONS["adherence_probes"] != table.title
+    assert A.adherence_table({"arms": [{"name": "a"}], "adherence": summary}, "adherence_probes") is None

@@ -319,6 +319,14 @@ def test_experiment_config_paths_and_errors(tmp_path):
         load_experiment(bad)
     with pytest.raises(LoditError, match="data.train_manifest"):
         experiment_module.ExperimentRunner(load_experiment(TINY), tmp_path / "out")
+    train = make_demo_dataset(tmp_path / "train", n_audio=1, n_music=0, n_speech=0, seconds=1.0)
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    write_manifest(unlabelled, [ManifestRow(audio=str(train.parent / "audio" / "sound_000.wav"), caption="a beep")])
+    for manifest, message in ((tmp_path / "none.jsonl", "not found"),
+                              (unlabelled, "no captioned row with caption labels")):
+        config = load_experiment(TINY, [f"data.train_manifest={train}", f"evaluation.adherence_manifest={manifest}"])
+        with pytest.raises(LoditError, match=f"evaluation.adherence_manifest: .*{message}"):
+            experiment_module.ExperimentRunner(config, tmp_path / "out")
 
 
 def test_reference_voice_is_another_sentence_of_the_same_speaker(tmp_path):
@@ -491,3 +499,29 @@ def test_fad_ceiling_script_scores_each_arms_round_trips(experiment, capsys):
         fads = [row for row in results["summary"] if row["arm"] == cells[0].strip() and row["metric"] == "fad"]
         last = max(fads, key=lambda row: row["step"])
         assert cells[2].strip().split(" ")[0] == f"{last['mean']:.1f}"
+
+
+def test_adherence_manifest_is_sampled_and_judged_at_every_step(experiment, dataset, cheap_embedder, tmp_path):
+    """evaluation.adherence_manifest added to a finished comparison (a copy of it): its captions are
+    generated at every evaluation step and judged, in their own table; tokenizers, DiTs and the
+    evaluation prompts' samples are reused."""
+    out = tmp_path / "tiny"
+    shutil.copytree(experiment["out"], out)
+    probes = make_demo_dataset(tmp_path / "probes", n_audio=0, n_music=0, n_speech=0, n_beeps=4, seconds=1.0, seed=5)
+    assert main(compare_args(out, dataset, cheap_embedder, f"evaluation.adherence_manifest={probes}")) == 0
+    ran = {entry["stage"] for entry in last_run(out) if entry["action"] == "ran"}
+    assert {stage.split("/")[0] for stage in ran} == {"sample_adherence", "score", "report"}
+    assert len([stage for stage in ran if stage.startswith("sample_adherence/")]) == 4  # 2 arms x 2 steps
+    layout = ExperimentLayout(out)
+    scores = json.loads((layout.scores_dir("dim_16", 0, 4) / "metrics.json").read_text())
+    section = scores["adherence_probes"]
+    assert section["samples"] == section["matched"] == 4
+    judged = {row["name"]: row for row in section["attributes"]}
+    assert {"event", "count", "pitch", "length"} <= set(judged) and judged["pitch"]["n"] == 4
+    assert judged["pitch"]["reference_accuracy"] == 1.0  # the estimators read the probe clips themselves right
+    prompts = [json.loads(line)["prompt"] for line in
+               (layout.adherence_samples_dir("dim_16", 0, 4) / "prompts.jsonl").read_text().splitlines()]
+    assert prompts == [row.caption for row in read_manifest(probes).rows]
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert {r["arm"] for r in results["adherence_probes"]["summary"]} == {"dim_16", "dim_64"}
+    assert "## Text adherence on the adherence manifest's captions" in (out / "report" / "report.md").read_text()

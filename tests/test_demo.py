@@ -46,3 +46,18 @@ def test_unknown_profile_is_one_clear_error(tmp_path):
     with pytest.raises(LoditError, match="unknown demo profile 'huge'; choose one of quick, default, long"):
         run_demo(tmp_path, profile="huge")
     assert resolve_config_path(DEMO_CONFIG).is_file()
+
+
+def test_demo_dataset_is_reused_only_with_the_same_groups(tmp_path):
+    """A demo dataset (here the judged beeps) is generated once and regenerated when a group's count changes."""
+    from lodit.data.manifest import read_manifest
+    from lodit.demo import demo_dataset
+
+    sizes = {"n_audio": 0, "n_music": 0, "n_speech": 0, "n_beeps": 3, "seconds": 1.0}
+    manifest = demo_dataset(tmp_path / "beeps", sizes, seed=1)
+    assert [row.labels["event"] for row in read_manifest(manifest).rows] == ["beep"] * 3
+    written = manifest.stat().st_mtime_ns
+    assert demo_dataset(tmp_path / "beeps", sizes, seed=1) == manifest and manifest.stat().st_mtime_ns == written
+    more = demo_dataset(tmp_path / "beeps", {**sizes, "n_beeps": 4}, seed=1)
+    assert len(read_manifest(more).rows) == 4
+

@@ -1,5 +1,6 @@
 """The built-in demo dataset: deterministic bytes, captions that the audio bears out, espeak speech."""
 
+import json
 import re
 
 import numpy as np
@@ -163,4 +164,21 @@ def test_cli(tmp_path, capsys):
     assert [row.domain for row in rows] == ["audio", "audio", "music"] and rows[0].duration == 1.5
     assert main(["make-dataset", "--out", str(out), "--counts", "noise=3"]) == 2
     assert "--counts 'noise=3'" in capsys.readouterr().err
-    assert parse_counts("music=4, speech=0") == {"audio": 0, "music": 4, "speech": 0}
+    assert parse_counts("music=4, speech=0") == {"audio": 0, "music": 4, "speech": 0, "beeps": 0}
+
+
+def test_beeps_group_adds_counted_beeps_to_the_audio_domain(tmp_path, demo):
+    """``beeps=N``: N more audio clips, every one counted beeps with their labels; the other
+    groups' clips are the bytes they are without it."""
+    assert main(["make-dataset", "--out", str(tmp_path / "b"), "--counts", "audio=2,beeps=5", "--seconds", "2",
+                 "--seed", "7"]) == 0
+    rows = read_manifest(tmp_path / "b" / "manifest.jsonl").rows
+    assert [row.domain for row in rows] == ["audio"] * 7
+    beeps = rows[2:]
+    assert [row.audio for row in beeps] == [f"audio/beep_{i:03d}.wav" for i in range(5)]
+    assert all(row.labels["event"] == "beep" and "beep" in row.caption for row in beeps)
+    assert len({(row.labels["count"], row.labels["pitch"]) for row in beeps}) > 1  # drawn, not one fixed clip
+    plain = make_demo_dataset(tmp_path / "p", n_audio=2, n_music=0, n_speech=0, seconds=2.0, seed=7)
+    for name in ("sound_000.wav", "sound_001.wav"):
+        assert (tmp_path / "b" / "audio" / name).read_bytes() == (plain.parent / "audio" / name).read_bytes()
+    assert json.loads((tmp_path / "b" / "dataset.json").read_text())["counts"]["beeps"] == 5

@@ -9,7 +9,10 @@ back from audio:
 - ``music``: a melody in a key and mode at a tempo with an instrument timbre (sine, square,
   sawtooth, Karplus-Strong plucked string), optionally over a drum beat;
 - ``speech``: sentences from built-in templates spoken by espeak-ng (:mod:`lodit.data.espeak`)
-  in several voices, with exact transcripts; skipped with a warning when espeak-ng is missing.
+  in several voices, with exact transcripts; skipped with a warning when espeak-ng is missing;
+- ``beeps``: extra ``audio`` clips that are all counted beeps. The cycle of sound kinds makes only
+  one clip in six a beep, and the beeps carry the most caption attributes (count, pitch, length):
+  a set meant to teach or to judge them needs more of them than the cycle gives.
 
 Every clip draws from its own random generator seeded by ``(seed, domain, index)``, so a clip
 does not change when the other counts do. Also the ``lodit make-dataset`` command.
@@ -33,9 +36,12 @@ from lodit.files import write_json
 
 log = logging.getLogger(__name__)
 
-DOMAIN_CODES = {"audio": 0, "music": 1, "speech": 2}
-FILE_PREFIX = {"audio": "sound", "music": "music", "speech": "speech"}
-DEFAULT_COUNTS = {"audio": 12, "music": 12, "speech": 8}
+# The groups of generated clips: each has its own random streams and file names; ``beeps`` are
+# ``audio`` clips in the manifest.
+DOMAIN_CODES = {"audio": 0, "music": 1, "speech": 2, "beeps": 3}
+FILE_PREFIX = {"audio": "sound", "music": "music", "speech": "speech", "beeps": "beep"}
+MANIFEST_DOMAIN = {"audio": "audio", "music": "music", "speech": "speech", "beeps": "audio"}
+DEFAULT_COUNTS = {"audio": 12, "music": 12, "speech": 8, "beeps": 0}
 PEAK_LEVEL = 0.7
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
@@ -195,6 +201,11 @@ SOUND_KINDS: tuple[Callable[[np.random.Generator, float, int], Clip], ...] = (
 def make_sound_clip(rng: np.random.Generator, index: int, seconds: float, sample_rate: int) -> Clip:
     """Clip ``index`` cycles through the kinds so every kind appears in a small set."""
     return SOUND_KINDS[index % len(SOUND_KINDS)](rng, seconds, sample_rate)
+
+
+def make_beep_clip(rng: np.random.Generator, index: int, seconds: float, sample_rate: int) -> Clip:
+    """Counted beeps whatever ``index``: the ``beeps`` group."""
+    return sound_beeps(rng, seconds, sample_rate)
 
 
 # =========================================================================== music
@@ -412,7 +423,7 @@ def make_speech_clip(rng: np.random.Generator, index: int, seconds: float, sampl
 
 # A bound on what a typo can ask for (a count of 10**9 would fill the disk over days).
 MAX_CLIPS = 100_000
-CLIP_MAKERS = {"audio": make_sound_clip, "music": make_music_clip, "speech": make_speech_clip}
+CLIP_MAKERS = {"audio": make_sound_clip, "music": make_music_clip, "speech": make_speech_clip, "beeps": make_beep_clip}
 
 
 def clip_rng(seed: int, domain: str, index: int) -> np.random.Generator:
@@ -426,6 +437,7 @@ def make_demo_dataset(
     n_audio: int = DEFAULT_COUNTS["audio"],
     n_music: int = DEFAULT_COUNTS["music"],
     n_speech: int = DEFAULT_COUNTS["speech"],
+    n_beeps: int = DEFAULT_COUNTS["beeps"],
     seconds: float = 4.0,
     sample_rate: int = 16000,
     seed: int = 0,
@@ -436,7 +448,7 @@ def make_demo_dataset(
     Speech needs espeak-ng: without it speech clips are skipped with a warning, or, when
     ``require_speech``, a :class:`LoditError` is raised. Same arguments, same bytes.
     """
-    counts = {"audio": n_audio, "music": n_music, "speech": n_speech}
+    counts = {"audio": n_audio, "music": n_music, "speech": n_speech, "beeps": n_beeps}
     for domain, count in counts.items():
         if count < 0:
             raise LoditError(f"the number of {domain} clips must be >= 0, got {count}")
@@ -461,18 +473,18 @@ def make_demo_dataset(
 
     out_dir = Path(out_dir)
     rows = []
-    for domain, count in counts.items():
+    for group, count in counts.items():
         for index in range(count):
-            clip = CLIP_MAKERS[domain](clip_rng(seed, domain, index), index, seconds, sample_rate)
+            clip = CLIP_MAKERS[group](clip_rng(seed, group, index), index, seconds, sample_rate)
             wav = PEAK_LEVEL * clip.wav / max(float(np.abs(clip.wav).max()), 1e-9)
-            name = f"{FILE_PREFIX[domain]}_{index:03d}"
+            name = f"{FILE_PREFIX[group]}_{index:03d}"
             save_audio(out_dir / "audio" / f"{name}.wav", wav.astype(np.float32), sample_rate)
             rows.append(
                 ManifestRow(
                     audio=f"audio/{name}.wav",
                     caption=clip.caption,
                     transcript=clip.transcript,
-                    domain=domain,
+                    domain=MANIFEST_DOMAIN[group],
                     speaker=clip.speaker,
                     duration=round(len(wav) / sample_rate, 6),
                     labels=clip.labels,

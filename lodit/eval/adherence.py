@@ -680,6 +680,12 @@ def reference_scores(manifests: Sequence[str | os.PathLike], degrade: Callable[[
 METHOD = ("signal-processing estimators of the demo captions' attributes (lodit.eval.adherence); "
           "a sample is judged against the labels of the reference clip whose caption is its prompt")
 REFERENCES_PER_CAPTION = 10  # reference clips the estimators are checked on per matched caption
+# Where a comparison keeps adherence, with each table's title: the evaluation prompts, and the
+# captions of the optional labelled manifest sampled for adherence alone (evaluation.adherence_manifest).
+ADHERENCE_SECTIONS = {
+    "adherence": "Text adherence (caption attributes recovered from the audio)",
+    "adherence_probes": "Text adherence on the adherence manifest's captions",
+}
 
 
 def _caption_key(caption: str) -> str:
@@ -776,16 +782,17 @@ def _tolerant_name(row: dict[str, Any]) -> str:
     return f"{row['name']} ±{row['tolerance']:g}"
 
 
-def adherence_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """Adherence of a comparison's runs (``{"arm", "seed", "step", "adherence": section}``) as the
-    report's mean and confidence interval over seeds per (arm, step, attribute) (tolerant accuracies
-    as ``"<attribute> ±<tolerance>"``), with per attribute the chance level and the estimators'
-    accuracy on the reference clips (the lowest over runs). None when no run has adherence."""
+def adherence_summary(runs: Sequence[dict[str, Any]], key: str = "adherence") -> dict[str, Any] | None:
+    """Adherence of a comparison's runs (``{"arm", "seed", "step", key: section}``, ``key`` one of
+    :data:`ADHERENCE_SECTIONS`) as the report's mean and confidence interval over seeds per (arm,
+    step, attribute) (tolerant accuracies as ``"<attribute> ±<tolerance>"``), with per attribute the
+    chance level and the estimators' accuracy on the reference clips (the lowest over runs). None
+    when no run has that section."""
     from lodit.eval.summary import aggregate
 
     per_run, attributes = [], {}
     for run in runs:
-        rows = (run.get("adherence") or {}).get("attributes") or []
+        rows = (run.get(key) or {}).get("attributes") or []
         metrics = []
         for row in rows:
             columns = [(row["name"], "accuracy", "chance", "reference_accuracy")]
@@ -811,13 +818,13 @@ def adherence_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
                            for name, seen in attributes.items()}}
 
 
-def adherence_table(results: dict[str, Any]):
-    """The report's adherence table (a :class:`lodit.eval.tables.Table`): one row per arm and DiT
-    step, one column per attribute, then the chance level and the estimators' reference accuracy;
-    None when the results have no adherence."""
+def adherence_table(results: dict[str, Any], key: str = "adherence"):
+    """The report's table of the adherence section ``key`` (a :class:`lodit.eval.tables.Table`): one
+    row per arm and DiT step, one column per attribute, then the chance level and the estimators'
+    reference accuracy; None when the results have no such section."""
     from lodit.eval.tables import Table, format_summary
 
-    summary = results.get("adherence")
+    summary = results.get(key)
     if not summary:
         return None
     names = list(summary["attributes"])
@@ -827,16 +834,21 @@ def adherence_table(results: dict[str, Any]):
     rows = [[arm, str(step)] + [format_summary(cells.get((arm, step, name))) for name in names]
             for arm in arms for step in steps if any((arm, step, name) in cells for name in names)]
     attributes = summary["attributes"]
+
+    def judged(name: str) -> str:  # clips judged on the attribute per arm, step and seed (the largest count)
+        counts = [n for r in summary["summary"] if r["metric"] == name for n in np.atleast_1d(r["n"])]
+        return str(max(counts, default=0))
+
+    rows.append(["clips judged", ""] + [judged(name) for name in names])
     rows.append(["chance", ""] + [f"{attributes[name]['chance']:.3g}" for name in names])
     rows.append(["estimator on reference clips", ""]
                 + [f"{attributes[name]['reference_accuracy']:.3g} (n={attributes[name]['reference_n']})"
                    + (" ⚠" if attributes[name]["flagged"] else "") for name in names])
     note = ("Share of generated clips whose audio shows the attribute their prompt asked for (mean over seeds, "
             "± the half-width of the interval over seeds with several), estimated by signal processing (no CLAP "
-            "offline); ±k: within k of the asked value. Chance: a generator that ignores the prompt and draws each "
+            "offline); ±k: within k of the asked value. Clips judged: generated clips whose prompt asks for the "
+            "attribute, per arm, step and seed. Chance: a generator that ignores the prompt and draws each "
             "attribute with the reference clips' label frequencies. The last row is the estimators' accuracy on the "
             f"reference clips of the same captions; ⚠ marks an attribute under {TRUSTED_ACCURACY:.0%} there, whose "
             "numbers are less trustworthy.")
-    return Table(
-        "Text adherence (caption attributes recovered from the audio)", ["arm", "DiT step"] + names, rows, note
-    )
+    return Table(ADHERENCE_SECTIONS[key], ["arm", "DiT step"] + names, rows, note)

@@ -23,7 +23,9 @@ and one or more training seeds. :class:`ExperimentRunner` runs, per arm,
    are generated from the transcript alone in ``sample`` and again, in ``sample_with_reference``,
    with another clip of the same speaker and its transcript as the reference voice; ``score``
    reports the two apart (:data:`TTS_VARIANTS`: ``wer`` / ``speaker_similarity`` without,
-   ``wer_with_reference`` / ``speaker_similarity_with_reference`` with a reference);
+   ``wer_with_reference`` / ``speaker_similarity_with_reference`` with a reference). With
+   ``evaluation.adherence_manifest``, ``sample_adherence`` also generates every caption of that
+   labelled manifest and ``score`` judges them for text adherence alone (``adherence_probes``);
 
 and finally the report (:mod:`lodit.eval.report`).
 
@@ -61,6 +63,7 @@ from lodit.config import (
 from lodit.data.audio import audio_info, load_audio, save_audio
 from lodit.data.manifest import ManifestRow, portable_audio_path, read_manifest, write_manifest
 from lodit.errors import LoditError
+from lodit.eval.adherence import adherence_section, prompt_attributes
 from lodit.eval.evaluate import Evaluator
 from lodit.eval.experiment_config import ARM_PATH_KEYS, ArmConfig, ExperimentConfig, SamplingSettings
 from lodit.eval.layout import (
@@ -154,6 +157,8 @@ class ExperimentRunner:
         if cfg.data.eval_manifest and not Path(cfg.data.eval_manifest).is_file():
             raise LoditError(f"data.eval_manifest: {cfg.data.eval_manifest} not found; "
                              "fix the path or leave it empty to split the training set")
+        if cfg.evaluation.adherence_manifest:
+            _check_adherence_manifest(Path(cfg.evaluation.adherence_manifest))
         for arm in cfg.arms:
             for key in ARM_PATH_KEYS:
                 source = getattr(arm, key)
@@ -343,8 +348,16 @@ class ExperimentRunner:
                 self._sample_stage(f"sample_with_reference/{where}", voice_dir, voice_spec,
                                    partial(self.sample_with_reference, state), at_step)
                 score_spec["with_reference"] = spec_hash(voice_spec)
+            probe_dir = None
+            if self.config.evaluation.adherence_manifest:
+                probe_dir = self.layout.adherence_samples_dir(arm.name, seed, step)
+                probe_spec = {**sample_spec, "num_prompts": None,
+                              "prompts_from": file_digest(self.config.evaluation.adherence_manifest)}
+                self._sample_stage(f"sample_adherence/{where}", probe_dir, probe_spec,
+                                   partial(self.sample_adherence, state), at_step)
+                score_spec["adherence_probes"] = spec_hash(probe_spec)
             self._stage(f"score/{where}", self.layout.scores_dir(arm.name, seed, step), score_spec,
-                        partial(self.score, arm, samples_dir, voice_dir=voice_dir))
+                        partial(self.score, arm, samples_dir, voice_dir=voice_dir, probe_dir=probe_dir))
         if not finished:  # every evaluation step, the last being dit_steps, has been reached
             self.book.finish(name, run_dir, spec, time.monotonic() - started)
 
@@ -388,13 +401,19 @@ class ExperimentRunner:
 
     def sample(self, state: ArmState, checkpoint: Path, folder: Path) -> None:
         """The evaluation prompts (for the tasks the DiT was trained on) through ``lodit sample``."""
+        self._sample_captions(self.layout.eval_manifest, self.config.evaluation.num_prompts, state, checkpoint, folder)
+
+    def sample_adherence(self, state: ArmState, checkpoint: Path, folder: Path) -> None:
+        """Every caption of ``evaluation.adherence_manifest`` (for the DiT's tasks) through ``lodit sample``."""
+        manifest = Path(self.config.evaluation.adherence_manifest)
+        self._sample_captions(manifest, len(read_manifest(manifest)), state, checkpoint, folder)
+
+    def _sample_captions(self, manifest: Path, count: int, state: ArmState, checkpoint: Path, folder: Path) -> None:
+        """The first ``count`` clips of ``manifest`` as prompts (:func:`evaluation_prompts`) sampled into ``folder``."""
         from lodit.dit.generator import read_generator_config
 
         tasks = read_generator_config(checkpoint).tasks
-        evaluation = self.config.evaluation
-        requests, references = evaluation_prompts(
-            self.layout.eval_manifest, tasks, evaluation.num_prompts, evaluation.seconds
-        )
+        requests, references = evaluation_prompts(manifest, tasks, count, self.config.evaluation.seconds)
         prompts_file = folder / "prompts.jsonl"
         write_jsonl(prompts_file, _without_none(requests))
         write_json(folder / REFERENCES_FILE, references)
@@ -416,8 +435,11 @@ class ExperimentRunner:
             write_jsonl(prompts_file, _without_none(requests))
             run_sampler(checkpoint, prompts_file, folder, self.config.sampling, state.tokenizer_dir)
 
-    def score(self, arm: ArmConfig, samples_dir: Path, folder: Path, voice_dir: Path | None = None) -> None:
+    def score(self, arm: ArmConfig, samples_dir: Path, folder: Path, voice_dir: Path | None = None,
+              probe_dir: Path | None = None) -> None:
         metrics = self.evaluator.evaluate(samples_dir, self.layout.eval_manifest)
+        if probe_dir is not None:
+            metrics["adherence_probes"] = probe_adherence(probe_dir, Path(self.config.evaluation.adherence_manifest))
         if voice_dir is not None:
             plain = TTS_VARIANTS["without_reference"]
             for metric in metrics["metrics"]:
@@ -512,6 +534,26 @@ def evaluation_prompts(manifest: Path, tasks: list[str], count: int,
             }
         )
     return requests, references
+
+
+def _check_adherence_manifest(manifest: Path) -> None:
+    """``evaluation.adherence_manifest`` must exist and hold captions with labels to judge."""
+    if not manifest.is_file():
+        raise LoditError(f"evaluation.adherence_manifest: {manifest} not found; fix the path or leave it empty")
+    if not any(row.caption and prompt_attributes(row.labels) for row in read_manifest(manifest).rows):
+        raise LoditError(f"evaluation.adherence_manifest: {manifest} has no captioned row with caption labels to "
+                         "judge; make one with `lodit make-dataset` (e.g. --counts beeps=24)")
+
+
+def probe_adherence(samples_dir: Path, manifest: Path) -> dict[str, Any]:
+    """Text adherence of the samples in ``samples_dir`` to the labelled captions of ``manifest``."""
+    from lodit.eval.evaluate import read_reference, read_samples
+
+    _, samples = read_samples(samples_dir)
+    section = adherence_section([(s.path, s.prompt) for s in samples], read_reference(manifest))
+    if section is None:  # checked when the experiment started; the manifest changed since
+        raise LoditError(f"evaluation.adherence_manifest: {manifest} no longer has labelled captions")
+    return section
 
 
 def _chosen_rows(rows: list[ManifestRow], tasks: list[str], count: int) -> list[tuple[str, ManifestRow]]:

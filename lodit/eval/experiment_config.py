@@ -88,6 +88,10 @@ class ExperimentEvaluation(EvaluationConfig):
     seconds: float = 0.0  # length of caption samples; 0 = the reference clip's length (TTS: the speaking rate)
     reconstruction_clips: int = 16  # evaluation clips in the reconstruction table (0 = all)
     audio_examples: int = 3  # prompts per arm with audio players in the report
+    # A labelled manifest (e.g. `lodit make-dataset --counts beeps=24`) whose captions are also
+    # generated at every evaluation step and judged for text adherence only (no FAD, no ASR): for
+    # caption attributes the evaluation set holds too few clips of to judge. "" = none.
+    adherence_manifest: str = ""
 
     def __post_init__(self):
         if self.num_prompts < 1:
@@ -131,7 +135,8 @@ class ExperimentConfig:
 
 
 # Keys holding file paths; in the YAML they are relative to the YAML's folder.
-_PATH_KEYS = (("dit", "config"), ("data", "train_manifest"), ("data", "eval_manifest"))
+_PATH_KEYS = (("dit", "config"), ("data", "train_manifest"), ("data", "eval_manifest"),
+              ("evaluation", "adherence_manifest"))
 ARM_PATH_KEYS = ("tokenizer", "checkpoint", "sembo")
 
 

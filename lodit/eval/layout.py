@@ -14,6 +14,7 @@ files and the report share.
     OUT/arms/<arm>/seed-<s>/dit/     DiT run (checkpoints/step-*)
     OUT/arms/<arm>/seed-<s>/step-<k>/samples/  prompts.jsonl, references.json, wavs + samples.json
     OUT/arms/<arm>/seed-<s>/step-<k>/samples_with_reference/  the TTS prompts with a voice: voices/ + voices.json
+    OUT/arms/<arm>/seed-<s>/step-<k>/adherence_samples/  the captions of evaluation.adherence_manifest
     OUT/arms/<arm>/seed-<s>/step-<k>/scores/   metrics.json
     OUT/understanding/    metrics.json of the optional understanding section (probes, clustering)
     OUT/report/           results.json, report.md, report.html, *.png, audio/
@@ -131,6 +132,9 @@ class ExperimentLayout:
 
     def voice_samples_dir(self, arm: str, seed: int, step: int) -> Path:
         return self.step_dir(arm, seed, step) / "samples_with_reference"
+
+    def adherence_samples_dir(self, arm: str, seed: int, step: int) -> Path:
+        return self.step_dir(arm, seed, step) / "adherence_samples"
 
     def scores_dir(self, arm: str, seed: int, step: int) -> Path:
         return self.step_dir(arm, seed, step) / "scores"

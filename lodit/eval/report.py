@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from lodit.config import to_dict
-from lodit.eval.adherence import adherence_summary, adherence_table
+from lodit.eval.adherence import ADHERENCE_SECTIONS, adherence_summary, adherence_table
 from lodit.eval.layout import (
     LATENT_STATS_FILE,
     METRICS_FILE,
@@ -82,8 +82,9 @@ def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
                 runs.append({"arm": arm.name, "seed": seed, "step": step, "metrics": scores["metrics"],
                              "settings": scores.get("settings", {}),
                              "samples": str(layout.samples_dir(arm.name, seed, step).relative_to(out))})
-                if "adherence" in scores:  # per-attribute scores; the per-sample items stay in metrics.json
-                    runs[-1]["adherence"] = {k: v for k, v in scores["adherence"].items() if k != "items"}
+                for key in ADHERENCE_SECTIONS:  # per-attribute scores; the per-sample items stay in metrics.json
+                    if key in scores:
+                        runs[-1][key] = {k: v for k, v in scores[key].items() if k != "items"}
         final_samples = layout.samples_dir(arm.name, config.seeds[0], config.eval_steps[-1])
         index = read_compare_json(final_samples / SAMPLES_INDEX)
         references = read_compare_json(final_samples / REFERENCES_FILE)
@@ -99,9 +100,9 @@ def collect_results(out_dir: str | os.PathLike, config: Any) -> dict[str, Any]:
     results = {"format": RESULTS_FORMAT, "experiment": config.name, "config": to_dict(config),
                "ci": f"two-sided Student-t {int(CI_LEVEL * 100)}% interval over seeds", "arms": arms,
                "runs": runs, "summary": aggregate(runs)}
-    adherence = adherence_summary(runs)
-    if adherence is not None:
-        results["adherence"] = adherence
+    for key in ADHERENCE_SECTIONS:
+        if (adherence := adherence_summary(runs, key)) is not None:
+            results[key] = adherence
     if (layout.understanding_dir / METRICS_FILE).is_file():
         results["understanding"] = read_compare_json(layout.understanding_dir / METRICS_FILE)
     if any(m["name"] == TTS_VARIANTS["with_reference"]["wer"] for run in runs for m in run["metrics"]):
@@ -434,8 +435,9 @@ def render_markdown(builder: ReportBuilder, plots: list[Path], examples: list[di
     if (tts := tts_variants_table(builder)) is not None:
         section(tts)
     section(builder.models_table())
-    if (adherence := adherence_table(builder.results)) is not None:
-        section(adherence)
+    for key in ADHERENCE_SECTIONS:
+        if (adherence := adherence_table(builder.results, key)) is not None:
+            section(adherence)
     parts.append("## Convergence")
     for metric, plot in zip(CONVERGENCE_METRICS, plots):
         parts.append(f"![{label(metric)} against DiT steps]({plot.name})")
@@ -467,8 +469,9 @@ def render_html(builder: ReportBuilder, plots: list[Path], examples: list[dict[s
     if (tts := tts_variants_table(builder)) is not None:
         tables_before.append(tts)
     tables_before.append(builder.models_table())
-    if (adherence := adherence_table(builder.results)) is not None:
-        tables_before.append(adherence)
+    for key in ADHERENCE_SECTIONS:
+        if (adherence := adherence_table(builder.results, key)) is not None:
+            tables_before.append(adherence)
     audio = builder.folder / "audio"
     return templates().get_template("report.html.j2").render(
         title=f"{builder.results['experiment']}: latent-dimension comparison",
