@@ -247,3 +247,56 @@ def test_misaligned_or_pointless_set_ups_are_refused(whisper_dir, manifest, tmp_
     with pytest.raises(LoditError, match="target_rate=50 Hz differs from tokenizer.latent_rate=25 Hz"):
         _cached_dataset(other_rate)
     assert teacher_rows == []  # refused before any teacher work
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def test_encode_reads_the_training_cache_instead_of_running_the_teacher(whisper_dir, manifest, tmp_path,
+                                                                        teacher_rows):
+    """``lodit encode --teacher-cache``: the features the training cached stand in for the teacher's
+    pass over whole clips and give the latents of an encode without them."""
+    from lodit.cli import main
+    from lodit.data.latent_cache import LatentCache
+    from lodit.latent_tokenizer.encode import encode_manifest
+
+    config = _config(whisper_dir, manifest, tmp_path / "cache", "training.max_steps=2",
+                     "training.checkpoint_every=2", "loss.adversarial_start_step=10")
+    train_tokenizer(config, tmp_path / "run")
+    final = tmp_path / "run" / "final"
+    assert sum(teacher_rows) == len(SECONDS)  # the cache was filled once
+    teacher_rows.clear()
+    encode_manifest(final, manifest, tmp_path / "plain", batch_size=2)
+    assert sum(teacher_rows) == len(SECONDS)  # without the cache the teacher hears every clip again
+    teacher_rows.clear()
+    assert main(["encode", "--tokenizer", str(final), "--manifest", str(manifest), "--out", str(tmp_path / "cached"),
+                 "--batch-size", "2", "--teacher-cache", str(tmp_path / "cache"), "--no-progress"]) == 0
+    assert sum(teacher_rows) == 0
+    plain, cached = LatentCache(tmp_path / "plain"), LatentCache(tmp_path / "cached")
+    assert len(plain) == len(cached) == len(SECONDS)
+    for i in range(len(SECONDS)):
+        torch.testing.assert_close(cached.read(i), plain.read(i), atol=1e-5, rtol=1e-5)
+    # clips the cache lacks (another manifest's) go through the teacher as before
+    other = tmp_path / "other"
+    other.mkdir()
+    save_audio(other / "new.wav", _tone(0.7, 310.0, seed=9), SR)
+    write_manifest(other / "manifest.jsonl", [{"audio": "new.wav"}])
+    encode_manifest(final, other / "manifest.jsonl", tmp_path / "new", teacher_cache=tmp_path / "cache")
+    assert sum(teacher_rows) == 1
+
+
+def test_teacher_cache_needs_a_teacher_tokenizer(tmp_path, capsys):
+    from lodit.cli import main
+    from lodit.latent_tokenizer.tokenizer import Tokenizer
+
+    config = load_config(TokenizerTrainConfig, "configs/tokenizer/tiny.yaml").tokenizer
+    folder = Tokenizer(config).save_pretrained(tmp_path / "tok")
+    save_audio(tmp_path / "a.wav", _tone(0.5, 200.0, seed=0), SR)
+    write_manifest(tmp_path / "m.jsonl", [{"audio": "a.wav"}])
+    args = ["encode", "--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "out"),
+            "--teacher-cache", str(tmp_path / "cache")]
+    assert main([*args, "--tokenizer", str(folder)]) == 2
+    assert "has no semantic teacher; drop the option" in capsys.readouterr().err
+    assert main([*args, "--features", str(folder)]) == 2
+    assert "--teacher-cache goes with --tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                         help="a bad row (invalid line, unreadable audio) stops the encode (fail, default) "
                              "or is reported and left out (skip)")
+    parser.add_argument("--teacher-cache", metavar="FOLDER",
+                        help="with a tokenizer that has a semantic teacher (LoSATok): the teacher-feature cache its "
+                             "training filled (data.teacher_cache); clips found there skip the teacher's pass")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -42,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     options = dict(batch_size=args.batch_size, dtype=args.dtype, overwrite=args.overwrite, resume=args.resume,
                    on_error=args.on_error, progress=not args.no_progress)
+    if args.teacher_cache and not args.tokenizer:
+        raise LoditError("--teacher-cache goes with --tokenizer (a tokenizer with a semantic teacher); drop it")
     if args.tokens:
         if args.dtype != "float32":
             raise LoditError("--tokens stores token ids, which only float32 keeps exact; drop --dtype")
@@ -51,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         encoder = FeatureFrameEncoder(args.features, choose_device(args.device, option="--device"))
         summary = encode_with(encoder, encoder.producer(), args.manifest, args.out, **options)
     else:
-        summary = encode_manifest(args.tokenizer, args.manifest, args.out, device=args.device, **options)
+        summary = encode_manifest(args.tokenizer, args.manifest, args.out, device=args.device,
+                                  teacher_cache=args.teacher_cache, **options)
     elapsed = time.monotonic() - started
     speed = f", {summary.seconds / elapsed:.0f}x real time" if elapsed > 0 and summary.seconds else ""
     print(summary.line() + speed)

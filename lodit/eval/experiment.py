@@ -9,7 +9,8 @@ and one or more training seeds. :class:`ExperimentRunner` runs, per arm,
 2. ``sembo`` (arms that name a SemBo config: LoSATok) and ``tokenizer``: SemBo pre-training, then
    tokenizer training with that SemBo frozen inside (skipped for an arm that names a
    ``checkpoint``); arms whose encoder has a semantic teacher share one teacher-feature cache;
-3. ``encode``: the training set into a latent cache;
+3. ``encode``: the training set into a latent cache (a teacher arm reads its teacher's features
+   from that shared cache instead of running the teacher again);
 4. ``reconstruction``: round trips of evaluation clips through the tokenizer, with
    :func:`~lodit.eval.reconstruction.reconstruction_metrics`;
 5. ``latent_stats``: width usage of the training latents (effective rank, top-k variance);
@@ -92,6 +93,7 @@ class ArmState:
 
     tokenizer_dir: Path
     tokenizer_spec: Any
+    teacher_cache: Path | None = None  # the teacher features its training cached (a LoSATok arm trained here)
     cache_dir: Path | None = None
     cache_spec: Any = None
 
@@ -248,7 +250,8 @@ class ExperimentRunner:
             train_tokenizer(config, folder)
 
         self._stage(f"tokenizer/{arm.name}", run_dir, spec, work)
-        return ArmState(run_dir / "final", spec)
+        teacher_cache = Path(config.data.teacher_cache) if config.data.teacher_cache else None
+        return ArmState(run_dir / "final", spec, teacher_cache)
 
     def encode(self, arm: ArmConfig, state: ArmState, data_spec: dict[str, str]) -> None:
         from lodit.latent_tokenizer.encode import encode_manifest
@@ -259,7 +262,7 @@ class ExperimentRunner:
         def work(stage_dir: Path) -> None:
             log.info(f"[{arm.name}] encoding the training set")
             summary = encode_manifest(state.tokenizer_dir, self.layout.train_manifest, stage_dir / "latents",
-                                      overwrite=True, resume=True, progress=False)
+                                      overwrite=True, resume=True, progress=False, teacher_cache=state.teacher_cache)
             log.info(f"[{arm.name}] {summary.line()}")
 
         self._stage(f"encode/{arm.name}", folder, spec, work)

@@ -19,13 +19,18 @@ Bad rows (invalid JSON, unknown fields, unreadable or empty audio) are reported 
 stop the encode (``--on-error fail``) or are skipped and listed in the summary (``skip``).
 An interrupted encode continues with ``--resume``; an existing cache is replaced only with
 ``--overwrite``.
+
+A tokenizer with a semantic teacher (LoSATok) runs the teacher on every clip. Given the teacher
+cache its training filled (``--teacher-cache``, the run's ``data.teacher_cache``), a batch whose
+clips are all in it takes their cached features instead: the same numbers (up to float rounding)
+without the teacher's pass.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from lodit.data.audio import load_audio
+from lodit.data.dataset import ClipRecord, clip_record
 from lodit.data.latent_cache import LatentCache, LatentCacheWriter
 from lodit.data.manifest import (
     SKIP_HINT,
@@ -49,6 +55,8 @@ from lodit.data.manifest import (
 )
 from lodit.devices import choose_device
 from lodit.errors import LoditError
+from lodit.latent_tokenizer.losatok import FrozenTeacher
+from lodit.latent_tokenizer.teacher_features import cached_teacher_inputs
 from lodit.latent_tokenizer.tokenizer import Tokenizer
 from lodit.latent_tokenizer.uniaudio import is_uniaudio_folder
 
@@ -87,6 +95,9 @@ class FrameEncoder(Protocol):
     def encode(self, wav: torch.Tensor) -> torch.Tensor: ...
 
 
+EncoderInputs = Callable[[Sequence[ClipRecord]], dict[str, torch.Tensor]]  # a batch's clips -> extra encoder inputs
+
+
 @dataclass
 class _Clip:
     line: int
@@ -108,15 +119,23 @@ def encode_manifest(
     resume: bool = False,
     on_error: OnError = "fail",
     progress: bool = True,
+    teacher_cache: str | os.PathLike | None = None,
 ) -> EncodeSummary:
-    """Encode every clip of ``manifest`` with the tokenizer in ``tokenizer_dir`` into the cache ``out``."""
+    """Encode every clip of ``manifest`` with the tokenizer in ``tokenizer_dir`` into the cache ``out``
+    (its semantic teacher's features taken from ``teacher_cache`` where they are there)."""
     folder = Path(tokenizer_dir).resolve()
     if is_uniaudio_folder(folder):
         raise LoditError(f"{folder}: a UniAudio-Token folder makes discrete tokens, not latents; use --tokens {folder}")
     tokenizer = Tokenizer.from_pretrained(folder, map_location=choose_device(device, option="--device"))
     producer = {**tokenizer.identity(), "checkpoint": str(folder)}
+    inputs = None
+    if teacher_cache:
+        teacher = getattr(tokenizer.encoder, "teacher", None)
+        if not isinstance(teacher, FrozenTeacher):
+            raise LoditError(f"--teacher-cache: the tokenizer in {folder} has no semantic teacher; drop the option")
+        inputs = cached_teacher_inputs(teacher.get(), teacher_cache, tokenizer.sample_rate)
     return encode_with(tokenizer, producer, manifest, out, batch_size=batch_size, dtype=dtype, overwrite=overwrite,
-                       resume=resume, on_error=on_error, progress=progress)
+                       resume=resume, on_error=on_error, progress=progress, encoder_inputs=inputs)
 
 
 def encode_with(
@@ -131,10 +150,13 @@ def encode_with(
     resume: bool = False,
     on_error: OnError = "fail",
     progress: bool = True,
+    encoder_inputs: EncoderInputs | None = None,
 ) -> EncodeSummary:
     """Encode every clip of ``manifest`` with ``encoder`` (anything with ``sample_rate`` and
     ``encode(wav (B, 1, S)) -> (B, T, D)``, e.g. a :class:`Tokenizer`) into the cache ``out``,
-    recording ``producer`` as the cache's producer."""
+    recording ``producer`` as the cache's producer. ``encoder_inputs`` gives each batch's extra
+    keyword inputs of ``encode`` from its clips' records (an encoder whose ``encode`` takes them,
+    such as a :class:`Tokenizer`)."""
     if not 1 <= batch_size <= MAX_BATCH:
         raise LoditError(f"--batch-size must be between 1 and {MAX_BATCH}, got {batch_size}")
     check_on_error(on_error)
@@ -149,7 +171,8 @@ def encode_with(
     resumed = writer.num_clips
     try:
         with writer:
-            encoded, seconds = _encode_rows(manifest, tokenizer, writer, batch_size, on_error, report, progress)
+            encoded, seconds = _encode_rows(manifest, tokenizer, writer, batch_size, on_error, report, progress,
+                                            encoder_inputs)
             if writer.num_clips == 0:
                 writer.discard()  # nothing worth resuming
                 raise LoditError(f"{manifest}: no clip could be encoded ({report.summary()}); check the manifest")
@@ -161,7 +184,8 @@ def encode_with(
 
 
 def _encode_rows(manifest: Path, tokenizer: FrameEncoder, writer: LatentCacheWriter, batch_size: int,
-                 on_error: OnError, report: ManifestReport, progress: bool) -> tuple[int, float]:
+                 on_error: OnError, report: ManifestReport, progress: bool,
+                 encoder_inputs: EncoderInputs | None) -> tuple[int, float]:
     """Encode the manifest's clips into ``writer``; returns the clips and audio seconds encoded now.
 
     Windows are runs of ``WINDOW_BATCHES * batch_size`` usable clips in manifest order, whether or
@@ -190,8 +214,9 @@ def _encode_rows(manifest: Path, tokenizer: FrameEncoder, writer: LatentCacheWri
             if clip is not None:
                 window.append(clip)
         if len(window) >= WINDOW_BATCHES * batch_size:
-            encoded, seconds = _flush(window, tokenizer, writer, batch_size, encoded, seconds, manifest)
-    encoded, seconds = _flush(window, tokenizer, writer, batch_size, encoded, seconds, manifest)
+            encoded, seconds = _flush(window, tokenizer, writer, batch_size, encoded, seconds, manifest,
+                                      encoder_inputs)
+    encoded, seconds = _flush(window, tokenizer, writer, batch_size, encoded, seconds, manifest, encoder_inputs)
     bar.update(bar.total - bar.n)  # rows dropped while reading the manifest never reached the loop
     bar.close()
     return encoded, seconds
@@ -250,7 +275,7 @@ def _same_length_batches(clips: list[_Clip], batch_size: int) -> Iterator[list[_
 
 
 def _flush(window: list[_Clip], tokenizer: FrameEncoder, writer: LatentCacheWriter, batch_size: int,
-           encoded: int, seconds: float, manifest: Path) -> tuple[int, float]:
+           encoded: int, seconds: float, manifest: Path, encoder_inputs: EncoderInputs | None) -> tuple[int, float]:
     """Encode the window's clips and write the missing ones in manifest order; empties ``window``."""
     if all(clip.wav is None for clip in window):  # finished by an interrupted encode
         window.clear()
@@ -262,7 +287,8 @@ def _flush(window: list[_Clip], tokenizer: FrameEncoder, writer: LatentCacheWrit
     latents: dict[int, torch.Tensor] = {}
     for batch in _same_length_batches(window, batch_size):
         wav = torch.stack([clip.wav for clip in batch])  # (B, 1, S), no padding: equal lengths
-        frames = tokenizer.encode(wav).float().cpu()  # (B, T, D)
+        inputs = encoder_inputs([clip_record(clip.row, manifest.parent) for clip in batch]) if encoder_inputs else {}
+        frames = tokenizer.encode(wav, **inputs).float().cpu()  # (B, T, D)
         for clip, clip_latents in zip(batch, frames):
             latents[id(clip)] = clip_latents
     for clip in window:

@@ -52,7 +52,11 @@ class FeatureCache:
         return self.folder / digest[:2] / f"{digest}.safetensors"
 
     def __contains__(self, key: str) -> bool:
-        return self._read(key) is not None
+        return self.find(key) is not None
+
+    def find(self, key: str) -> torch.Tensor | None:
+        """The cached tensor for ``key`` (on the CPU), or None when it is not (readably) cached."""
+        return self._read(key)
 
     def get(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The cached tensor for ``key`` (on the CPU), or ``compute()``'s result, stored first."""

@@ -10,6 +10,8 @@ once per clip and read them afterwards:
   and stores each clip's features ``(T, D)`` in a
   :class:`~lodit.latent_tokenizer.feature_cache.FeatureCache`; :func:`fill_teacher_cache` does it
   for a run, with several processes sharing the work.
+* :func:`cached_teacher_inputs` serves the cached features of whole clips to ``lodit encode``, so
+  encoding a training set with a teacher tokenizer does not run the teacher over it again.
 * :class:`TeacherFeatureCrops` adds to each audio crop of an
   :class:`~lodit.data.dataset.AudioClipDataset` the cached features of the frames it covers, and
   :func:`collate_audio_with_teacher_features` batches them as ``encoder_inputs["semantic_high"]``
@@ -36,7 +38,7 @@ cache modules.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -143,6 +145,26 @@ def fill_teacher_cache(dataset: AudioClipDataset, teacher: SemanticEncoder, cach
     if cache.misses:
         log.debug("computed teacher features of %d clips into %s", cache.misses, cache.folder)
     return keys
+
+
+def cached_teacher_inputs(
+    teacher: SemanticEncoder, cache_root: str | Path, sample_rate: int
+) -> Callable[[Sequence[ClipRecord]], dict[str, torch.Tensor]]:
+    """For whole clips read as ``lodit encode`` reads them (``sample_rate``, channels mixed, no
+    loudness target): a function giving a batch of clips' cached features of ``teacher`` as encoder
+    inputs, ``{"semantic_high": (B, T, D)}``, or ``{}`` when any clip of the batch is not cached
+    (the tokenizer's own teacher then runs on that batch). Features cached with another rate,
+    channel policy or loudness target have other keys and are never served."""
+    cache = FeatureCache(cache_root, teacher.identity())
+    reader = ClipLoader(sample_rate, segment_seconds=None, random_crop=False, seed=0, channels="mix", loudness=None)
+
+    def inputs(records: Sequence[ClipRecord]) -> dict[str, torch.Tensor]:
+        found = [cache.find(clip_key(record, reader)) for record in records]
+        if any(features is None for features in found):
+            return {}
+        return {SEMANTIC_HIGH: torch.stack(found)}  # (B, T, D): a batch's clips have one length
+
+    return inputs
 
 
 class TeacherFeatureCrops(Dataset):

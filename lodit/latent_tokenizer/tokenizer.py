@@ -187,13 +187,15 @@ class Tokenizer(nn.Module):
         )
 
     @torch.no_grad()
-    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+    def encode(self, wav: torch.Tensor, **encoder_inputs: torch.Tensor) -> torch.Tensor:
         """``(S,) | (B, S) | (B, 1, S)`` audio at ``sample_rate`` -> ``(B, ceil(S / hop), latent_dim)``,
-        always through the bottleneck's deterministic path (no noise, VAE mean)."""
+        always through the bottleneck's deterministic path (no noise, VAE mean). ``encoder_inputs``
+        as in :meth:`forward` (e.g. cached teacher features)."""
         wav = as_batch(wav).to(self._device(), self._dtype())
         if wav.shape[-1] == 0:
             raise LoditError("cannot encode an empty waveform (0 samples)")
-        encoded = self.encoder(pad_to_hop(wav, self.hop_length))
+        inputs = {name: value.to(self._device()) for name, value in encoder_inputs.items()}
+        encoded = self.encoder(pad_to_hop(wav, self.hop_length), **inputs)
         return self.bottleneck(encoded.latent, stochastic=False).latent
 
     @torch.no_grad()
