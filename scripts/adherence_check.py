@@ -8,6 +8,8 @@ of guessing with the label frequencies, N and the seeds.
     python scripts/adherence_check.py                      # 72 clips per domain, seeds 0 and 1
     python scripts/adherence_check.py --counts audio=120,music=120,speech=60 --seeds 0 1 2 --json out.json
     python scripts/adherence_check.py --snr-db 20          # the same clips with white noise added
+    python scripts/adherence_check.py --counts beeps=24 --seconds 2 --tokenizer RUN/final
+                                                           # the clips after a tokenizer's round trip
 
 An attribute under 95 % here is flagged by the evaluation reports (lodit.eval.adherence.TRUSTED_ACCURACY).
 """
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lodit.data.synthetic import make_demo_dataset, parse_counts
-from lodit.eval.adherence import TRUSTED_ACCURACY, matches, reference_scores
+from lodit.eval.adherence import SAMPLE_RATE, TRUSTED_ACCURACY, matches, reference_scores
 
 
 def add_noise(wav: np.ndarray, snr_db: float) -> np.ndarray:
@@ -33,6 +35,15 @@ def add_noise(wav: np.ndarray, snr_db: float) -> np.ndarray:
     rng = np.random.default_rng(int(np.abs(wav[:1000]).sum() * 1e6) % 2**32)
     power = float(np.mean(wav**2))
     return wav + rng.standard_normal(len(wav)) * np.sqrt(power * 10.0 ** (-snr_db / 10.0))
+
+
+def round_trip(wav: np.ndarray, tokenizer) -> np.ndarray:
+    """``wav`` encoded and decoded by ``tokenizer``: what a generator over its latents can at best give back."""
+    import torch
+
+    with torch.no_grad():
+        audio = torch.from_numpy(wav.astype(np.float32))[None, None]  # (1, 1, S)
+        return tokenizer.decode(tokenizer.encode(audio))[0, 0, : len(wav)].numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show-errors", action="store_true", help="print every clip an estimator got wrong")
     parser.add_argument("--snr-db", type=float,
                         help="add white noise at this signal-to-noise ratio to every clip first (robustness check)")
+    parser.add_argument("--tokenizer", help="a tokenizer folder: judge each clip after its round trip through it")
     args = parser.parse_args(argv)
+    if args.tokenizer and args.snr_db is not None:
+        parser.error("--tokenizer and --snr-db each change the clips; give one of them")
     counts = parse_counts(args.counts)
+    degrade = None if args.snr_db is None else partial(add_noise, snr_db=args.snr_db)
+    if args.tokenizer:
+        from lodit.latent_tokenizer.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_pretrained(args.tokenizer).eval()
+        if tokenizer.sample_rate != SAMPLE_RATE:
+            parser.error(f"--tokenizer works at {tokenizer.sample_rate} Hz; the estimators read {SAMPLE_RATE} Hz")
+        degrade = partial(round_trip, tokenizer=tokenizer)
     started = time.perf_counter()
     manifests = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,15 +78,15 @@ def main(argv: list[str] | None = None) -> int:
                     n_audio=counts["audio"],
                     n_music=counts["music"],
                     n_speech=counts["speech"],
+                    n_beeps=counts["beeps"],
                     seconds=args.seconds,
                     seed=seed,
                 )
             )
-        scores, items = reference_scores(
-            manifests, None if args.snr_db is None else partial(add_noise, snr_db=args.snr_db)
-        )
+        scores, items = reference_scores(manifests, degrade)
     seconds = time.perf_counter() - started
     noise = "" if args.snr_db is None else f", white noise added at {args.snr_db:g} dB SNR"
+    noise += f", through the tokenizer {args.tokenizer}" if args.tokenizer else ""
     print(f"estimator accuracy on the demo dataset's own clips: seeds {' '.join(map(str, args.seeds))}, "
           f"{args.counts} per seed, {args.seconds:g} s clips{noise} ({seconds:.0f} s)")
     print(f"{'attribute':<11} {'N':>4} {'accuracy':>9} {'tolerant':>9} {'chance':>7} {'majority':>8}  flag")

@@ -384,3 +384,31 @@ def test_summary_over_seeds_and_report_table():
     probe_table = A.adherence_table({"arms": [{"name": "a"}], "adherence_probes": probes}, "adherence_probes")
     assert probe_table.title == A.ADHERENCE_SECTIONS["adherence_probes"] != table.title
     assert A.adherence_table({"arms": [{"name": "a"}], "adherence": summary}, "adherence_probes") is None
+
+
+def test_adherence_check_script_judges_clips_after_a_tokenizer_round_trip(tmp_path, capsys):
+    """scripts/adherence_check.py: the estimators read the generated beeps right; through a randomly
+    initialised tokenizer (which garbles them) they no longer do, and the table says so."""
+    import importlib.util
+    from pathlib import Path
+
+    from lodit.config import load_config
+    from lodit.latent_tokenizer.tokenizer import Tokenizer
+    from lodit.latent_tokenizer.train import TokenizerTrainConfig
+
+    repo = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("adherence_check", repo / "scripts" / "adherence_check.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    config = load_config(TokenizerTrainConfig, repo / "configs" / "tokenizer" / "tiny.yaml").tokenizer
+    folder = Tokenizer(config).save_pretrained(tmp_path / "tokenizer")
+    args = ["--counts", "beeps=4", "--seeds", "0", "--seconds", "1"]
+    assert script.main([*args, "--json", str(tmp_path / "plain.json")]) == 0
+    plain = {row["name"]: row for row in json.loads((tmp_path / "plain.json").read_text())["attributes"]}
+    assert set(plain) == {"event", "count", "pitch", "length"} and plain["event"]["n"] == 4
+    assert all(row["accuracy"] == 1.0 for row in plain.values())
+    assert script.main([*args, "--tokenizer", str(folder), "--json", str(tmp_path / "trip.json")]) == 0
+    assert f"through the tokenizer {folder}" in capsys.readouterr().out
+    trip = {row["name"]: row for row in json.loads((tmp_path / "trip.json").read_text())["attributes"]}
+    assert trip["event"]["accuracy"] < 1.0
