@@ -382,6 +382,8 @@ def test_stage_with_other_settings_is_redone(tmp_path):
     assert not book.is_done(folder, {"a": 2}) and not folder.exists()  # other settings: stale output removed
     assert [e["action"] for e in read_stage_log(tmp_path)] == ["ran"]
     assert ExperimentLayout(tmp_path).step_dir("x", 1, 20).name == "step-00000020"
+    # two runs of one process in the same second keep apart in the log
+    assert StageBook(tmp_path).run_id != StageBook(tmp_path).run_id
 
 
 # ----------------------------------------------------------------------------- the HTML in a browser

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -45,7 +46,8 @@ class StageBook:
 
     def __init__(self, root: Path):
         self.root = root
-        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        # unique even for two runs of one process within a second (the log groups entries by it)
+        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
 
     def is_done(self, folder: Path, spec: Any) -> bool:
         """True if ``folder`` holds this spec's finished output. A folder made with another spec is
