@@ -36,7 +36,7 @@ class Profile:
     dataset: dict
     adherence_beeps: int  # captions of counted beeps generated and judged at every evaluation step
     overrides: tuple[str, ...]
-    minutes: int  # default 12.6-17 on 2 idle cores (the machine varies), quick 2.2, long 93 (benchmarks/RESULTS.md)
+    minutes: int  # default 12.6-17 on 2 idle cores (the machine varies), quick 2.2-2.5, long 93 (benchmarks/RESULTS.md)
 
 
 # Every profile adds counted beeps to the training sounds and judges the DiTs on as many more beep
