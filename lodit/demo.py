@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lodit.config import resolve_config_path
-from lodit.data.synthetic import make_demo_dataset
+from lodit.data.synthetic import DEFAULT_COUNTS, make_demo_dataset
 from lodit.errors import LoditError
 from lodit.files import read_json
 
@@ -67,7 +67,7 @@ def demo_dataset(folder: Path, sizes: dict, seed: int = 0) -> Path:
     settings = folder / "dataset.json"
     if manifest.is_file() and settings.is_file():
         made = read_json(settings)
-        wanted = {group: sizes.get(f"n_{group}", 0) for group in ("audio", "music", "speech", "beeps")}
+        wanted = {group: sizes.get(f"n_{group}", 0) for group in DEFAULT_COUNTS}  # every generated group
         if made.get("seed") == seed and made.get("seconds") == sizes["seconds"] and made.get("counts") == wanted:
             return manifest
     return make_demo_dataset(folder, seed=seed, **sizes)

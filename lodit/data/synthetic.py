@@ -14,7 +14,7 @@ back from audio:
   one clip in six a beep, and the beeps carry the most caption attributes (count, pitch, length):
   a set meant to teach or to judge them needs more of them than the cycle gives.
 
-Every clip draws from its own random generator seeded by ``(seed, domain, index)``, so a clip
+Every clip draws from its own random generator seeded by ``(seed, group, index)``, so a clip
 does not change when the other counts do. Also the ``lodit make-dataset`` command.
 """
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 # The groups of generated clips: each has its own random streams and file names; ``beeps`` are
 # ``audio`` clips in the manifest.
-DOMAIN_CODES = {"audio": 0, "music": 1, "speech": 2, "beeps": 3}
+GROUP_CODES = {"audio": 0, "music": 1, "speech": 2, "beeps": 3}
 FILE_PREFIX = {"audio": "sound", "music": "music", "speech": "speech", "beeps": "beep"}
 MANIFEST_DOMAIN = {"audio": "audio", "music": "music", "speech": "speech", "beeps": "audio"}
 DEFAULT_COUNTS = {"audio": 12, "music": 12, "speech": 8, "beeps": 0}
@@ -426,9 +426,9 @@ MAX_CLIPS = 100_000
 CLIP_MAKERS = {"audio": make_sound_clip, "music": make_music_clip, "speech": make_speech_clip, "beeps": make_beep_clip}
 
 
-def clip_rng(seed: int, domain: str, index: int) -> np.random.Generator:
+def clip_rng(seed: int, group: str, index: int) -> np.random.Generator:
     """The generator of one clip: independent of the other clips and of the counts."""
-    return np.random.default_rng([seed, DOMAIN_CODES[domain], index])
+    return np.random.default_rng([seed, GROUP_CODES[group], index])
 
 
 def make_demo_dataset(
@@ -449,9 +449,9 @@ def make_demo_dataset(
     ``require_speech``, a :class:`LoditError` is raised. Same arguments, same bytes.
     """
     counts = {"audio": n_audio, "music": n_music, "speech": n_speech, "beeps": n_beeps}
-    for domain, count in counts.items():
+    for group, count in counts.items():
         if count < 0:
-            raise LoditError(f"the number of {domain} clips must be >= 0, got {count}")
+            raise LoditError(f"the number of {group} clips must be >= 0, got {count}")
     if sum(counts.values()) > MAX_CLIPS:
         raise LoditError(f"{sum(counts.values())} clips asked for; the demo dataset makes at most {MAX_CLIPS} "
                          "(a teaching set: bring real data through `lodit prepare` for more)")

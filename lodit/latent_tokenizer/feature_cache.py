@@ -54,13 +54,9 @@ class FeatureCache:
     def __contains__(self, key: str) -> bool:
         return self.find(key) is not None
 
-    def find(self, key: str) -> torch.Tensor | None:
-        """The cached tensor for ``key`` (on the CPU), or None when it is not (readably) cached."""
-        return self._read(key)
-
     def get(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The cached tensor for ``key`` (on the CPU), or ``compute()``'s result, stored first."""
-        cached = self._read(key)
+        cached = self.find(key)
         if cached is not None:
             self.hits += 1
             return cached
@@ -69,7 +65,8 @@ class FeatureCache:
         self._write(key, tensor)
         return tensor
 
-    def _read(self, key: str) -> torch.Tensor | None:
+    def find(self, key: str) -> torch.Tensor | None:
+        """The cached tensor for ``key`` (on the CPU), or None when it is not (readably) cached."""
         path = self.path_for(key)
         if not path.is_file():
             return None
