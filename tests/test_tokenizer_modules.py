@@ -317,6 +317,39 @@ def test_phase_loss_joins_the_total_with_its_weight():
     assert total.item() == pytest.approx(3.0 * terms["phase"].item(), rel=1e-6)
 
 
+def test_the_total_computes_each_stft_once_and_equals_its_terms_on_waveforms(monkeypatch):
+    from lodit.latent_tokenizer import frontend
+    from lodit.latent_tokenizer.losses import PhaseCoherenceLoss
+
+    cfg = TokenizerLossConfig(mel=45.0, stft=1.0, level=10.0, phase=30.0)  # default resolutions: 4 distinct
+    loss = TokenizerLoss(cfg, SR, {})
+    real = chord()
+    fake = (real + 0.05 * torch.randn_like(real)).requires_grad_(True)
+    calls = []
+    counted = frontend.stft
+
+    def counting_stft(wav, n_fft, hop_length, win_length=None):
+        calls.append((n_fft, hop_length))
+        return counted(wav, n_fft, hop_length, win_length)
+
+    monkeypatch.setattr(frontend, "stft", counting_stft)
+    total, terms = loss.generator_loss(real, fake)
+    distinct = {(n, h) for n, h, _ in cfg.mel_resolutions} | set(cfg.stft_resolutions)
+    distinct |= set(cfg.phase_resolutions) | {cfg.level_resolution}
+    assert sorted(calls) == sorted(2 * list(distinct))  # one STFT per resolution for fake and for real
+    alone = {
+        "mel": MultiResolutionMelLoss(SR, cfg.mel_resolutions, 80.0)(fake, real),
+        "stft": MultiResolutionSTFTLoss(cfg.stft_resolutions, 80.0)(fake, real),
+        "level": FrameLevelLoss(cfg.level_resolution, 80.0)(fake, real),
+        "phase": PhaseCoherenceLoss(cfg.phase_resolutions)(fake, real),
+    }
+    for name, value in alone.items():
+        assert terms[name].item() == pytest.approx(value.item(), rel=1e-6)
+    assert total.item() == pytest.approx(sum(getattr(cfg, n) * v.item() for n, v in alone.items()), rel=1e-6)
+    total.backward()
+    assert torch.isfinite(fake.grad).all() and fake.grad.abs().sum() > 0
+
+
 def test_frame_level_loss_measures_level_not_spectral_detail():
     level = FrameLevelLoss((1024, 256), dynamic_range_db=80.0)
     real = chord()

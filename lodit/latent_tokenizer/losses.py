@@ -30,13 +30,16 @@ phases cancel, which makes reconstructions quiet and rough. The phase terms teac
 directly: group delay and instantaneous frequency are differences, so they are learnable from a
 mel-only encoder, while the absolute phase of a stationary tone is not (its weight defaults to 0).
 
-Conventions: ``real`` is the target audio, ``fake`` the reconstruction, both ``(B, 1, S)``.
+Conventions: ``real`` is the target audio, ``fake`` the reconstruction, both ``(B, 1, S)``. Each
+spectral loss is called on waveforms, or through ``compare`` on their :class:`Spectra`, which is
+how :class:`TokenizerLoss` shares one STFT per resolution among all its terms.
 Logits and features come from :class:`~lodit.latent_tokenizer.discriminators.Discriminators`:
 a list of logit tensors and a list (per sub-discriminator) of lists of feature maps.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -46,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lodit.errors import LoditError
-from lodit.latent_tokenizer.frontend import LogMel, stft, stft_magnitude
+from lodit.latent_tokenizer.frontend import LogMel, Spectra
 
 if TYPE_CHECKING:
     from lodit.latent_tokenizer.tokenizer import TokenizerConfig
@@ -109,7 +112,19 @@ def floored_logs(
     return torch.maximum(fake, floor).log(), torch.maximum(real, floor).log()
 
 
-class MultiResolutionMelLoss(nn.Module):
+class SpectralLoss(nn.Module, ABC):
+    """A loss between the spectra of a reconstruction and its target: ``forward`` takes waveforms,
+    :meth:`compare` their :class:`Spectra` (shared by several losses within one step)."""
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        return self.compare(Spectra(fake), Spectra(real))
+
+    @abstractmethod
+    def compare(self, fake: Spectra, real: Spectra) -> torch.Tensor:
+        """The loss (a scalar) between the reconstruction's and the target's spectra."""
+
+
+class MultiResolutionMelLoss(SpectralLoss):
     """Mean over ``resolutions`` of ``mean |log_mel(fake) - log_mel(real)|`` (magnitude mels; log
     floor: 1e-5, or the target's peak minus ``dynamic_range_db`` dB per example)."""
 
@@ -120,12 +135,16 @@ class MultiResolutionMelLoss(nn.Module):
         self.mels = nn.ModuleList(LogMel(sample_rate, n_fft, hop, n_mels) for n_fft, hop, n_mels in resolutions)
         self.dynamic_range_db = dynamic_range_db
 
-    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        losses = [F.l1_loss(*floored_logs(mel.mel(fake), mel.mel(real), self.dynamic_range_db)) for mel in self.mels]
+    def compare(self, fake: Spectra, real: Spectra) -> torch.Tensor:
+        losses = []
+        for mel in self.mels:
+            fake_mel = mel.filterbank(fake.magnitude(mel.n_fft, mel.hop_length))  # (B, n_mels, frames)
+            real_mel = mel.filterbank(real.magnitude(mel.n_fft, mel.hop_length))
+            losses.append(F.l1_loss(*floored_logs(fake_mel, real_mel, self.dynamic_range_db)))
         return torch.stack(losses).mean()
 
 
-class MultiResolutionSTFTLoss(nn.Module):
+class MultiResolutionSTFTLoss(SpectralLoss):
     """Mean over ``resolutions`` of spectral convergence + log-magnitude L1 (floors as the mel loss)."""
 
     def __init__(self, resolutions: Sequence[tuple[int, int]], dynamic_range_db: float | None = None):
@@ -133,11 +152,11 @@ class MultiResolutionSTFTLoss(nn.Module):
         self.resolutions = [tuple(r) for r in resolutions]
         self.dynamic_range_db = dynamic_range_db
 
-    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    def compare(self, fake: Spectra, real: Spectra) -> torch.Tensor:
         losses = []
         for n_fft, hop in self.resolutions:
-            fake_mag = stft_magnitude(fake, n_fft, hop)  # (B, F, frames)
-            real_mag = stft_magnitude(real, n_fft, hop)
+            fake_mag = fake.magnitude(n_fft, hop)  # (B, F, frames)
+            real_mag = real.magnitude(n_fft, hop)
             convergence = torch.linalg.vector_norm(real_mag - fake_mag) / torch.linalg.vector_norm(real_mag).clamp(
                 min=ABSOLUTE_FLOOR
             )
@@ -146,7 +165,7 @@ class MultiResolutionSTFTLoss(nn.Module):
         return torch.stack(losses).mean()
 
 
-class FrameLevelLoss(nn.Module):
+class FrameLevelLoss(SpectralLoss):
     """``mean |log rms(fake frame) - log rms(real frame)|`` over ``(n_fft, hop)`` Hann frames.
 
     Why: a log-spectral L1 is minimised by the median of what the decoder can't yet resolve, so
@@ -160,14 +179,14 @@ class FrameLevelLoss(nn.Module):
         self.n_fft, self.hop_length = resolution
         self.dynamic_range_db = dynamic_range_db
 
-    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        def rms(wav: torch.Tensor) -> torch.Tensor:  # (B, 1, frames): root of each frame's mean power
-            return stft_magnitude(wav, self.n_fft, self.hop_length).pow(2).mean(dim=1, keepdim=True).sqrt()
+    def compare(self, fake: Spectra, real: Spectra) -> torch.Tensor:
+        def rms(spectra: Spectra) -> torch.Tensor:  # (B, 1, frames): root of each frame's mean power
+            return spectra.magnitude(self.n_fft, self.hop_length).pow(2).mean(dim=1, keepdim=True).sqrt()
 
         return F.l1_loss(*floored_logs(rms(fake), rms(real), self.dynamic_range_db))
 
 
-class PhaseCoherenceLoss(nn.Module):
+class PhaseCoherenceLoss(SpectralLoss):
     """Phase errors of ``fake`` against ``real`` at each STFT resolution, weighted by ``|real|``.
 
     For unit phasors ``u = X / |X|`` of both STFTs, each term is ``1 - cos(error)`` of a wrapped
@@ -187,14 +206,13 @@ class PhaseCoherenceLoss(nn.Module):
         self.resolutions = [tuple(r) for r in resolutions]
         self.weights = {"group_delay": group_delay, "inst_frequency": inst_frequency, "absolute": absolute}
 
-    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    def compare(self, fake: Spectra, real: Spectra) -> torch.Tensor:
         losses = []
         for n_fft, hop in self.resolutions:
-            fake_spec, real_spec = stft(fake, n_fft, hop), stft(real, n_fft, hop)  # (B, F, N) complex
-            fake_unit = fake_spec / (fake_spec.abs() + ABSOLUTE_FLOOR)
-            real_mag = real_spec.abs()
-            real_unit = real_spec / (real_mag + ABSOLUTE_FLOOR)
-            total = fake.new_zeros(())
+            fake_unit = fake.complex(n_fft, hop) / (fake.magnitude(n_fft, hop) + ABSOLUTE_FLOOR)  # (B, F, N) complex
+            real_mag = real.magnitude(n_fft, hop)
+            real_unit = real.complex(n_fft, hop) / (real_mag + ABSOLUTE_FLOOR)
+            total = real_mag.new_zeros(())
             if self.weights["absolute"]:
                 total = total + self.weights["absolute"] * _weighted_phase_error(fake_unit, real_unit, real_mag)
             if self.weights["group_delay"]:
@@ -302,18 +320,11 @@ class TokenizerLoss(nn.Module):
         """
         terms: dict[str, torch.Tensor] = {}
         total = fake.new_zeros(())
-        if self.mel is not None:
-            terms["mel"] = self.mel(fake, real)
-            total = total + self.cfg.mel * terms["mel"]
-        if self.stft is not None:
-            terms["stft"] = self.stft(fake, real)
-            total = total + self.cfg.stft * terms["stft"]
-        if self.level is not None:
-            terms["level"] = self.level(fake, real)
-            total = total + self.cfg.level * terms["level"]
-        if self.phase is not None:
-            terms["phase"] = self.phase(fake, real)
-            total = total + self.cfg.phase * terms["phase"]
+        fake_spectra, real_spectra = Spectra(fake), Spectra(real)
+        for name, loss in (("mel", self.mel), ("stft", self.stft), ("level", self.level), ("phase", self.phase)):
+            if loss is not None:
+                terms[name] = loss.compare(fake_spectra, real_spectra)
+                total = total + getattr(self.cfg, name) * terms[name]
         for name, value in (model_losses or {}).items():
             if name not in self.model_loss_weights:
                 raise LoditError(f"the model reports a loss {name!r} with no weight; set loss.model_losses.{name}")
