@@ -36,7 +36,7 @@ class Profile:
     dataset: dict
     adherence_beeps: int  # captions of counted beeps generated and judged at every evaluation step
     overrides: tuple[str, ...]
-    minutes: int  # default 12.6-17 on 2 idle cores (the machine varies), quick 2.2-2.5, long 93 (benchmarks/RESULTS.md)
+    minutes: int  # on 2 idle cores: default 12.6-17 (the machine varies), quick 2.2-2.5, long 65 (RESULTS.md)
 
 
 # Every profile adds counted beeps to the training sounds and judges the DiTs on as many more beep
@@ -50,8 +50,7 @@ PROFILES: dict[str, Profile] = {
                       "evaluation.audio_examples=2", "sampling.steps=8"), 3),
     "default": Profile({"n_audio": 24, "n_music": 24, "n_speech": 24, "n_beeps": 12, "seconds": 2.0}, 24, (), 15),
     # The real answer: more data and steps, three DiT seeds per arm (confidence intervals in the report);
-    # about an hour on 2 idle cores (estimated from the default profile's per-step costs); measured:
-    # 93 minutes on 2 cores shared with other work.
+    # about an hour: 65 minutes measured on 2 idle cores.
     "long": Profile({"n_audio": 48, "n_music": 48, "n_speech": 48, "n_beeps": 24, "seconds": 3.0}, 36,
                     ("tokenizer_steps=2000", "dit_steps=1000", "eval_steps=[250,500,1000]", "seeds=[0,1,2]",
                      "evaluation.num_prompts=16", "evaluation.reconstruction_clips=16"), 60),

@@ -1,9 +1,9 @@
 """Spectral front-ends: the short-time Fourier transform and the log-mel spectrogram.
 
-Owns :func:`stft` / :func:`stft_magnitude` (used by the encoders, the reconstruction losses and
-the spectral discriminators), :class:`Spectra` (one batch's STFTs, each resolution computed once)
-and :class:`LogMel`. Everything is plain ``torch.stft``; the mel
-filterbank comes from ``transformers.audio_utils.mel_filter_bank``.
+Owns :func:`stft` (used by the encoders and the spectral discriminators), :class:`Spectra` (one
+batch's STFTs, each resolution computed once: the reconstruction losses) and :class:`LogMel`.
+Everything is plain ``torch.stft``, always in float32; the mel filterbank comes from
+``transformers.audio_utils.mel_filter_bank``.
 
 Framing convention (shared by everything here): ``center=True`` with **zero** padding of
 ``n_fft // 2`` on both sides, so frame ``i`` is centred on sample ``i * hop_length`` and a signal of
@@ -32,29 +32,26 @@ def _as_signal(wav: torch.Tensor) -> torch.Tensor:
 
 
 def stft(wav: torch.Tensor, n_fft: int, hop_length: int, win_length: int | None = None) -> torch.Tensor:
-    """Complex64 STFT with a Hann window: ``(B, n_fft // 2 + 1, S // hop_length + 1)``."""
+    """Complex64 STFT with a Hann window: ``(B, n_fft // 2 + 1, S // hop_length + 1)``, float32
+    even under autocast."""
     win_length = win_length or n_fft
     window = torch.hann_window(win_length, device=wav.device)
-    return torch.stft(
-        _as_signal(wav).float(),
-        n_fft=n_fft,
-        hop_length=hop_length,
-        win_length=win_length,
-        window=window,
-        center=True,
-        pad_mode="constant",
-        return_complex=True,
-    )
-
-
-def stft_magnitude(wav: torch.Tensor, n_fft: int, hop_length: int, win_length: int | None = None) -> torch.Tensor:
-    """Linear STFT magnitude ``(B, n_fft // 2 + 1, frames)``."""
-    return stft(wav, n_fft, hop_length, win_length).abs()
+    with torch.autocast(wav.device.type, enabled=False):
+        return torch.stft(
+            _as_signal(wav).float(),
+            n_fft=n_fft,
+            hop_length=hop_length,
+            win_length=win_length,
+            window=window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
 
 
 class Spectra:
-    """The STFTs of one waveform batch, each ``(n_fft, hop_length)`` computed once (Hann window
-    ``n_fft`` long, float32 even under autocast).
+    """The STFTs (:func:`stft`, window ``n_fft`` long) of one waveform batch, each
+    ``(n_fft, hop_length)`` computed once.
 
     Why: a tokenizer step scores its output with several spectral losses whose resolutions overlap
     (four mel, three STFT, one phase and one level resolution, four distinct); sharing each STFT and
@@ -70,12 +67,11 @@ class Spectra:
         """``(B, n_fft // 2 + 1, frames)`` complex64, as :func:`stft`."""
         key = (n_fft, hop_length)
         if key not in self._complex:
-            with torch.autocast(self.wav.device.type, enabled=False):
-                self._complex[key] = stft(self.wav, n_fft, hop_length)
+            self._complex[key] = stft(self.wav, n_fft, hop_length)
         return self._complex[key]
 
     def magnitude(self, n_fft: int, hop_length: int) -> torch.Tensor:
-        """``(B, n_fft // 2 + 1, frames)``, as :func:`stft_magnitude`."""
+        """``(B, n_fft // 2 + 1, frames)``: the absolute value of :meth:`complex`."""
         key = (n_fft, hop_length)
         if key not in self._magnitude:
             self._magnitude[key] = self.complex(n_fft, hop_length).abs()
@@ -125,7 +121,7 @@ class LogMel(nn.Module):
 
     def mel(self, wav: torch.Tensor) -> torch.Tensor:
         """The linear mel spectrogram ``(B, n_mels, frames)``, before the log and its floor."""
-        return self.filterbank(Spectra(wav).magnitude(self.n_fft, self.hop_length))
+        return self.filterbank(stft(wav, self.n_fft, self.hop_length).abs())
 
     def filterbank(self, magnitude: torch.Tensor) -> torch.Tensor:
         """``(B, n_fft // 2 + 1, frames)`` STFT magnitudes -> the linear mel spectrogram ``(B, n_mels, frames)``."""
