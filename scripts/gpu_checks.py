@@ -18,7 +18,7 @@ A failed check is recorded with its last log lines and the others still run. Eve
 ./gpu_checks). ``--smoke`` runs the same steps with the tiny configs and a few steps on whatever
 device there is (the test suite does, on a CPU), so the script is known to work before a GPU is lent.
 
-    python scripts/gpu_checks.py                 # on the GPU machine (sized for well under 10 minutes; not yet run on one)
+    python scripts/gpu_checks.py                 # on the GPU machine (sized for under 10 minutes; not yet run)
     python scripts/gpu_checks.py --smoke --out /tmp/checks
 """
 

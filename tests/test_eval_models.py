@@ -5,6 +5,7 @@ bundle on espeak-ng speech. Nothing is downloaded: tiny models are built and sav
 
 from __future__ import annotations
 
+import gc
 import math
 import sys
 from pathlib import Path
@@ -334,5 +335,10 @@ def test_wer_of_espeak_speech_with_the_offline_tiny_en_bundle(espeak_speech, tmp
     result = scorer.score(speech, texts)
     assert result.model == "whisper tiny.en (offline, CTranslate2)" and result.n == 2
     assert result.value < 0.5, result.details["per_utterance"]
+    # No CTranslate2 model outlives a transcription: its idle OpenMP threads slowed later torch work.
+    from faster_whisper import WhisperModel
+
+    gc.collect()
+    assert not [obj for obj in gc.get_objects() if type(obj) is WhisperModel]
     with pytest.raises(LoditError, match="not a CTranslate2 Whisper folder"):
         WERScorer(str(tmp_path))
