@@ -36,7 +36,7 @@ class Profile:
     dataset: dict
     adherence_beeps: int  # captions of counted beeps generated and judged at every evaluation step
     overrides: tuple[str, ...]
-    minutes: int  # on 2 idle cores: default 12.6-17 (the machine varies), quick 2.2-2.5, long 65 (RESULTS.md)
+    minutes: int  # on 2 idle cores: default 11.1 (up to ~13.4 on a slow day), quick 2.1, long 65 (RESULTS.md)
 
 
 # Every profile adds counted beeps to the training sounds and judges the DiTs on as many more beep
