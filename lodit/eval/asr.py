@@ -127,11 +127,10 @@ class WERScorer:
         self._load()  # a bad model reference fails here, not at the first transcription
 
     def _load(self):
-        """A fresh CTranslate2 Whisper. It is kept only while it transcribes: a loaded model that has
-        run keeps its own OpenMP threads alive, and next to torch's they outnumber the cores, which
-        made every later torch computation in the process slower (a tokenizer training step after a
-        scoring stage of `lodit compare`: 8.3 -> 5.5 steps/s on 2 cores; back to 8.3 once the model
-        is dropped). Loading takes 0.2-0.4 s."""
+        """A fresh CTranslate2 Whisper, kept only while it transcribes: a loaded model that has run
+        keeps OpenMP threads of its own alive, which made every later torch computation in the
+        process about 1.5x slower (benchmarks/RESULTS.md, "Threads and workers"). A load takes
+        0.2-0.4 s."""
         from faster_whisper import WhisperModel
 
         try:
