@@ -11,7 +11,8 @@ Overrides, in order: the ``LODIT_THREADS`` environment variable, then ``OMP_NUM_
 convention every BLAS honours); data workers come from ``training.num_workers`` (``-1`` = choose).
 
 Owns :func:`available_cores`, :func:`busy_cores`, :func:`choose_threads`, :func:`choose_workers`,
-:func:`use_chosen_threads` (what the ``lodit`` command runs at start-up) and :func:`describe`
+:func:`use_chosen_threads` (what the ``lodit`` command runs at start-up), :func:`rechoose_threads`
+(what each training runs when it starts) and :func:`describe`
 (the line a trainer prints when it starts).
 """
 
@@ -32,22 +33,22 @@ def available_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def busy_cores(seconds: float = 0.25) -> float:
-    """How many cores other processes kept busy over the last ``seconds`` (0 where unknown).
+def busy_cores(seconds: float = 0.1, samples: int = 3) -> float:
+    """How many cores other processes keep busy: the least over ``samples`` windows of ``seconds``
+    (0 where unknown).
 
-    Sampled while this process sleeps, so its own work is not counted."""
-    first = _cpu_times()
-    if first is None:
-        return 0.0
-    time.sleep(seconds)
-    second = _cpu_times()
-    if second is None:
-        return 0.0
-    busy = second[0] - first[0]
-    total = second[1] - first[1]
-    if total <= 0:
-        return 0.0
-    return busy / total * (os.cpu_count() or 1)
+    A process that keeps cores busy does so in every window; one that is just ending (the tail of
+    a test run, a shell command) in one, and a single window once gave an hour-long `lodit demo`
+    one thread on 2 idle cores. Sampled while this process sleeps, so its own work is not counted."""
+    readings = []
+    for _ in range(samples):
+        first = _cpu_times()
+        time.sleep(seconds)
+        second = _cpu_times()
+        if first is None or second is None or second[1] <= first[1]:
+            return 0.0
+        readings.append((second[0] - first[0]) / (second[1] - first[1]) * (os.cpu_count() or 1))
+    return min(readings)
 
 
 def _cpu_times() -> tuple[int, int] | None:
@@ -68,6 +69,7 @@ def _cpu_times() -> tuple[int, int] | None:
 class ThreadChoice:
     threads: int
     reason: str  # what the count was derived from, for the start-up line
+    measured: bool = False  # from the other processes' load (not an override): worth measuring again
 
 
 def choose_threads(cores: int | None = None, busy: float | None = None) -> ThreadChoice:
@@ -88,7 +90,7 @@ def choose_threads(cores: int | None = None, busy: float | None = None) -> Threa
     taken = int(busy + 0.5)
     threads = max(1, cores - taken)
     return ThreadChoice(
-        threads, f"{cores} cores available, {busy:.1f} busy with other work; set {THREADS_ENV} to choose"
+        threads, f"{cores} cores available, {busy:.1f} busy with other work; set {THREADS_ENV} to choose", True
     )
 
 
@@ -117,6 +119,17 @@ def use_chosen_threads() -> ThreadChoice:
     _chosen = choose_threads()
     torch.set_num_threads(_chosen.threads)
     return _chosen
+
+
+def rechoose_threads() -> None:
+    """Measure the other processes' load again and reset torch's threads, where lodit's own measured
+    choice is still in force (not an override, not a count the caller set since). A command that
+    trains many times (`lodit compare`, `lodit demo`) then follows the machine's load from one
+    training to the next instead of keeping what it saw at start-up."""
+    import torch
+
+    if _chosen is not None and _chosen.measured and torch.get_num_threads() == _chosen.threads:
+        use_chosen_threads()
 
 
 def describe(workers: int) -> str:

@@ -76,3 +76,55 @@ def test_loading_the_asr_model_keeps_the_chosen_threads():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(previous)
+
+
+def test_a_load_seen_in_one_window_only_is_not_counted(monkeypatch):
+    import lodit.cores as cores
+
+    cpus = 2
+    monkeypatch.setattr(cores.os, "cpu_count", lambda: cpus)
+
+    def readings(busy_per_window):
+        # (busy, total) jiffies: each window is 20 jiffies over the 2 cores, `busy` of them busy.
+        state = {"busy": 0, "total": 0, "calls": 0}
+        windows = iter(busy_per_window)
+
+        def cpu_times():
+            if state["calls"] % 2:  # the end of a window
+                state["busy"] += next(windows)
+                state["total"] += 20
+            state["calls"] += 1
+            return state["busy"], state["total"]
+
+        return cpu_times
+
+    monkeypatch.setattr(cores.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(cores, "_cpu_times", readings([14, 0, 1]))  # a process ending in the first window
+    assert cores.busy_cores() == pytest.approx(0.0)
+    monkeypatch.setattr(cores, "_cpu_times", readings([10, 11, 10]))  # one core kept busy throughout
+    assert cores.busy_cores() == pytest.approx(1.0)
+
+
+def test_each_training_measures_again_while_the_measured_choice_is_in_force(no_overrides, monkeypatch):
+    import lodit.cores as cores
+
+    previous = torch.get_num_threads()
+    monkeypatch.setattr(cores, "available_cores", lambda: 2)
+    try:
+        monkeypatch.setattr(cores, "busy_cores", lambda: 1.4)
+        use_chosen_threads()
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(cores, "busy_cores", lambda: 0.0)  # the other work has ended
+        cores.rechoose_threads()
+        assert torch.get_num_threads() == 2
+        assert describe(0).startswith("2 CPU threads (2 cores available, 0.0 busy with other work")
+        torch.set_num_threads(1)  # the caller's own count is kept
+        cores.rechoose_threads()
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("LODIT_THREADS", "1")  # an override is not measured again
+        use_chosen_threads()
+        monkeypatch.setattr(cores, "busy_cores", lambda: pytest.fail("measured despite LODIT_THREADS"))
+        cores.rechoose_threads()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)

@@ -49,7 +49,7 @@ from torch import nn
 
 from lodit import __version__
 from lodit.config import save_config, to_dict
-from lodit.cores import describe
+from lodit.cores import describe, rechoose_threads
 from lodit.devices import flush_denormals
 from lodit.errors import LoditError
 from lodit.outputs import check_output_folder
@@ -273,8 +273,11 @@ class Trainer:
         out_of_time = False
         for module in self.prepared.values():
             module.train()
-        if acc.is_main_process and acc.device.type == "cpu":
-            log.info("train: %s", describe(self.loader.num_workers))
+        if acc.device.type == "cpu":
+            if acc.num_processes == 1:  # several processes would count each other as the other load
+                rechoose_threads()
+            if acc.is_main_process:
+                log.info("train: %s", describe(self.loader.num_workers))
         progress = Progress(cfg.max_steps, initial=self.step, enabled=acc.is_main_process, print_every=cfg.log_every)
         window = _ScalarWindow()
         logged: dict[str, float] = {}
