@@ -37,9 +37,9 @@ def busy_cores(seconds: float = 0.1, samples: int = 3) -> float:
     """How many cores other processes keep busy: the least over ``samples`` windows of ``seconds``
     (0 where unknown).
 
-    A process that keeps cores busy does so in every window; one that is just ending (the tail of
-    a test run, a shell command) in one, and a single window once gave an hour-long `lodit demo`
-    one thread on 2 idle cores. Sampled while this process sleeps, so its own work is not counted."""
+    A process that keeps cores busy does so in every window, one that is just ending (the tail of a
+    test run, a shell command) in one only, and the count chosen from it may hold for an hour.
+    Sampled while this process sleeps, so its own work is not counted."""
     readings = []
     for _ in range(samples):
         first = _cpu_times()
@@ -90,7 +90,8 @@ def choose_threads(cores: int | None = None, busy: float | None = None) -> Threa
     taken = int(busy + 0.5)
     threads = max(1, cores - taken)
     return ThreadChoice(
-        threads, f"{cores} cores available, {busy:.1f} busy with other work; set {THREADS_ENV} to choose", True
+        threads, f"{cores} cores available, {busy:.1f} busy with other work; set {THREADS_ENV} to choose",
+        measured=True,
     )
 
 

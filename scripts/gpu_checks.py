@@ -129,10 +129,9 @@ def random_t5(folder: Path, width: int, captions: list[str]) -> Path:
     return folder
 
 
-def run_checks(out: Path, work: Path, smoke: bool) -> Path:
+def run_checks(out: Path, work: Path, sizes: Sizes) -> Path:
     from lodit.data.synthetic import make_demo_dataset
 
-    sizes = SMOKE if smoke else FULL
     checks = Checks(out)
     env = environment()
     checks.record("env", **env)
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
-        path = run_checks(out, Path(args.work or scratch), args.smoke)
+        path = run_checks(out, Path(args.work or scratch), SMOKE if args.smoke else FULL)
     results = json.loads(path.read_text())
     failed = [name for name, result in results.items() if result.get("ok") is False]
     print(f"results: {path}" + (f"; failed: {', '.join(failed)}" if failed else ""))
